@@ -1,0 +1,114 @@
+"""Long-tailed training subsets (the LDAM-DRW profile) over any dataset the registry knows."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from trainer.datasets import DataSplit, load_dataset
+
+# The split seed is fixed and separate from the training seed: every trial, seed and machine trains
+# on the same long-tailed subset, so seeds vary only the optimisation.
+DEFAULT_SPLIT_SEED = 0
+
+
+def long_tailed_counts(n_max: int, num_classes: int, gamma: float) -> list[int]:
+    """Images kept per class: class i of C keeps int(n_max * (1/gamma) ** (i / (C - 1)))."""
+    if gamma < 1:
+        raise ValueError(f"gamma = {gamma} is not allowed: the imbalance factor must be >= 1")
+    if num_classes < 1 or n_max < 1:
+        raise ValueError(f"need n_max >= 1 and num_classes >= 1, got n_max={n_max}, num_classes={num_classes}")
+    if num_classes == 1:
+        return [int(n_max)]
+    return [int(n_max * (1.0 / gamma) ** (i / (num_classes - 1))) for i in range(num_classes)]
+
+
+def long_tailed_indices(targets: Sequence[int], counts: Sequence[int], seed: int = DEFAULT_SPLIT_SEED) -> list[int]:
+    """Indices of a long-tailed subset: for class c, `counts[c]` images drawn without replacement.
+
+    The draw uses its own NumPy generator seeded with `seed` and visits classes in order, so the
+    same targets and counts give the same subset on every machine. Returned sorted.
+    """
+    targets = np.asarray(targets)
+    rng = np.random.default_rng(seed)
+    chosen: list[np.ndarray] = []
+    for cls, keep in enumerate(counts):
+        members = np.flatnonzero(targets == cls)
+        if keep > len(members):
+            raise ValueError(f"class {cls} has {len(members)} training images, the profile asks for {keep}")
+        chosen.append(rng.choice(members, size=keep, replace=False))
+    return sorted(int(i) for i in np.concatenate(chosen)) if chosen else []
+
+
+@dataclass
+class LongTailedData:
+    """The data of one trial: long-tailed train subset, balanced test set, and their bookkeeping."""
+
+    train: Dataset
+    test: Dataset
+    class_counts: list[int]  # training images per class after the long-tailed cut
+    train_indices: list[int]  # which images of the full training set were kept (recorded for reproducibility)
+    num_classes: int
+    in_channels: int
+
+
+def build_long_tailed(
+    dataset: str,
+    gamma: float,
+    root: str | None = None,
+    split_seed: int = DEFAULT_SPLIT_SEED,
+    n_max: int | None = None,
+    options: dict | None = None,
+) -> LongTailedData:
+    """Load `dataset` from the registry and cut its training set to the gamma profile."""
+    split: DataSplit = load_dataset(dataset, root=root, **(options or {}))
+    per_class = np.bincount(np.asarray(split.train_targets), minlength=split.num_classes)
+    top = int(n_max if n_max is not None else per_class.min())
+    counts = long_tailed_counts(top, split.num_classes, gamma)
+    indices = long_tailed_indices(split.train_targets, counts, seed=split_seed)
+    if isinstance(split.train, TensorDataset):
+        # Materialise in-memory subsets so batches are one tensor index, not B item lookups.
+        train: Dataset = TensorDataset(*(t[indices] for t in split.train.tensors))
+    else:
+        train = Subset(split.train, indices)
+    return LongTailedData(train, split.test, counts, indices, split.num_classes, split.in_channels)
+
+
+class _TensorBatches:
+    """Batches of an in-memory TensorDataset by tensor indexing: far cheaper than a DataLoader here."""
+
+    def __init__(self, dataset: TensorDataset, batch_size: int, shuffle: bool, generator: torch.Generator | None):
+        self.tensors = dataset.tensors
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return (len(self.tensors[0]) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        n = len(self.tensors[0])
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield tuple(t[idx] for t in self.tensors)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0, pin_memory: bool = False):
+    """An iterable of (x, y) batches, shuffled by a generator seeded from the trial's seed."""
+    generator = torch.Generator().manual_seed(seed)
+    if isinstance(dataset, TensorDataset):
+        return _TensorBatches(dataset, batch_size, shuffle, generator)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        drop_last=False,
+    )

@@ -1,0 +1,49 @@
+"""The one small base class every method derives from."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+class Method(nn.Module, ABC):
+    """A training objective. Subclasses set NAME, PARAMS (hyperparameter -> default) and NEEDS_TEACHER.
+
+    It is an nn.Module so that methods with learnable parts (feature connectors) hand their
+    parameters to the optimizer with the student's.
+    """
+
+    NAME: ClassVar[str] = ""
+    DISPLAY: ClassVar[str] = ""
+    PARAMS: ClassVar[dict[str, object]] = {}
+    NEEDS_TEACHER: ClassVar[bool] = True
+    # Feature-based methods set this: the loop then calls `forward_features` on student and teacher
+    # and passes the feature lists to `losses`.
+    NEEDS_FEATURES: ClassVar[bool] = False
+
+    def __init__(self, class_counts: list[int], **params):
+        super().__init__()
+        unknown = set(params) - set(self.PARAMS)
+        if unknown:
+            raise TypeError(f"{self.NAME}: unknown hyperparameters {sorted(unknown)}; allowed: {sorted(self.PARAMS)}")
+        self.hparams = {**self.PARAMS, **params}
+        self.class_counts = list(class_counts)
+
+    def setup(self, student: nn.Module, teacher: nn.Module | None, sample: torch.Tensor) -> None:
+        """Called once before the optimizer is built, with one input batch: methods with learnable
+        parts (connectors sized by the models' features) create them here. Default: nothing to build."""
+
+    @abstractmethod
+    def losses(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor | None,
+        target: torch.Tensor,
+        epoch: int,
+        student_features: list[torch.Tensor] | None = None,
+        teacher_features: list[torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Named loss terms for one batch (already weighted); their sum is minimised.
+        `epoch` is 0-based (for warm-ups); features are given only when NEEDS_FEATURES is set."""
