@@ -63,9 +63,18 @@ def build_long_tailed(
     n_max: int | None = None,
     options: dict | None = None,
 ) -> LongTailedData:
-    """Load `dataset` from the registry and cut its training set to the gamma profile."""
+    """Load `dataset` from the registry and cut its training set to the gamma profile.
+
+    A split marked `presplit` (already long-tailed, e.g. ImageNet-LT's list) is kept whole: its
+    per-class counts are reported as they are, and gamma and n_max are not applied.
+    """
     split: DataSplit = load_dataset(dataset, root=root, **(options or {}))
     per_class = np.bincount(np.asarray(split.train_targets), minlength=split.num_classes)
+    if split.presplit:
+        return LongTailedData(
+            split.train, split.test, [int(c) for c in per_class], list(range(len(split.train_targets))),
+            split.num_classes, split.in_channels,
+        )
     top = int(n_max if n_max is not None else per_class.min())
     counts = long_tailed_counts(top, split.num_classes, gamma)
     indices = long_tailed_indices(split.train_targets, counts, seed=split_seed)

@@ -18,6 +18,9 @@ class DataSplit:
     test: Dataset
     num_classes: int
     in_channels: int
+    # True: `train` is already long-tailed (e.g. the ImageNet-LT list): build_long_tailed keeps it
+    # whole, reports its per-class counts and ignores gamma and n_max.
+    presplit: bool = False
 
 
 @dataclass(frozen=True)
@@ -27,16 +30,28 @@ class DatasetInfo:
     description: str
 
 
-from trainer.datasets import digits, synthetic  # noqa: E402  (registry entries below need the modules)
+from trainer.datasets import cifar, digits, fashion_mnist, imagenet, synthetic, tinyimagenet  # noqa: E402  (registry entries below need the modules)
 
 DATASETS: dict[str, Callable[..., DataSplit]] = {
     "digits": digits.load,
     "synthetic": synthetic.load,
+    "cifar10": cifar.load_cifar10,
+    "cifar100": cifar.load_cifar100,
+    "tinyimagenet": tinyimagenet.load,
+    "imagenet_lt": imagenet.load_imagenet_lt,
+    "imagenet": imagenet.load_imagenet,
+    "fashion_mnist": fashion_mnist.load,
 }
 
 DATASET_INFO: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(10, 1, "scikit-learn's 8x8 handwritten digits, offline (1,797 images)"),
     "synthetic": DatasetInfo(None, 1, "generated in code: learnable class prototypes plus noise, deterministic by seed"),
+    "cifar10": DatasetInfo(10, 3, "CIFAR-10 via torchvision from <root>/cifar-10-batches-py (50,000 train, 10,000 test, 32x32)"),
+    "cifar100": DatasetInfo(100, 3, "CIFAR-100 via torchvision from <root>/cifar-100-python (50,000 train, 10,000 test, 32x32)"),
+    "tinyimagenet": DatasetInfo(200, 3, "Tiny ImageNet from <root>/tiny-imagenet-200 (100,000 train, 10,000 val as test, 64x64)"),
+    "imagenet_lt": DatasetInfo(1000, 3, "ImageNet-LT: OLTR split lists over ImageNet, already long-tailed (gamma not applied)"),
+    "imagenet": DatasetInfo(1000, 3, "ImageNet-1k class folders <root>/train and <root>/val, cut to the gamma profile"),
+    "fashion_mnist": DatasetInfo(10, 1, "Fashion-MNIST idx files, in memory (60,000 train, 10,000 test, 28x28)"),
 }
 
 

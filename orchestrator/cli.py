@@ -1,0 +1,178 @@
+"""`ltkd`: the one command-line entry point (sweep, tables, status, train)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from orchestrator.errors import RunFailure, UserError
+
+FORMATS = ("md", "latex", "csv", "html")
+EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv", "html": "html"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option as our one line and exit status 2."""
+
+    def error(self, message: str):  # noqa: D401
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _add_tracking(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ltkd", description="Sweeps, tracking and tables for long-tailed knowledge distillation.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("sweep", help="validate a study, plan it (teachers first), run it on Ray, track it in MLflow")
+    p.add_argument("study", help="study file (studies/*.yaml)")
+    _add_tracking(p)
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and what is already done; run nothing")
+    p.add_argument("--storage", help="Ray Tune storage path (shared storage on a cluster; default: a temporary folder)")
+
+    p = sub.add_parser("tables", help="regenerate the study's tables from what is tracked")
+    p.add_argument("study")
+    _add_tracking(p)
+    p.add_argument("--format", choices=FORMATS, default="md")
+    p.add_argument("--out", help="also write every format into this folder")
+
+    p = sub.add_parser("status", help="done, running, failed and missing trials of a study")
+    p.add_argument("study")
+    _add_tracking(p)
+
+    p = sub.add_parser("train", help="one trial by hand, in this process (no Ray, no tracking)")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--gamma", type=float, default=10.0)
+    p.add_argument("--model", default="cnn_w8")
+    p.add_argument("--method", default="ce", help="ce trains a teacher/student; a distillation method needs --teacher-checkpoint")
+    p.add_argument("--teacher-checkpoint", help="folder written by an earlier `ltkd train --save`")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method hyperparameter (YAML value)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--root", help="dataset folder for on-disk datasets")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--save", help="write the final weights into this folder")
+    return parser
+
+
+def cmd_sweep(args) -> int:
+    from orchestrator.sweep import run_sweep
+
+    return run_sweep(args.study, args.tracking_uri, args.address, args.dry_run, args.storage)
+
+
+def cmd_tables(args) -> int:
+    from orchestrator.sweep import open_plan
+    from orchestrator.tables import cell_frame, main_table, render
+    from orchestrator.tables.main import missing_cells
+
+    study, uri, tracker, exp_id, plan = open_plan(args.study, args.tracking_uri, create=False)
+    if exp_id is None:
+        raise UserError(f"{args.study}: no runs of study {study.name!r} in {uri}; run `ltkd sweep {args.study}` first")
+    for table in study.tables:
+        cells = cell_frame(study, plan.trials, plan.done)
+        wide = main_table(cells)
+        title = table.title or f"{study.name}: {table.name} (top-1 accuracy %, mean ± std over seeds)"
+        print(f"\n{title}\n")
+        print(render(wide, args.format, cells, title))
+        gaps = missing_cells(cells)
+        if gaps:
+            print(f"\nmissing ({len(gaps)} cells short of seeds; shown as – or with n=):", file=sys.stderr)
+            for g in gaps:
+                print(f"  {g}", file=sys.stderr)
+        if args.out:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            for fmt in FORMATS:
+                (out / f"{study.name}_{table.name}.{EXTENSIONS[fmt]}").write_text(render(wide, fmt, cells, title))
+            print(f"\nwrote {', '.join(f'{study.name}_{table.name}.{EXTENSIONS[f]}' for f in FORMATS)} to {out}/")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from orchestrator.sweep import open_plan
+
+    study, uri, tracker, exp_id, plan = open_plan(args.study, args.tracking_uri, create=False)
+    latest: dict[str, str] = {}
+    if tracker is not None and exp_id is not None:
+        for rec in tracker.runs(exp_id):
+            latest.setdefault(rec.config_hash, rec.status)
+    counts: dict[str, int] = {}
+    for t in plan.trials:
+        state = "done" if t.config_hash in plan.done else {"RUNNING": "running", "FAILED": "failed", "KILLED": "failed"}.get(latest.get(t.config_hash, ""), "missing")
+        counts[state] = counts.get(state, 0) + 1
+        if state != "done":
+            print(f"  {state:8s} {t.run_name}")
+    print(f"study {study.name}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "running", "failed", "missing")))
+    return 0
+
+
+def cmd_train(args) -> int:
+    import yaml
+
+    from trainer.config import Recipe, TrialConfig
+    from trainer.loop import run_trial
+
+    params = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--param {item!r}: expected KEY=VALUE")
+        params[key] = yaml.safe_load(value)
+    role = "distill" if args.method != "ce" else "student"
+    if role == "distill" and not args.teacher_checkpoint:
+        raise UserError(f"--method {args.method}: needs --teacher-checkpoint (a folder saved by `ltkd train --save`)")
+    config = TrialConfig(role=role, dataset=args.dataset, gamma=args.gamma, model=args.model, seed=args.seed,
+                         method=args.method, method_params=params, recipe=Recipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
+                         data_root=args.root, device=args.device, teacher="checkpoint" if role == "distill" else None)
+    _check_train_config(config)
+
+    def report(ep) -> None:
+        print(f"epoch {ep.epoch:3d}  loss {ep.loss:.4f}  all {ep.eval.acc_all:5.1f}  tail {ep.eval.acc_tail:5.1f}", flush=True)
+
+    result = run_trial(config, report=report, teacher_checkpoint=args.teacher_checkpoint, checkpoint_dir=args.save)
+    print(json.dumps({"final": result.final.metrics(), "best_epoch": result.best_epoch, "best": result.best.metrics()}, indent=1))
+    return 0
+
+
+def _check_train_config(config) -> None:
+    from trainer.datasets import DATASETS
+    from trainer.methods import METHODS
+    from trainer.models import MODELS
+
+    if config.dataset not in DATASETS:
+        raise UserError(f"--dataset {config.dataset}: unknown; allowed: {', '.join(sorted(DATASETS))}")
+    if config.model not in MODELS:
+        raise UserError(f"--model {config.model}: unknown; allowed: {', '.join(sorted(MODELS))}")
+    if config.method not in METHODS:
+        raise UserError(f"--method {config.method}: unknown; allowed: {', '.join(sorted(METHODS))}")
+    if config.gamma < 1:
+        raise UserError(f"--gamma {config.gamma:g}: the imbalance factor must be >= 1")
+
+
+COMMANDS = {"sweep": cmd_sweep, "tables": cmd_tables, "status": cmd_status, "train": cmd_train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"ltkd: error: {exc}", file=sys.stderr)
+        return 2
+    except RunFailure as exc:
+        print(f"ltkd: failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ltkd: interrupted; open runs were marked KILLED and will be retried by the next sweep", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Study files: schema, validation (one clear line per problem), expansion into trials, identity hash.
+
+A study is data: datasets and gammas, teacher-student pairs, methods with hyperparameters (a
+scalar or a list for a grid), seeds, the recipe, resources and the tables to produce. It expands
+into teacher trials (one per dataset, gamma, teacher model, seed), Student (CE) trials and
+distillation trials; a trial's identity is the hash of everything that decides what it computes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from orchestrator.errors import UserError
+from trainer.config import Recipe, TrialConfig
+from trainer.datasets import DATASET_INFO, num_classes_of
+from trainer.methods import METHODS
+from trainer.models import MODELS
+
+_STRICT = ConfigDict(extra="forbid")
+
+# The recipe's schema is derived from the trainer's dataclass, so the two cannot drift apart.
+_recipe_hints = typing.get_type_hints(Recipe)
+RecipeSpec = create_model(
+    "RecipeSpec",
+    __config__=ConfigDict(extra="forbid"),
+    **{f.name: (_recipe_hints[f.name], f.default) for f in dataclasses.fields(Recipe)},
+)
+
+
+class DatasetSpec(BaseModel):
+    model_config = _STRICT
+    name: str
+    gammas: list[float] = Field(min_length=1)
+    root: str | None = None
+    options: dict[str, Any] = {}
+    n_max: int | None = Field(default=None, ge=1)
+    split_seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        if v not in DATASET_INFO:
+            raise ValueError(f"unknown dataset; allowed: {', '.join(sorted(DATASET_INFO))}")
+        return v
+
+    @field_validator("gammas")
+    @classmethod
+    def _gamma_at_least_one(cls, v: list[float]) -> list[float]:
+        for g in v:
+            if g < 1:
+                raise ValueError(f"gamma = {g:g} is not allowed: the imbalance factor must be >= 1")
+        return v
+
+
+class PairSpec(BaseModel):
+    model_config = _STRICT
+    teacher: str
+    student: str
+
+    @field_validator("teacher", "student")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if v not in MODELS:
+            raise ValueError(f"unknown model; allowed: {', '.join(sorted(MODELS))}")
+        return v
+
+
+class ResourcesSpec(BaseModel):
+    model_config = _STRICT
+    cpu: float = Field(default=1, gt=0)
+    gpu: float = Field(default=0, ge=0)
+
+
+class TableSpec(BaseModel):
+    model_config = _STRICT
+    kind: Literal["main"] = "main"
+    name: str = "main"
+    title: str | None = None
+
+
+ParamValue = bool | int | float | str
+NON_NEGATIVE_PARAMS = {"alpha", "beta", "gamma", "ce_weight", "weight", "warmup", "tau"}
+POSITIVE_PARAMS = {"temperature"}
+
+
+class StudySpec(BaseModel):
+    model_config = _STRICT
+    name: str = Field(min_length=1)
+    description: str = ""
+    dataset: DatasetSpec
+    pairs: list[PairSpec] = Field(min_length=1)
+    methods: dict[str, dict[str, ParamValue | list[ParamValue]]] = {}
+    student_baseline: bool = True  # the Student (CE) row
+    seeds: list[int] = Field(default=[0], min_length=1)
+    recipe: RecipeSpec = RecipeSpec()  # type: ignore[valid-type]
+    teacher_recipe: dict[str, Any] = {}  # overrides of `recipe` for teacher trials
+    resources: ResourcesSpec = ResourcesSpec()
+    tables: list[TableSpec] = [TableSpec()]
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: dict) -> dict:
+        for name in methods:
+            if name not in METHODS:
+                raise ValueError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
+        return methods
+
+    @model_validator(mode="after")
+    def _check_method_params(self) -> "StudySpec":
+        num_classes = num_classes_of(self.dataset.name, self.dataset.options)
+        for name, params in self.methods.items():
+            allowed = METHODS[name].PARAMS
+            for key, value in params.items():
+                field = f"methods.{name}.{key}"
+                if key not in allowed:
+                    raise UserError(f"{field}: unknown hyperparameter; allowed for {name}: {', '.join(allowed) or 'none'}")
+                values = value if isinstance(value, list) else [value]
+                if not values:
+                    raise UserError(f"{field} = []: a grid needs at least one value")
+                for v in values:
+                    _check_param(field, key, v, allowed[key], num_classes)
+        unknown_teacher_keys = set(self.teacher_recipe) - {f.name for f in dataclasses.fields(Recipe)}
+        if unknown_teacher_keys:
+            raise UserError(f"teacher_recipe.{sorted(unknown_teacher_keys)[0]}: unknown key; allowed: {', '.join(f.name for f in dataclasses.fields(Recipe))}")
+        return self
+
+
+def _check_param(field: str, key: str, value: Any, default: Any, num_classes: int) -> None:
+    expected = type(default)
+    if expected is bool and not isinstance(value, bool):
+        raise UserError(f"{field} = {value!r}: must be true or false")
+    if expected in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise UserError(f"{field} = {value!r}: must be a number")
+    if expected is int and not float(value).is_integer():
+        raise UserError(f"{field} = {value!r}: must be a whole number")
+    if key == "n_groups" and not 1 <= value <= num_classes:
+        raise UserError(f"{field} = {value}: n(G) must be between 1 and the number of classes ({num_classes})")
+    if key in NON_NEGATIVE_PARAMS and value < 0:
+        raise UserError(f"{field} = {value}: must be >= 0")
+    if key in POSITIVE_PARAMS and value <= 0:
+        raise UserError(f"{field} = {value}: must be > 0")
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{source}: {loc}: unknown key"
+    if err["type"] == "missing":
+        return f"{source}: {loc}: required field is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    shown = f" = {value!r}" if not isinstance(value, (dict, list)) else ""
+    more = len(exc.errors()) - 1
+    return f"{source}: {loc}{shown}: {msg}" + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def parse_study(data: Any, source: str = "study") -> StudySpec:
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: the study must be a YAML mapping of keys to values, got {type(data).__name__}")
+    try:
+        return StudySpec.model_validate(data)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
+    except ValidationError as exc:
+        # Errors raised as UserError inside validators arrive wrapped; unwrap them to keep one line.
+        for err in exc.errors():
+            ctx_err = (err.get("ctx") or {}).get("error")
+            if isinstance(ctx_err, UserError):
+                raise UserError(f"{source}: {ctx_err}") from None
+        raise UserError(_format_validation_error(exc, source)) from None
+
+
+def load_study(path: str | Path) -> StudySpec:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such study file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse_study(data, str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Expansion
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One planned trial: its configuration, identity and how tables and people refer to it."""
+
+    config: TrialConfig
+    config_hash: str
+    teacher_hash: str | None  # the teacher trial whose checkpoint a distillation trial needs
+    row: str  # table row: "Teacher", "Student", "KD", "LTKD", "LTKD (beta=2)", ...
+    run_name: str
+
+    @property
+    def role(self) -> str:
+        return self.config.role
+
+
+_NOT_IDENTITY = ("data_root", "device")
+_RECIPE_NOT_IDENTITY = ("num_workers",)
+
+
+def config_hash(config: TrialConfig, teacher_hash: str | None = None) -> str:
+    """Identity of a trial: sha256 over what decides its result (not paths, devices or workers)."""
+    ident = config.to_dict()
+    for key in _NOT_IDENTITY:
+        ident.pop(key)
+    for key in _RECIPE_NOT_IDENTITY:
+        ident["recipe"].pop(key)
+    ident["teacher_hash"] = teacher_hash
+    blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _grid(params: dict[str, Any]) -> list[dict[str, Any]]:
+    keys = list(params)
+    values = [params[k] if isinstance(params[k], list) else [params[k]] for k in keys]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def method_rows(study: StudySpec) -> list[tuple[str, str, dict[str, Any]]]:
+    """(row label, method, full hyperparameters) for every grid point of every method, in study order.
+
+    A method with a single grid point is labelled by its name; grid points add the varied values.
+    """
+    rows = []
+    for name, params in study.methods.items():
+        cls = METHODS[name]
+        varied = [k for k, v in params.items() if isinstance(v, list) and len(v) > 1]
+        for point in _grid(params):
+            full = {**cls.PARAMS, **point}
+            label = cls.DISPLAY or name
+            if varied:
+                label += " (" + ", ".join(f"{k}={_fmt(point[k])}" for k in varied) + ")"
+            rows.append((label, name, full))
+    return rows
+
+
+def _short(g: float) -> str:
+    return f"{g:g}"
+
+
+def expand(study: StudySpec, data_root: str | None = None) -> list[Trial]:
+    """All trials of the study, teachers first, each once (shared teachers and students deduplicated)."""
+    ds = study.dataset
+    recipe = Recipe(**{**study.recipe.model_dump(), "milestones": tuple(study.recipe.milestones)})
+    teacher_recipe = dataclasses.replace(recipe, **{k: (tuple(v) if k == "milestones" else v) for k, v in study.teacher_recipe.items()})
+    root = data_root or ds.root
+    common = dict(dataset=ds.name, dataset_options=dict(ds.options), n_max=ds.n_max, split_seed=ds.split_seed, data_root=root)
+    teachers: dict[str, Trial] = {}
+    students: dict[str, Trial] = {}
+    distills: dict[str, Trial] = {}
+    for gamma in ds.gammas:
+        for seed in study.seeds:
+            for pair in study.pairs:
+                tcfg = TrialConfig(role="teacher", gamma=gamma, model=pair.teacher, seed=seed, recipe=teacher_recipe, **common)
+                th = config_hash(tcfg)
+                teachers.setdefault(th, Trial(tcfg, th, None, "Teacher", f"teacher {pair.teacher} g{_short(gamma)} s{seed}"))
+                if study.student_baseline:
+                    scfg = TrialConfig(role="student", gamma=gamma, model=pair.student, seed=seed, recipe=recipe, **common)
+                    sh = config_hash(scfg)
+                    students.setdefault(sh, Trial(scfg, sh, None, "Student", f"student {pair.student} g{_short(gamma)} s{seed}"))
+                for label, method, params in method_rows(study):
+                    dcfg = TrialConfig(
+                        role="distill", gamma=gamma, model=pair.student, seed=seed, method=method,
+                        method_params=params, teacher=pair.teacher, recipe=recipe, **common,
+                    )
+                    dh = config_hash(dcfg, th)
+                    suffix = label[len(METHODS[method].DISPLAY or method):]
+                    name = f"{method}{suffix} {pair.teacher}>{pair.student} g{_short(gamma)} s{seed}"
+                    distills.setdefault(dh, Trial(dcfg, dh, th, label, name))
+    return [*teachers.values(), *students.values(), *distills.values()]

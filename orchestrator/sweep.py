@@ -1,0 +1,92 @@
+"""`ltkd sweep`: validate, plan, run on Ray, track in MLflow."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from orchestrator.errors import RunFailure, UserError
+from orchestrator.plan import make_plan
+from orchestrator.study import expand, load_study
+from orchestrator.tracking import FINISHED, Tracker, check_reachable, git_commit, resolve_tracking_uri
+
+
+def _store_exists(uri: str) -> bool:
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).expanduser().exists()
+    return True
+
+
+def open_plan(study_path: str, tracking_uri: str | None, create: bool):
+    """Validate the study and the tracking store (nothing written on bad input); return its plan."""
+    study = load_study(study_path)
+    trials = expand(study)
+    uri = resolve_tracking_uri(tracking_uri)
+    check_reachable(uri)
+    if not create and not _store_exists(uri):
+        return study, uri, None, None, make_plan(trials, {})
+    tracker = Tracker(uri)
+    try:
+        exp_id = tracker.experiment_id(study.name, create=create)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any store failure here is the user's URI or server
+        raise UserError(f"--tracking-uri {uri}: cannot use the tracking store ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    return study, uri, tracker, exp_id, make_plan(trials, tracker.finished_by_hash(exp_id))
+
+
+def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dry_run: bool, storage: str | None, out=sys.stdout) -> int:
+    study, uri, tracker, exp_id, plan = open_plan(study_path, tracking_uri, create=False)
+    print(f"study {study.name}: {plan.summary()}", file=out)
+    if dry_run:
+        for t in plan.trials:
+            state = "done" if t.config_hash in plan.done else "to run"
+            print(f"  {t.role:8s} {t.run_name:48s} {t.config_hash}  {state}", file=out)
+        return 0
+    if not plan.first_phase and not plan.second_phase:
+        print("nothing to run: every trial has a FINISHED run", file=out)
+        return 0
+    if tracker is None or exp_id is None:
+        study, uri, tracker, exp_id, plan = open_plan(study_path, tracking_uri, create=True)
+
+    from orchestrator.ray_runner import init_ray, run_trials
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    print(f"tracking: {uri} (experiment {study.name!r}, id {exp_id}); ray: {address or 'local'}", file=out)
+    init_ray(address)
+    base_tags = {"study": study.name, "git_commit": git_commit(), "study_file": str(Path(study_path))}
+    resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
+    total = len(plan.first_phase) + len(plan.second_phase)
+    counter = {"n": 0}
+    started = time.time()
+
+    def on_done(o) -> None:
+        counter["n"] += 1
+        if o.status == FINISHED:
+            m = o.metrics
+            detail = f"all {m.get('acc_all', float('nan')):5.1f}  tail {m.get('acc_tail', float('nan')):5.1f}  ({m.get('train_seconds', 0):.1f} s)"
+        else:
+            detail = o.error
+        print(f"[{counter['n']:>{len(str(total))}}/{total}] {o.status:8s} {o.trial.run_name:44s} {detail}", file=out, flush=True)
+
+    outcomes = run_trials(plan.first_phase, tracker, exp_id, base_tags, resources, {}, on_done, storage, f"{study.name}-1")
+    teacher_artifacts = {h: r.artifact_uri + "/checkpoint" for h, r in plan.done.items()}
+    teacher_artifacts.update({h: o.artifact_uri + "/checkpoint" for h, o in outcomes.items() if o.status == FINISHED})
+    runnable = [t for t in plan.second_phase if t.teacher_hash in teacher_artifacts]
+    blocked = [t for t in plan.second_phase if t.teacher_hash not in teacher_artifacts]
+    for t in blocked:
+        counter["n"] += 1
+        print(f"[{counter['n']}/{total}] SKIPPED  {t.run_name:44s} its teacher did not finish", file=out)
+    outcomes.update(run_trials(runnable, tracker, exp_id, base_tags, resources, teacher_artifacts, on_done, storage, f"{study.name}-2"))
+
+    failed = [o for o in outcomes.values() if o.status != FINISHED]
+    finished = len(outcomes) - len(failed)
+    elapsed = time.time() - started
+    print(f"done in {elapsed:.0f} s: {finished} finished, {len(failed)} failed, {len(blocked)} skipped, "
+          f"{len(plan.done)} already done before.", file=out)
+    print(f"runs: {uri}, experiment {study.name!r}. Browse them with: mlflow ui --backend-store-uri {uri}", file=out)
+    missing = total - finished - len(failed) - len(blocked)
+    if failed or blocked or missing:
+        raise RunFailure(f"{len(failed)} failed, {len(blocked)} skipped, {missing} not run; rerun the same command to retry only those")
+    return 0
