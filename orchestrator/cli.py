@@ -125,8 +125,11 @@ def cmd_train(args) -> int:
         if not sep:
             raise UserError(f"--param {item!r}: expected KEY=VALUE")
         params[key] = yaml.safe_load(value)
-    role = "distill" if args.method != "ce" else "student"
-    if role == "distill" and not args.teacher_checkpoint:
+    from trainer.methods import METHODS
+
+    needs_teacher = args.method in METHODS and METHODS[args.method].NEEDS_TEACHER
+    role = "distill" if needs_teacher else "student"
+    if needs_teacher and not args.teacher_checkpoint:
         raise UserError(f"--method {args.method}: needs --teacher-checkpoint (a folder saved by `ltkd train --save`)")
     config = TrialConfig(role=role, dataset=args.dataset, gamma=args.gamma, model=args.model, seed=args.seed,
                          method=args.method, method_params=params, recipe=Recipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),

@@ -21,6 +21,8 @@ from typing import Any
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
+from ray.tune import Callback  # noqa: E402
+
 from orchestrator.study import Trial  # noqa: E402
 from orchestrator.tracking import FINISHED, Tracker, per_class_artifact  # noqa: E402
 
@@ -35,7 +37,7 @@ def trial_params(trial: Trial) -> dict[str, Any]:
         "dataset": cfg.dataset,
         "gamma": cfg.gamma,
         "role": cfg.role,
-        "method": cfg.method if cfg.role == "distill" else "ce",
+        "method": cfg.method,
         "teacher": cfg.teacher if cfg.role == "distill" else (cfg.model if cfg.role == "teacher" else None),
         "student": cfg.model if cfg.role != "teacher" else None,
         "alpha": mp.get("alpha"),
@@ -106,90 +108,110 @@ class Outcome:
     artifact_uri: str = ""
 
 
-def _make_callback(tracker: Tracker, experiment_id: str, planned: dict[str, Trial], base_tags: dict[str, str],
-                   outcomes: dict[str, Outcome], on_done: Callable[[Outcome], None]):
-    from ray.tune import Callback
+def _trial_error_line(trial) -> str:
+    """'ExceptionType: message' of the error that ended a trial, from Tune's local error files."""
+    import ray.cloudpickle
 
-    class MlflowWriter(Callback):
-        """Driver-side single writer: trial events -> MLflow runs."""
+    try:
+        with open(trial.pickled_error_file, "rb") as f:
+            exc = ray.cloudpickle.load(f)
+        exc = getattr(exc, "cause", None) or exc  # RayTaskError wraps the trial's own exception
+        return f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    except Exception:  # noqa: BLE001 - best effort: fall back to the last line of the text trace
+        try:
+            with open(trial.error_file) as f:
+                lines = [ln.strip() for ln in f if ln.strip()]
+            return lines[-1] if lines else ""
+        except Exception:  # noqa: BLE001
+            return ""
 
-        def __init__(self):
-            self.run_of: dict[str, str] = {}  # Tune trial id -> MLflow run id
-            self.final: dict[str, dict] = {}
 
-        def _trial(self, tune_trial) -> Trial:
-            return planned[tune_trial.config["payload"]["config_hash"]]
+class MlflowWriter(Callback):
+    """Driver-side single writer: Tune trial events -> MLflow runs (one batched call per epoch)."""
 
-        def on_trial_start(self, iteration, trials, trial, **info):
-            if trial.trial_id in self.run_of:
-                return
-            t = self._trial(trial)
-            tags = {**base_tags, "config_hash": t.config_hash, "role": t.role, "row": t.row}
-            if t.teacher_hash:
-                tags["teacher_hash"] = t.teacher_hash
-            self.run_of[trial.trial_id] = tracker.start_run(experiment_id, t.run_name, trial_params(t), tags)
+    def __init__(self, tracker: Tracker, experiment_id: str, planned: dict[str, Trial], base_tags: dict[str, str],
+                 outcomes: dict[str, Outcome], on_done: Callable[[Outcome], None]):
+        self.tracker = tracker
+        self.experiment_id = experiment_id
+        self.planned = planned
+        self.base_tags = base_tags
+        self.outcomes = outcomes
+        self.on_done = on_done
+        self.run_of: dict[str, str] = {}  # Tune trial id -> MLflow run id
+        self.final: dict[str, dict] = {}
 
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            run_id = self.run_of.get(trial.trial_id)
-            if run_id is None:
-                return
-            if FINAL_KEY in result:
-                self.final[trial.trial_id] = result
-                return
-            step = int(result["epoch"])
-            keys = ("loss", "lr", "acc_all", "acc_head", "acc_medium", "acc_tail")
-            metrics = {k: result[k] for k in keys if k in result}
-            metrics.update({k: v for k, v in result.items() if k.startswith("loss_")})
-            tracker.log_metrics(run_id, metrics, step)
+    def __getstate__(self):
+        # Tune pickles its run config (callbacks included) for experiment restore, which ltkd does
+        # not use (a rerun skips finished trials instead): keep the live client and console out.
+        return {"run_of": {}, "final": {}}
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            run_id = self.run_of.get(trial.trial_id)
-            t = self._trial(trial)
-            final = self.final.get(trial.trial_id)
-            if run_id is None or final is None:
-                outcome = Outcome(t, "FAILED", run_id, error="trial ended without a final report")
-                if run_id:
-                    tracker.set_tags(run_id, {"error": outcome.error})
-                    tracker.end_run(run_id, "FAILED")
-            else:
-                payload = final[FINAL_KEY]
-                summary = {k: final[k] for k in final if k.startswith(("acc_", "best_")) or k in ("train_seconds",)}
-                tracker.log_metrics(run_id, summary, int(final["epoch"]))
-                tracker.log_json(run_id, per_class_artifact(payload["per_class"], payload["class_counts"]), "per_class_accuracy.json")
-                tracker.log_json(run_id, per_class_artifact(payload["best_per_class"], payload["class_counts"]), "best_epoch_per_class_accuracy.json")
-                if trial.checkpoint is not None:
-                    with trial.checkpoint.as_directory() as local:
-                        tracker.log_dir(run_id, local, "checkpoint")
-                tracker.end_run(run_id, FINISHED)
-                run = tracker.client.get_run(run_id)
-                outcome = Outcome(t, FINISHED, run_id, summary, artifact_uri=run.info.artifact_uri)
-            outcomes[t.config_hash] = outcome
-            on_done(outcome)
+    def _trial(self, tune_trial) -> Trial:
+        return self.planned[tune_trial.config["payload"]["config_hash"]]
 
-        def on_trial_error(self, iteration, trials, trial, **info):
-            run_id = self.run_of.get(trial.trial_id)
-            t = self._trial(trial)
-            err = ""
-            try:
-                exc = trial.get_pickled_error()
-                err = f"{type(exc).__name__}: {exc}".splitlines()[0] if exc else ""
-            except Exception:  # noqa: BLE001 - the error file is best effort; the run still gets FAILED
-                err = ""
-            err = err or "trial raised an error (see the Ray logs)"
+    def _record(self, outcome: Outcome) -> None:
+        self.outcomes[outcome.trial.config_hash] = outcome
+        self.on_done(outcome)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.run_of:
+            return
+        t = self._trial(trial)
+        tags = {**self.base_tags, "config_hash": t.config_hash, "role": t.role, "row": t.row}
+        if t.teacher_hash:
+            tags["teacher_hash"] = t.teacher_hash
+        self.run_of[trial.trial_id] = self.tracker.start_run(self.experiment_id, t.run_name, trial_params(t), tags)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self.run_of.get(trial.trial_id)
+        if run_id is None:
+            return
+        if FINAL_KEY in result:
+            self.final[trial.trial_id] = result
+            return
+        keys = ("loss", "lr", "acc_all", "acc_head", "acc_medium", "acc_tail")
+        metrics = {k: result[k] for k in keys if k in result}
+        metrics.update({k: v for k, v in result.items() if k.startswith("loss_")})
+        self.tracker.log_metrics(run_id, metrics, int(result["epoch"]))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self.run_of.get(trial.trial_id)
+        t = self._trial(trial)
+        final = self.final.get(trial.trial_id)
+        if run_id is None or final is None:
+            outcome = Outcome(t, "FAILED", run_id, error="trial ended without a final report")
             if run_id:
-                tracker.set_tags(run_id, {"error": err[:4000]})
-                tracker.end_run(run_id, "FAILED")
-            outcomes[t.config_hash] = Outcome(t, "FAILED", run_id, error=err)
-            on_done(outcomes[t.config_hash])
+                self.tracker.set_tags(run_id, {"error": outcome.error})
+                self.tracker.end_run(run_id, "FAILED")
+            self._record(outcome)
+            return
+        payload = final[FINAL_KEY]
+        summary = {k: final[k] for k in final if k.startswith(("acc_", "best_")) or k == "train_seconds"}
+        # acc_* of the last epoch are already logged at that step, and are the runs' latest values.
+        self.tracker.log_metrics(run_id, {k: v for k, v in summary.items() if not k.startswith("acc_")}, int(final["epoch"]))
+        self.tracker.log_json(run_id, per_class_artifact(payload["per_class"], payload["class_counts"]), "per_class_accuracy.json")
+        self.tracker.log_json(run_id, per_class_artifact(payload["best_per_class"], payload["class_counts"]), "best_epoch_per_class_accuracy.json")
+        if trial.checkpoint is not None:
+            with trial.checkpoint.as_directory() as local:
+                self.tracker.log_dir(run_id, local, "checkpoint")
+        self.tracker.end_run(run_id, FINISHED)
+        artifact_uri = self.tracker.client.get_run(run_id).info.artifact_uri
+        self._record(Outcome(t, FINISHED, run_id, summary, artifact_uri=artifact_uri))
 
-        def close_open_runs(self) -> None:
-            """Runs left open by an interrupt end KILLED, so a rerun retries them and nothing stays RUNNING."""
-            closed = {o.run_id for o in outcomes.values()}
-            for tid, run_id in self.run_of.items():
-                if run_id not in closed:
-                    tracker.end_run(run_id, "KILLED")
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self.run_of.get(trial.trial_id)
+        err = _trial_error_line(trial)
+        err = err or "trial raised an error (see the Ray logs)"
+        if run_id:
+            self.tracker.set_tags(run_id, {"error": err[:4000]})
+            self.tracker.end_run(run_id, "FAILED")
+        self._record(Outcome(self._trial(trial), "FAILED", run_id, error=err))
 
-    return MlflowWriter()
+    def close_open_runs(self) -> None:
+        """Runs left open by an interrupt end KILLED, so a rerun retries them and nothing stays RUNNING."""
+        closed = {o.run_id for o in self.outcomes.values()}
+        for run_id in self.run_of.values():
+            if run_id not in closed:
+                self.tracker.end_run(run_id, "KILLED")
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -231,7 +253,7 @@ def run_trials(
             "cpus": resources.get("cpu", 1),
         })
     outcomes: dict[str, Outcome] = {}
-    callback = _make_callback(tracker, experiment_id, by_hash, base_tags, outcomes, on_done)
+    callback = MlflowWriter(tracker, experiment_id, by_hash, base_tags, outcomes, on_done)
     own_storage = storage_path is None
     storage = storage_path or tempfile.mkdtemp(prefix="ltkd-tune-")
     tuner = tune.Tuner(

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ class DatasetSpec(BaseModel):
     @classmethod
     def _gamma_at_least_one(cls, v: list[float]) -> list[float]:
         for g in v:
-            if g < 1:
+            if not math.isfinite(g) or g < 1:
                 raise ValueError(f"gamma = {g:g} is not allowed: the imbalance factor must be >= 1")
         return v
 
@@ -282,6 +283,14 @@ def expand(study: StudySpec, data_root: str | None = None) -> list[Trial]:
                     sh = config_hash(scfg)
                     students.setdefault(sh, Trial(scfg, sh, None, "Student", f"student {pair.student} g{_short(gamma)} s{seed}"))
                 for label, method, params in method_rows(study):
+                    if not METHODS[method].NEEDS_TEACHER:
+                        # A teacher-free method (balanced softmax, ...) is another Student row.
+                        bcfg = TrialConfig(role="student", gamma=gamma, model=pair.student, seed=seed, method=method,
+                                           method_params=params, recipe=recipe, **common)
+                        bh = config_hash(bcfg)
+                        name = f"{method}{label[len(METHODS[method].DISPLAY or method):]} {pair.student} g{_short(gamma)} s{seed}"
+                        students.setdefault(bh, Trial(bcfg, bh, None, label, name))
+                        continue
                     dcfg = TrialConfig(
                         role="distill", gamma=gamma, model=pair.student, seed=seed, method=method,
                         method_params=params, teacher=pair.teacher, recipe=recipe, **common,

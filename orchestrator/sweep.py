@@ -36,7 +36,8 @@ def open_plan(study_path: str, tracking_uri: str | None, create: bool):
     return study, uri, tracker, exp_id, make_plan(trials, tracker.finished_by_hash(exp_id))
 
 
-def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dry_run: bool, storage: str | None, out=sys.stdout) -> int:
+def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dry_run: bool, storage: str | None, out=None) -> int:
+    out = out or sys.stdout
     study, uri, tracker, exp_id, plan = open_plan(study_path, tracking_uri, create=False)
     print(f"study {study.name}: {plan.summary()}", file=out)
     if dry_run:

@@ -91,8 +91,13 @@ def run_trial(
     checkpoint_dir: str | None = None,
 ) -> TrialResult:
     """Train `config.model` for `config.role`; evaluate every epoch; save the final weights if asked."""
-    if config.role == "distill" and teacher_checkpoint is None:
-        raise ValueError("a distillation trial needs teacher_checkpoint")
+    if config.method not in METHODS:
+        raise KeyError(f"unknown method {config.method!r}; known: {', '.join(sorted(METHODS))}")
+    method_cls = METHODS[config.method]
+    if method_cls.NEEDS_TEACHER and teacher_checkpoint is None:
+        raise ValueError(f"method {config.method!r} distils from a teacher: pass teacher_checkpoint")
+    if config.role == "teacher" and method_cls.NEEDS_TEACHER:
+        raise ValueError(f"a teacher is trained without a teacher: method {config.method!r} is not allowed for role teacher")
     seed_everything(config.seed)
     device = resolve_device(config.device)
     autocast = config.recipe.amp and device.type == "cuda"
@@ -105,15 +110,13 @@ def run_trial(
     test_loader = make_loader(data.test, max(256, config.recipe.batch_size), False, config.seed, config.recipe.num_workers, pin)
 
     model = build_model(config.model, data.num_classes, in_channels=data.in_channels).to(device)
-    method_name = config.method if config.role == "distill" else "ce"
-    method = build_method(method_name, config.method_params if config.role == "distill" else {}, data.class_counts).to(device)
+    method = build_method(config.method, config.method_params, data.class_counts).to(device)
     teacher = None
-    if METHODS[method_name].NEEDS_TEACHER:
+    if method_cls.NEEDS_TEACHER:
         teacher = load_checkpoint(teacher_checkpoint, map_location=device).to(device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
 
-    method_cls = METHODS[method_name]
     sample_x = next(iter(train_loader))[0][:2].to(device)
     method.setup(model, teacher, sample_x)
     method.to(device)

@@ -82,3 +82,245 @@ def ltkd_loss(
     within = elementwise.sum(dim=1)  # the per-group sums added up: same as sum over classes
 
     return (alpha * cross + beta * within).mean() * temperature**2
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines and LTKD variants (appended; the functions above are unchanged).
+# ---------------------------------------------------------------------------------------------
+
+# Gap (in logit units after the temperature) by which a masked entry sits below the row's
+# smallest logit: exp(-100) ~ 4e-44 is below float64's resolution relative to the row's largest
+# term (>= 1 after the log-sum-exp shift), so the masked entry vanishes exactly, yet every
+# quantity stays finite (no -inf arithmetic, hence no NaN in values or gradients).
+_MASK_GAP = 100.0
+
+
+def _mask_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`logits` with the entries where `mask` is True replaced by (row min - _MASK_GAP), detached."""
+    fill = logits.detach().amin(dim=1, keepdim=True) - _MASK_GAP
+    return torch.where(mask, fill, logits)
+
+
+def dkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float | torch.Tensor = 1.0,
+    beta: float | torch.Tensor = 8.0,
+    temperature: float = 4.0,
+) -> torch.Tensor:
+    """Decoupled KD (Zhao et al., CVPR 2022): (alpha * TCKD + beta * NCKD) * T^2, batch mean.
+
+    With p = softmax(z / T) for teacher and student and t the target class:
+    - TCKD = KL(b^T || b^S) over the binary distributions b = [p_t, 1 - p_t];
+    - NCKD = KL(p^T_\\t || p^S_\\t) over the non-target classes, p_\\t = p restricted to the classes
+      other than t and renormalised.
+    KD = TCKD + (1 - p^T_t) * NCKD, so alpha = 1, beta = 1 - p^T_t gives back `kd_loss` exactly.
+    Computed in log space (log(1 - p_t) as a log-sum-exp over the non-target logits); alpha and
+    beta may be floats or per-sample tensors [B]. The warm-up ramp belongs to the method.
+    """
+    z_s = student_logits / temperature
+    z_t = teacher_logits / temperature
+    target_mask = F.one_hot(target, z_s.shape[1]).bool()
+    lse_s = torch.logsumexp(z_s, dim=1)
+    lse_t = torch.logsumexp(z_t, dim=1)
+    rest_s = _mask_logits(z_s, target_mask)  # target entry pushed out of the distribution
+    rest_t = _mask_logits(z_t, target_mask)
+    lse_rest_s = torch.logsumexp(rest_s, dim=1)
+    lse_rest_t = torch.logsumexp(rest_t, dim=1)
+
+    # TCKD: binary [p_t, 1 - p_t], both entries as logs.
+    log_bt_s = torch.stack([z_s.gather(1, target[:, None]).squeeze(1) - lse_s, lse_rest_s - lse_s], dim=1)
+    log_bt_t = torch.stack([z_t.gather(1, target[:, None]).squeeze(1) - lse_t, lse_rest_t - lse_t], dim=1)
+    tckd = (torch.exp(log_bt_t) * (log_bt_t - log_bt_s)).sum(dim=1)
+
+    # NCKD: the non-target distribution; the target's (vanishing) term is zeroed explicitly.
+    log_q_s = rest_s - lse_rest_s[:, None]
+    log_q_t = rest_t - lse_rest_t[:, None]
+    nckd = (torch.exp(log_q_t) * (log_q_t - log_q_s)).masked_fill(target_mask, 0.0).sum(dim=1)
+
+    return (alpha * tckd + beta * nckd).mean() * temperature**2
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of each row of a with the same row of b: [N, D] x [N, D] -> [N].
+
+    A constant row (zero variance) has correlation 0 instead of NaN: the product of the norms is
+    clamped at eps (inside the square root, so its gradient stays finite). Identical rows give 1.
+    """
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    denom = torch.sqrt(((a * a).sum(dim=1) * (b * b).sum(dim=1)).clamp_min(eps * eps))
+    return (a * b).sum(dim=1) / denom
+
+
+def dist_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    temperature: float = 4.0,
+) -> torch.Tensor:
+    """DIST (Huang et al., NeurIPS 2022): relation matching with Pearson correlation.
+
+    With Y = softmax(z / T) ([B, C]) for student and teacher:
+    inter-class = 1 - mean over samples of corr(Y^S[i, :], Y^T[i, :]);
+    intra-class = 1 - mean over classes of corr(Y^S[:, c], Y^T[:, c]);
+    loss = T^2 * (beta * inter + gamma * intra).
+    """
+    y_s = F.softmax(student_logits / temperature, dim=1)
+    y_t = F.softmax(teacher_logits / temperature, dim=1)
+    inter = 1.0 - _pearson_rows(y_s, y_t).mean()
+    intra = 1.0 - _pearson_rows(y_s.t(), y_t.t()).mean()
+    return (beta * inter + gamma * intra) * temperature**2
+
+
+def class_balanced_weights(class_counts, beta: float = 0.9999) -> torch.Tensor:
+    """Cui et al. (CVPR 2019) effective-number weights: w_c = (1 - beta) / (1 - beta^n_c), scaled so
+    that sum_c w_c = C (mean 1). Equal counts give all ones; beta = 0 gives all ones. A class with
+    no training image is counted as one (its weight stays finite)."""
+    counts = torch.as_tensor(list(class_counts), dtype=torch.float64).clamp_min(1.0)
+    if beta == 0:
+        weights = torch.ones_like(counts)
+    else:
+        weights = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts))
+    return (weights / weights.sum() * counts.numel()).float()
+
+
+def balanced_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    class_weights: torch.Tensor | None = None,
+    temperature: float = 2.0,
+) -> torch.Tensor:
+    """BKD's class-balanced distillation term (Zhang et al., Neurocomputing 2023), times T^2, batch mean.
+
+    The teacher's soft label is reweighted per class and renormalised, q_i = w_i p^T_i / sum_j w_j p^T_j
+    (computed as softmax(z^T / T + log w)), and the student matches it: KL(q || p^S).
+    class_weights None (or all ones) gives `kd_loss` exactly.
+    """
+    z_t = teacher_logits / temperature
+    if class_weights is not None:
+        z_t = z_t + torch.log(class_weights.to(z_t))
+    log_q = F.log_softmax(z_t, dim=1)
+    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
+    return F.kl_div(log_p_s, log_q, log_target=True, reduction="batchmean") * temperature**2
+
+
+def balanced_softmax_loss(
+    logits: torch.Tensor, target: torch.Tensor, log_prior: torch.Tensor, tau: float = 1.0
+) -> torch.Tensor:
+    """Balanced Softmax (Ren et al. 2020) / logit-adjusted CE (Menon et al. 2021):
+    CE(z + tau * log pi, y), with pi the training class prior. tau = 1 is Balanced Softmax;
+    equal counts make the shift a per-row constant, i.e. plain CE. Predictions use plain z."""
+    return F.cross_entropy(logits + tau * log_prior.to(logits), target)
+
+
+def batch_group_log_prior(
+    teacher_logits: torch.Tensor, groups: torch.Tensor, temperature: float = 4.0, num_groups: int | None = None
+) -> torch.Tensor:
+    """log p^B_G: the log of the teacher's group probability averaged over the batch, [G]."""
+    groups = groups.to(teacher_logits.device)
+    if num_groups is None:
+        num_groups = int(groups.max().item()) + 1
+    z_t = teacher_logits / temperature
+    log_pg_t = _group_logsumexp(z_t, groups, num_groups) - torch.logsumexp(z_t, dim=1, keepdim=True)
+    return torch.logsumexp(log_pg_t, dim=0) - torch.log(z_t.new_tensor(float(z_t.shape[0])))
+
+
+def continuous_group_weights(log_prior: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Within-group weights of `ltkd_continuous_loss`: w_G = (p^B_G)^(-tau) / mean_G'((p^B_G')^(-tau)),
+    computed as G * softmax(-tau * log p^B) (stable for tiny p^B). Mean 1 over groups; tau = 0 is
+    uniform (LTKD); tau = 1 is proportional to the rebalancing factors s_G = mean(p^B) / p^B_G."""
+    return log_prior.numel() * torch.softmax(-tau * log_prior, dim=0)
+
+
+def ltkd_continuous_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    groups: torch.Tensor,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    temperature: float = 4.0,
+    rebalance: bool = True,
+    tau: float = 1.0,
+    num_groups: int | None = None,
+) -> torch.Tensor:
+    """LTKD with continuous within-group reweighting ("continuous reweighting" of the n(G) ablation).
+
+    Same cross-group term as `ltkd_loss`; the within-group KLs are weighted by w_G =
+    `continuous_group_weights(log p^B, tau)` instead of uniformly: a group's weight varies
+    continuously (a power law) with the teacher's batch-mean probability of the group, so groups
+    the teacher under-predicts (the tail) get more within-group supervision. The weights have mean
+    1 over the groups (same overall scale as LTKD's uniform weights) and are constants for the
+    gradient (teacher-only quantities, detached). tau = 0 gives `ltkd_loss` exactly.
+    Vectorised over groups like `ltkd_loss`.
+    """
+    groups = groups.to(student_logits.device)
+    if num_groups is None:
+        num_groups = int(groups.max().item()) + 1
+    z_s = student_logits / temperature
+    z_t = teacher_logits / temperature
+    lse_s = torch.logsumexp(z_s, dim=1, keepdim=True)
+    lse_t = torch.logsumexp(z_t, dim=1, keepdim=True)
+    group_lse_s = _group_logsumexp(z_s, groups, num_groups)
+    group_lse_t = _group_logsumexp(z_t, groups, num_groups)
+    log_pg_s = group_lse_s - lse_s
+    log_pg_t = group_lse_t - lse_t
+    log_pb = torch.logsumexp(log_pg_t, dim=0) - torch.log(z_t.new_tensor(float(z_t.shape[0])))  # log p^B_G
+
+    if rebalance:
+        log_scale = torch.log(torch.exp(log_pb).mean()) - log_pb
+        log_q = F.log_softmax(log_pg_t + log_scale, dim=1)
+    else:
+        log_q = log_pg_t
+    cross = F.kl_div(log_pg_s, log_q, log_target=True, reduction="none").sum(dim=1)
+
+    index = groups.unsqueeze(0).expand_as(z_t)
+    log_within_t = z_t - group_lse_t.gather(1, index)
+    log_within_s = z_s - group_lse_s.gather(1, index)
+    weights = continuous_group_weights(log_pb.detach(), tau)[groups]  # [C]: each class's group weight
+    within = (weights * torch.exp(log_within_t) * (log_within_t - log_within_s)).sum(dim=1)
+
+    return (alpha * cross + beta * within).mean() * temperature**2
+
+
+def hcl_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor, levels=(4, 2, 1)) -> torch.Tensor:
+    """ReviewKD's hierarchical context loss (Chen et al., CVPR 2021) for one feature pair [B, C, H, W].
+
+    MSE at full resolution (weight 1) plus MSE after adaptive average pooling to each l x l in
+    `levels` that is smaller than H, each used level weighted half the previous one; the sum is
+    divided by the sum of the weights. Both maps must have the same shape.
+    """
+    loss = F.mse_loss(student_feature, teacher_feature)
+    weight, total = 1.0, 1.0
+    height = student_feature.shape[2]
+    for level in levels:
+        if level >= height:
+            continue
+        weight /= 2.0
+        loss = loss + weight * F.mse_loss(
+            F.adaptive_avg_pool2d(student_feature, level), F.adaptive_avg_pool2d(teacher_feature, level)
+        )
+        total += weight
+    return loss / total
+
+
+def class_activation_maps(features: torch.Tensor, classifier_weight: torch.Tensor) -> torch.Tensor:
+    """CAMs: the classifier applied at every position of the last feature map,
+    [B, D, H, W] x [K, D] -> [B, K, H, W]. Their spatial mean plus the bias gives the logits of a
+    global-average-pool + linear head."""
+    return torch.einsum("bdhw,kd->bkhw", features, classifier_weight)
+
+
+def cat_loss(
+    student_cams: torch.Tensor, teacher_cams: torch.Tensor, resolution: int = 2, normalize: bool = False
+) -> torch.Tensor:
+    """CAT-KD's class attention transfer (Guo et al., CVPR 2023): average-pool both CAM stacks to
+    resolution x resolution, optionally L2-normalise each class map over its positions, then MSE."""
+    s = F.adaptive_avg_pool2d(student_cams, resolution)
+    t = F.adaptive_avg_pool2d(teacher_cams, resolution)
+    if normalize:
+        s = F.normalize(s.flatten(2), dim=2)
+        t = F.normalize(t.flatten(2), dim=2)
+    return F.mse_loss(s, t)

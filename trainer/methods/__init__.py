@@ -6,15 +6,32 @@ validator checks against.
 """
 from __future__ import annotations
 
+from trainer.methods.balanced_ce import BalancedSoftmax
 from trainer.methods.base import Method
+from trainer.methods.bkd import BKD
+from trainer.methods.catkd import CATKD
 from trainer.methods.ce import CrossEntropy
+from trainer.methods.dist import DIST
+from trainer.methods.dkd import DKD
 from trainer.methods.kd import KD
 from trainer.methods.ltkd import LTKD
+from trainer.methods.ltkd_variants import LTKDBiased, LTKDContinuous, LTKDCross, LTKDWithin
+from trainer.methods.reviewkd import ReviewKD
 
 METHODS: dict[str, type[Method]] = {
     "ce": CrossEntropy,
     "kd": KD,
     "ltkd": LTKD,
+    "dkd": DKD,
+    "dist": DIST,
+    "bkd": BKD,
+    "balanced_softmax": BalancedSoftmax,
+    "ltkd_cross": LTKDCross,
+    "ltkd_within": LTKDWithin,
+    "ltkd_biased": LTKDBiased,
+    "ltkd_continuous": LTKDContinuous,
+    "reviewkd": ReviewKD,
+    "catkd": CATKD,
 }
 
 

@@ -1,0 +1,29 @@
+# Two commands: `make demo` (set up, run the offline smoke study, print its table) and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ltkd-installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/ltkd sweep studies/smoke.yaml
+	$(BIN)/ltkd tables studies/smoke.yaml --out tables-out
+
+test: install
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python bench/bench_losses.py
+
+clean:
+	rm -rf mlflow.db mlruns tables-out .pytest_cache

@@ -1,0 +1,120 @@
+"""A tiny study through a real local Ray into real MLflow stores (a SQLite file and a server process)."""
+import json
+import statistics
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.cli import main
+
+pytestmark = pytest.mark.integration
+
+TINY = """
+name: {name}
+dataset: {{name: digits, gammas: [10]}}
+pairs: [{{teacher: cnn_w16, student: cnn_w4}}]
+methods:
+  kd: {{alpha: 1.0, temperature: 4.0}}
+  ltkd: {{alpha: 1.0, beta: 1.0, temperature: 4.0, n_groups: 3}}
+seeds: [0, 1]
+recipe: {{epochs: 3, batch_size: 64, lr: 0.05, milestones: [2]}}
+resources: {{cpu: 1}}
+"""
+
+
+def write_study(tmp_path: Path, name: str, body: str = TINY) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(body.format(name=name)))
+    return path
+
+
+def all_runs(uri: str, experiment: str):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def check_sweep(uri: str, study: Path, name: str, tmp_path: Path, capsys) -> None:
+    assert main(["sweep", str(study), "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "8 trials: 2 teacher (0 done), 2 student (0 done), 4 distillation (0 done); 8 to run" in out
+    client, runs = all_runs(uri, name)
+    assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
+
+    # Tracking schema: params, per-epoch metrics with steps, tags, per-class artifact, readable names.
+    by_name = {r.info.run_name: r for r in runs}
+    assert set(by_name) == {
+        "teacher cnn_w16 g10 s0", "teacher cnn_w16 g10 s1", "student cnn_w4 g10 s0", "student cnn_w4 g10 s1",
+        "kd cnn_w16>cnn_w4 g10 s0", "kd cnn_w16>cnn_w4 g10 s1", "ltkd cnn_w16>cnn_w4 g10 s0", "ltkd cnn_w16>cnn_w4 g10 s1",
+    }
+    ltkd = by_name["ltkd cnn_w16>cnn_w4 g10 s1"]
+    p = ltkd.data.params
+    assert (p["dataset"], p["gamma"], p["role"], p["method"], p["teacher"], p["student"]) == ("digits", "10.0", "distill", "ltkd", "cnn_w16", "cnn_w4")
+    assert (p["alpha"], p["beta"], p["n_groups"], p["temperature"], p["seed"], p["epochs"]) == ("1.0", "1.0", "3", "4.0", "1", "3")
+    tags = ltkd.data.tags
+    assert tags["study"] == name and len(tags["config_hash"]) == 16 and tags["git_commit"]
+    assert tags["teacher_hash"] == by_name["teacher cnn_w16 g10 s1"].data.tags["config_hash"]
+    history = client.get_metric_history(ltkd.info.run_id, "acc_tail")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(ltkd.info.run_id, "loss")] == [1, 2, 3]
+    final_tail = [m.value for m in history if m.step == 3][0]
+    assert ltkd.data.metrics["acc_tail"] == pytest.approx(final_tail)
+    for key in ("acc_all", "acc_head", "acc_medium", "acc_tail", "best_acc_all", "best_epoch"):
+        assert key in ltkd.data.metrics
+    local = client.download_artifacts(ltkd.info.run_id, "per_class_accuracy.json", str(tmp_path))
+    per_class = json.loads(Path(local).read_text())
+    assert len(per_class["per_class_accuracy"]) == 10 and sum(per_class["class_counts"]) > 0
+    teacher = by_name["teacher cnn_w16 g10 s0"]
+    assert [f.path for f in client.list_artifacts(teacher.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
+
+    # Rerunning the study adds no FINISHED run: every config_hash is already done.
+    assert main(["sweep", str(study), "--tracking-uri", uri]) == 0
+    assert "nothing to run" in capsys.readouterr().out
+    _, again = all_runs(uri, name)
+    assert len(again) == 8
+
+    # The table's cells are the mean and sample std of the runs' final metrics.
+    out_dir = tmp_path / f"tables-{name}"
+    assert main(["tables", str(study), "--tracking-uri", uri, "--format", "csv", "--out", str(out_dir)]) == 0
+    cells = pd.read_csv(out_dir / f"{name}_main.csv")
+    for row, prefix in (("Teacher", "teacher"), ("Student", "student"), ("KD", "kd"), ("LTKD", "ltkd")):
+        seeds = [r for n, r in by_name.items() if n.startswith(prefix + " ")]
+        for group, key in (("Tail", "acc_tail"), ("All", "acc_all")):
+            values = [r.data.metrics[key] for r in seeds]
+            cell = cells[(cells["row"] == row) & (cells["group"] == group)].iloc[0]
+            assert cell["n"] == 2 and cell["expected"] == 2
+            assert cell["mean"] == pytest.approx(statistics.mean(values), abs=1e-4)
+            assert cell["std"] == pytest.approx(statistics.stdev(values), abs=1e-4)
+    md = (out_dir / f"{name}_main.md").read_text()
+    kd_runs = [r.data.metrics["acc_all"] for n, r in by_name.items() if n.startswith("kd ")]
+    assert f"{statistics.mean(kd_runs):.2f} ± {statistics.stdev(kd_runs):.2f}" in md
+
+
+def test_sweep_into_local_sqlite_store(ray_local, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    check_sweep(uri, write_study(tmp_path, "tiny_local"), "tiny_local", tmp_path, capsys)
+
+
+def test_sweep_into_mlflow_server(ray_local, mlflow_server, tmp_path, capsys):
+    check_sweep(mlflow_server, write_study(tmp_path, "tiny_server"), "tiny_server", tmp_path, capsys)
+
+
+def test_failed_trial_is_tracked_failed_and_blocks_its_students(ray_local, tmp_path, capsys):
+    # lr = 1e6 makes the teacher's loss overflow: the trial fails, its run says why, students are skipped.
+    study = write_study(tmp_path, "diverges", TINY.replace("seeds: [0, 1]", "seeds: [0]").replace("lr: 0.05", "lr: 1.0e+6"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert main(["sweep", str(study), "--tracking-uri", uri]) == 1
+    captured = capsys.readouterr()
+    assert "SKIPPED" in captured.out and "its teacher did not finish" in captured.out
+    assert "ltkd: failed:" in captured.err
+    _, runs = all_runs(uri, "diverges")
+    teacher = [r for r in runs if r.data.params["role"] == "teacher"][0]
+    assert teacher.info.status == "FAILED"
+    assert "FloatingPointError" in teacher.data.tags["error"]
+    assert not [r for r in runs if r.data.params["role"] == "distill"]
+    # The status command sees the failure and the missing trials.
+    assert main(["status", str(study), "--tracking-uri", uri]) == 0
+    assert "study diverges: 0 done, 0 running, 2 failed, 2 missing" in capsys.readouterr().out

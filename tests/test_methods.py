@@ -1,0 +1,355 @@
+"""Baseline methods and LTKD variants: losses against float64 NumPy references, identities, the
+feature-based methods' gradients, and a 2-epoch end-to-end run of every registered method."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.config import Recipe, TrialConfig
+from trainer.groups import partition_groups
+from trainer.loop import run_trial
+from trainer.losses import (
+    balanced_kd_loss,
+    batch_group_log_prior,
+    cat_loss,
+    class_activation_maps,
+    class_balanced_weights,
+    continuous_group_weights,
+    dist_loss,
+    dkd_loss,
+    hcl_loss,
+    kd_loss,
+    ltkd_continuous_loss,
+    ltkd_loss,
+)
+from trainer.methods import METHODS, build_method
+from trainer.models import build_model
+
+SHAPES = [(1, 5), (4, 10), (16, 100)]
+TEMPERATURES = [1.0, 2.0, 4.0]
+
+
+# ---------------------------------------------------------------- NumPy references (float64)
+def np_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def np_dkd(zs, zt, y, alpha, beta, T):
+    ps, pt = np_softmax(zs / T), np_softmax(zt / T)
+    losses = []
+    for i in range(zs.shape[0]):
+        t = y[i]
+        bs = np.array([ps[i, t], 1 - ps[i, t]])
+        bt = np.array([pt[i, t], 1 - pt[i, t]])
+        tckd = np.sum(bt * np.log(bt / bs))
+        keep = np.arange(zs.shape[1]) != t
+        qs = ps[i, keep] / ps[i, keep].sum()
+        qt = pt[i, keep] / pt[i, keep].sum()
+        nckd = np.sum(qt * np.log(qt / qs))
+        losses.append(alpha * tckd + beta * nckd)
+    return np.mean(losses) * T**2
+
+
+def np_pearson_mean(a, b):
+    out = []
+    for u, v in zip(a, b):
+        u, v = u - u.mean(), v - v.mean()
+        den = np.sqrt((u @ u) * (v @ v))
+        out.append(0.0 if den < 1e-8 else (u @ v) / den)
+    return np.mean(out)
+
+
+def np_dist(zs, zt, beta, gamma, T):
+    ys, yt = np_softmax(zs / T), np_softmax(zt / T)
+    return T**2 * (beta * (1 - np_pearson_mean(ys, yt)) + gamma * (1 - np_pearson_mean(ys.T, yt.T)))
+
+
+def _logits(b, c, seed, scale=3.0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, scale, (b, c)), rng.normal(0, scale, (b, c)), rng.integers(0, c, b)
+
+
+# ---------------------------------------------------------------- DKD
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("T", TEMPERATURES)
+def test_dkd_matches_numpy(shape, T):
+    zs, zt, y = _logits(*shape, seed=shape[1] + int(T))
+    for alpha, beta in [(1.0, 8.0), (0.5, 2.0)]:
+        ref = np_dkd(zs, zt, y, alpha, beta, T)
+        got = dkd_loss(torch.tensor(zs), torch.tensor(zt), torch.tensor(y), alpha, beta, T)
+        assert got.dtype == torch.float64
+        assert float(got) == pytest.approx(ref, rel=1e-10, abs=1e-12)
+        got32 = dkd_loss(torch.tensor(zs).float(), torch.tensor(zt).float(), torch.tensor(y), alpha, beta, T)
+        assert float(got32) == pytest.approx(ref, rel=1e-4, abs=1e-5)
+
+
+def test_dkd_decomposes_kd_per_sample():
+    """KD = TCKD + (1 - p_t^T) NCKD, checked sample by sample (batch of one, beta a scalar)."""
+    zs, zt, y = _logits(8, 10, seed=3)
+    for T in TEMPERATURES:
+        for i in range(8):
+            s, t, target = torch.tensor(zs[i : i + 1]), torch.tensor(zt[i : i + 1]), torch.tensor(y[i : i + 1])
+            p_target = float(F.softmax(t / T, dim=1)[0, y[i]])
+            got = dkd_loss(s, t, target, alpha=1.0, beta=1.0 - p_target, temperature=T)
+            assert float(got) == pytest.approx(float(kd_loss(s, t, T)), rel=1e-10, abs=1e-12)
+
+
+def test_dkd_extreme_logits_are_finite():
+    s = torch.tensor([[1e4, -1e4, 0.0, 3.0], [0.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    t = torch.tensor([[-1e4, 1e4, 5.0, 0.0], [1e3, 0.0, 0.0, -1e3]])
+    loss = dkd_loss(s, t, torch.tensor([0, 3]), 1.0, 8.0, 1.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+
+
+# ---------------------------------------------------------------- DIST
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("T", TEMPERATURES)
+def test_dist_matches_numpy(shape, T):
+    zs, zt, _ = _logits(*shape, seed=7 * shape[0] + int(T))
+    for beta, gamma in [(1.0, 1.0), (2.0, 0.5)]:
+        ref = np_dist(zs, zt, beta, gamma, T)
+        got = dist_loss(torch.tensor(zs), torch.tensor(zt), beta, gamma, T)
+        assert float(got) == pytest.approx(ref, rel=1e-9, abs=1e-12)
+        got32 = dist_loss(torch.tensor(zs).float(), torch.tensor(zt).float(), beta, gamma, T)
+        assert float(got32) == pytest.approx(ref, rel=1e-4, abs=1e-5)
+
+
+def test_dist_zero_for_identical_and_shift_invariant():
+    zs, zt, _ = _logits(16, 10, seed=11)
+    s, t = torch.tensor(zs), torch.tensor(zt)
+    assert float(dist_loss(s, s.clone(), 1.0, 1.0, 4.0)) == pytest.approx(0.0, abs=1e-12)
+    shift = torch.randn(16, 1, dtype=torch.float64) * 10
+    assert float(dist_loss(s + shift, t, 2.0, 2.0, 4.0)) == pytest.approx(float(dist_loss(s, t, 2.0, 2.0, 4.0)), rel=1e-10)
+    assert float(dist_loss(s, t - shift, 2.0, 2.0, 4.0)) == pytest.approx(float(dist_loss(s, t, 2.0, 2.0, 4.0)), rel=1e-10)
+
+
+def test_dist_gradient_finite_batch_of_one():
+    s = torch.randn(1, 10, requires_grad=True)
+    loss = dist_loss(s, torch.randn(1, 10))  # one sample: the per-class correlation is degenerate (0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+
+
+# ---------------------------------------------------------------- Balanced softmax, BKD
+def test_balanced_softmax_is_ce_for_equal_counts_and_adjusts_otherwise():
+    zs, _, y = _logits(8, 5, seed=5)
+    s, target = torch.tensor(zs).float(), torch.tensor(y)
+    equal = build_method("balanced_softmax", {}, [20] * 5)
+    assert float(sum(equal.losses(s, None, target, 0).values())) == pytest.approx(float(F.cross_entropy(s, target)), rel=1e-6)
+    counts = [100, 50, 20, 10, 5]
+    method = build_method("balanced_softmax", {}, counts)
+    prior = np.array(counts) / sum(counts)
+    adj = zs + np.log(prior)
+    ref = np.mean(-np.log(np_softmax(adj)[np.arange(8), y]))
+    assert float(sum(method.losses(s, None, target, 0).values())) == pytest.approx(ref, rel=1e-5)
+    assert not METHODS["balanced_softmax"].NEEDS_TEACHER
+
+
+def test_class_balanced_weights():
+    w = class_balanced_weights([500, 100, 10], 0.9999).double().numpy()
+    raw = (1 - 0.9999) / (1 - 0.9999 ** np.array([500, 100, 10]))
+    np.testing.assert_allclose(w, raw / raw.sum() * 3, rtol=1e-6)
+    assert w[0] < w[1] < w[2]
+    np.testing.assert_allclose(class_balanced_weights([7, 7, 7]).numpy(), 1.0, rtol=1e-6)
+
+
+def test_bkd_is_kd_plus_ce_for_equal_counts():
+    zs, zt, y = _logits(8, 5, seed=9)
+    s, t, target = torch.tensor(zs).float(), torch.tensor(zt).float(), torch.tensor(y)
+    bkd = build_method("bkd", {"temperature": 3.0}, [30] * 5)
+    kd = build_method("kd", {"temperature": 3.0}, [30] * 5)
+    assert float(sum(bkd.losses(s, t, target, 0).values())) == pytest.approx(float(sum(kd.losses(s, t, target, 0).values())), rel=1e-5)
+
+
+def test_bkd_reweights_teacher_towards_tail():
+    zs, zt, _ = _logits(6, 4, seed=10)
+    w = torch.tensor([0.2, 0.5, 1.3, 2.0], dtype=torch.float64)
+    q = np_softmax(zt / 2.0) * w.numpy()
+    q /= q.sum(axis=1, keepdims=True)
+    ps = np_softmax(zs / 2.0)
+    ref = np.mean(np.sum(q * np.log(q / ps), axis=1)) * 4.0
+    got = balanced_kd_loss(torch.tensor(zs), torch.tensor(zt), w, 2.0)
+    assert float(got) == pytest.approx(ref, rel=1e-10)
+    # Deferred re-weighting: plain KD before `reweight_from`.
+    method = build_method("bkd", {"reweight_from": 3}, [100, 40, 10, 2])
+    s, t = torch.tensor(zs).float(), torch.tensor(zt).float()
+    assert float(method.losses(s, t, torch.zeros(6, dtype=torch.long), 2)["bkd"]) == pytest.approx(float(kd_loss(s, t, 2.0)), rel=1e-5)
+    assert float(method.losses(s, t, torch.zeros(6, dtype=torch.long), 3)["bkd"]) != pytest.approx(float(kd_loss(s, t, 2.0)), rel=1e-3)
+
+
+# ---------------------------------------------------------------- DKD warm-up
+def test_dkd_method_warmup_ramp():
+    zs, zt, y = _logits(8, 10, seed=12)
+    s, t, target = torch.tensor(zs).float(), torch.tensor(zt).float(), torch.tensor(y)
+    method = build_method("dkd", {}, [10] * 10)
+    full = float(dkd_loss(s, t, target, 1.0, 8.0, 4.0))
+    assert float(method.losses(s, t, target, 0)["dkd"]) == pytest.approx(full / 20, rel=1e-5)
+    assert float(method.losses(s, t, target, 9)["dkd"]) == pytest.approx(full / 2, rel=1e-5)
+    assert float(method.losses(s, t, target, 50)["dkd"]) == pytest.approx(full, rel=1e-5)
+
+
+# ---------------------------------------------------------------- LTKD variants
+COUNTS = [int(500 * 0.01 ** (i / 19)) for i in range(20)]
+
+
+@pytest.mark.parametrize(
+    "name, same_as",
+    [
+        ("ltkd_cross", {"beta": 0.0}),
+        ("ltkd_within", {"alpha": 0.0}),
+        ("ltkd_biased", {"rebalance": False}),
+        ("ltkd_continuous", {}),  # with tau = 0
+    ],
+)
+def test_ltkd_variants_reduce_to_ltkd(name, same_as):
+    zs, zt, y = _logits(32, 20, seed=13)
+    s, t, target = torch.tensor(zs).float(), torch.tensor(zt).float(), torch.tensor(y)
+    common = {"n_groups": 4, "temperature": 2.0, "alpha": 1.5} if name != "ltkd_within" else {"n_groups": 4, "temperature": 2.0}
+    params = {**common, "tau": 0.0} if name == "ltkd_continuous" else common
+    variant = build_method(name, params, COUNTS)
+    ref = build_method("ltkd", {**common, **same_as}, COUNTS)
+    got, want = variant.losses(s, t, target, 0), ref.losses(s, t, target, 0)
+    assert float(sum(got.values())) == pytest.approx(float(sum(want.values())), rel=1e-6)
+    for key, value in same_as.items():
+        assert variant.hparams[key] == value
+
+
+def test_ltkd_variants_refuse_their_fixed_hyperparameter():
+    with pytest.raises(TypeError):
+        build_method("ltkd_cross", {"beta": 1.0}, COUNTS)
+    with pytest.raises(TypeError):
+        build_method("ltkd_within", {"alpha": 1.0}, COUNTS)
+    with pytest.raises(TypeError):
+        build_method("ltkd_biased", {"rebalance": True}, COUNTS)
+
+
+def test_ltkd_continuous_weights():
+    zs, zt, _ = _logits(32, 20, seed=14)
+    groups = partition_groups(COUNTS, 5)
+    log_pb = batch_group_log_prior(torch.tensor(zt), groups, 4.0, 5)
+    assert float(torch.exp(log_pb).sum()) == pytest.approx(1.0, rel=1e-10)
+    for tau in [0.0, 0.5, 1.0, 2.0]:
+        w = continuous_group_weights(log_pb, tau)
+        assert float(w.mean()) == pytest.approx(1.0, rel=1e-10)
+        # Continuous and monotone: the less teacher mass a group has, the larger its weight.
+        order = torch.argsort(log_pb)
+        assert torch.all(w[order][:-1] >= w[order][1:]) if tau > 0 else torch.allclose(w, torch.ones_like(w))
+    # tau = 1: proportional to the cross-group rebalancing factors s_G = mean(p^B) / p^B_G.
+    pb = torch.exp(log_pb)
+    s = pb.mean() / pb
+    torch.testing.assert_close(continuous_group_weights(log_pb, 1.0), s / s.mean())
+
+
+def test_ltkd_continuous_matches_explicit_group_loop():
+    zs, zt, _ = _logits(16, 20, seed=15)
+    s, t = torch.tensor(zs), torch.tensor(zt)
+    T, tau, n_g = 2.0, 0.7, 5
+    groups = partition_groups(COUNTS, n_g)
+    w = continuous_group_weights(batch_group_log_prior(t, groups, T, n_g), tau)
+    ps, pt = F.softmax(s / T, dim=1), F.softmax(t / T, dim=1)
+    within = torch.zeros(16, dtype=torch.float64)
+    for g in range(n_g):  # reference by explicit loop (the loss itself is vectorised)
+        m = groups == g
+        qs, qt = ps[:, m] / ps[:, m].sum(1, keepdim=True), pt[:, m] / pt[:, m].sum(1, keepdim=True)
+        within += w[g] * (qt * (qt / qs).log()).sum(1)
+    cross_only = ltkd_loss(s, t, groups, 1.0, 0.0, T, num_groups=n_g)
+    ref = cross_only + within.mean() * T**2
+    got = ltkd_continuous_loss(s, t, groups, 1.0, 1.0, T, tau=tau, num_groups=n_g)
+    assert float(got) == pytest.approx(float(ref), rel=1e-10)
+    # n(G) = C works (one class per group: every within-group KL is 0).
+    one_each = partition_groups(COUNTS, 20)
+    assert float(ltkd_continuous_loss(s, t, one_each, 0.0, 1.0, T, tau=1.0)) == pytest.approx(0.0, abs=1e-10)
+
+
+# ---------------------------------------------------------------- ReviewKD, CAT-KD
+def _pair(seed=0, teacher_requires_grad=False):
+    torch.manual_seed(seed)
+    student = build_model("cnn_w8", 10, in_channels=1)
+    teacher = build_model("cnn_w32", 10, in_channels=1).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(teacher_requires_grad)
+    return student, teacher
+
+
+@pytest.mark.parametrize("name", ["reviewkd", "catkd"])
+@pytest.mark.parametrize("teacher_requires_grad", [False, True])
+def test_feature_methods_grad_to_student_only(name, teacher_requires_grad):
+    student, teacher = _pair(teacher_requires_grad=teacher_requires_grad)
+    method = build_method(name, {"warmup": 0} if name == "reviewkd" else {}, [30] * 10)
+    x = torch.randn(16, 1, 8, 8)
+    y = torch.randint(0, 10, (16,))
+    method.setup(student, teacher, x[:2])
+    assert not any(p.grad is not None for p in student.parameters())  # setup's probe leaves no grads
+    s_feats, s_logits = student.forward_features(x)
+    t_feats, t_logits = teacher.forward_features(x)  # deliberately not under no_grad
+    terms = method.losses(s_logits, t_logits, y, 5, s_feats, t_feats)
+    feature_term = terms["reviewkd" if name == "reviewkd" else "cat"]
+    assert feature_term.dim() == 0 and torch.isfinite(feature_term) and float(feature_term.detach()) > 0
+    params = list(student.parameters()) + list(method.parameters())
+    # The feature term alone reaches the student's convolutions (and the connectors).
+    grads = torch.autograd.grad(feature_term, [student.block1[0].weight, student.block2[0].weight], allow_unused=True, retain_graph=True)
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    sum(terms.values()).backward()
+    for p in params:
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+    assert sum(float(p.grad.abs().sum()) for p in student.parameters()) > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    if name == "reviewkd":
+        assert len(list(method.parameters())) > 0 and all(float(p.grad.abs().sum()) > 0 for p in method.fusions[0].reduce.parameters())
+        assert not any(p is q for p in method.parameters() for q in student.parameters())
+    else:
+        assert len(list(method.parameters())) == 0  # uses the student's own classifier, registers nothing
+
+
+def test_cams_average_to_logits_and_cat_loss():
+    student, _ = _pair()
+    student.eval()
+    with torch.no_grad():
+        feats, logits = student.forward_features(torch.randn(4, 1, 8, 8))
+    cams = class_activation_maps(feats[-1], student.fc.weight)
+    torch.testing.assert_close(cams.mean(dim=(2, 3)) + student.fc.bias, logits, rtol=1e-5, atol=1e-5)
+    assert float(cat_loss(cams.detach(), cams.detach().clone())) == 0.0
+    a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    ref = F.mse_loss(F.avg_pool2d(a, 2), F.avg_pool2d(b, 2))
+    assert float(cat_loss(a, b, 2)) == pytest.approx(float(ref), rel=1e-6)
+
+
+def test_hcl_loss():
+    a, b = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    assert float(hcl_loss(a, a.clone())) == 0.0
+    pools = [F.mse_loss(F.adaptive_avg_pool2d(a, l), F.adaptive_avg_pool2d(b, l)) for l in (4, 2, 1)]
+    ref = (F.mse_loss(a, b) + 0.5 * pools[0] + 0.25 * pools[1] + 0.125 * pools[2]) / 1.875
+    assert float(hcl_loss(a, b)) == pytest.approx(float(ref), rel=1e-6)
+    # A 2x2 map skips the 4 and 2 levels.
+    c, d = torch.randn(2, 3, 2, 2), torch.randn(2, 3, 2, 2)
+    ref2 = (F.mse_loss(c, d) + 0.5 * F.mse_loss(c.mean((2, 3)), d.mean((2, 3)))) / 1.5
+    assert float(hcl_loss(c, d)) == pytest.approx(float(ref2), rel=1e-6)
+
+
+# ---------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def teacher_checkpoint(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("teacher"))
+    config = TrialConfig(role="teacher", dataset="digits", gamma=10, model="cnn_w32", seed=0, recipe=Recipe(epochs=1), device="cpu")
+    run_trial(config, checkpoint_dir=folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_runs_end_to_end(name, teacher_checkpoint):
+    config = TrialConfig(
+        role="distill", dataset="digits", gamma=10, model="cnn_w8", teacher="cnn_w32", method=name, seed=0,
+        recipe=Recipe(epochs=2), device="cpu",
+    )
+    reports = []
+    result = run_trial(config, report=reports.append, teacher_checkpoint=teacher_checkpoint)
+    assert len(reports) == 2 and all(math.isfinite(r.loss) for r in reports)
+    assert all(math.isfinite(v) for r in reports for v in r.terms.values())
+    assert math.isfinite(result.final.acc_all) and 0.0 <= result.final.acc_all <= 100.0

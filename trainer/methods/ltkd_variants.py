@@ -1,0 +1,92 @@
+"""LTKD ablations (the paper's ablation tables) and the continuous-reweighting variant.
+
+- `ltkd_cross`: cross-group term only (beta fixed to 0). With rebalance=False it is the table's
+  "Biased, cross only" row; with the default rebalance=True the "Ours, cross only" row.
+- `ltkd_within`: within-group term only (alpha fixed to 0), uniform group weights.
+- `ltkd_biased`: rebalance fixed to False: the cross-group target is the teacher's own group
+  distribution p_G^T instead of the batch-rebalanced one (set beta=0 for the cross-only table row).
+- `ltkd_continuous`: see `LTKDContinuous`.
+
+A variant's fixed hyperparameter is not in its PARAMS (passing it is an error), but it is written
+into `hparams`, so what was run is recorded.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from trainer.losses import ltkd_continuous_loss
+from trainer.methods.ltkd import LTKD
+
+
+class _FixedLTKD(LTKD):
+    FIXED: dict[str, object] = {}
+
+    def __init__(self, class_counts, **params):
+        super().__init__(class_counts, **params)
+        self.hparams.update(self.FIXED)
+
+
+def _without(*names: str) -> dict[str, object]:
+    return {k: v for k, v in LTKD.PARAMS.items() if k not in names}
+
+
+class LTKDCross(_FixedLTKD):
+    NAME = "ltkd_cross"
+    DISPLAY = "LTKD (cross only)"
+    PARAMS = _without("beta", "reweight")
+    FIXED = {"beta": 0.0, "reweight": True}
+
+
+class LTKDWithin(_FixedLTKD):
+    NAME = "ltkd_within"
+    DISPLAY = "LTKD (within only)"
+    PARAMS = _without("alpha", "rebalance")
+    FIXED = {"alpha": 0.0, "rebalance": True}
+
+
+class LTKDBiased(_FixedLTKD):
+    NAME = "ltkd_biased"
+    DISPLAY = "LTKD (biased cross)"
+    PARAMS = _without("rebalance")
+    FIXED = {"rebalance": False}
+
+
+class LTKDContinuous(LTKD):
+    """LTKD with continuous within-group reweighting (the n(G) ablation's "continuous reweighting").
+
+    Definition: loss = ce_weight * CE + (alpha * cross + beta * sum_G w_G KL(p~_G^T || p~_G^S)) * T^2,
+    with the cross term exactly LTKD's and
+        w_G = (p^B_G)^(-tau) / mean_G' (p^B_G')^(-tau),
+    p^B_G being the teacher's probability of group G averaged over the batch (at temperature T).
+
+    Why: LTKD replaces KD's within-group weights p_G^T, which starve the tail, by a uniform constant
+    - a step from "proportional to the teacher's group mass" to "all equal". The continuous variant
+    keeps going along the same axis: the weight is a smooth power of the group's (batch) prior,
+    so with many groups (n(G) up to C) the weight varies continuously along the class ranking
+    instead of being flat. tau = 0 is LTKD (uniform); tau = 1 makes w_G proportional to the same
+    factors s_G = mean(p^B) / p^B_G that rebalance the cross-group term, so both terms are rebalanced
+    by one rule; tau = -1 gives weights proportional to p^B_G (a batch-level version of KD's own
+    weighting). The weights are normalised to mean 1, so the within term keeps LTKD's overall scale
+    and beta keeps its meaning; they depend on the teacher only (no gradient). Default tau = 1.
+    """
+
+    NAME = "ltkd_continuous"
+    DISPLAY = "LTKD (continuous reweighting)"
+    PARAMS = {**_without("reweight"), "tau": 1.0}
+
+    def losses(self, student_logits, teacher_logits, target, epoch, student_features=None, teacher_features=None):
+        h = self.hparams
+        return {
+            "ce": h["ce_weight"] * F.cross_entropy(student_logits, target),
+            "ltkd": ltkd_continuous_loss(
+                student_logits,
+                teacher_logits,
+                self.groups,
+                alpha=h["alpha"],
+                beta=h["beta"],
+                temperature=h["temperature"],
+                rebalance=bool(h["rebalance"]),
+                tau=float(h["tau"]),
+                num_groups=self.n_groups,
+            ),
+        }
