@@ -22,19 +22,49 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from orchestrator.errors import UserError
 from trainer.config import Recipe, TrialConfig
+from trainer.recipes import RECIPES, method_defaults, resolve_recipe
 from trainer.datasets import DATASET_INFO, num_classes_of
 from trainer.methods import METHODS
 from trainer.models import MODELS
 
 _STRICT = ConfigDict(extra="forbid")
 
-# The recipe's schema is derived from the trainer's dataclass, so the two cannot drift apart.
+# The recipe's schema is derived from the trainer's dataclass, so the two cannot drift apart:
+# every field is optional (None = the preset's value), plus `preset`, a name from trainer.recipes.
 _recipe_hints = typing.get_type_hints(Recipe)
-RecipeSpec = create_model(
-    "RecipeSpec",
+_RecipeFields = create_model(
+    "_RecipeFields",
     __config__=ConfigDict(extra="forbid"),
-    **{f.name: (_recipe_hints[f.name], f.default) for f in dataclasses.fields(Recipe)},
+    **{f.name: (_recipe_hints[f.name] | None, None) for f in dataclasses.fields(Recipe)},
 )
+
+
+class RecipeSpec(_RecipeFields):  # type: ignore[misc, valid-type]
+    preset: str | None = None
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str | None) -> str | None:
+        if v is not None and v not in RECIPES:
+            raise ValueError(f"unknown recipe preset; allowed: {', '.join(sorted(RECIPES))}")
+        return v
+
+    @field_validator("epochs", "batch_size")
+    @classmethod
+    def _positive(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("lr", "weight_decay", "momentum")
+    @classmethod
+    def _non_negative(cls, v: float | None) -> float | None:
+        if v is not None and v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump(exclude={"preset"}).items() if v is not None}
 
 
 class DatasetSpec(BaseModel):
@@ -241,21 +271,28 @@ def _fmt(v: Any) -> str:
 
 
 def method_rows(study: StudySpec) -> list[tuple[str, str, dict[str, Any]]]:
-    """(row label, method, full hyperparameters) for every grid point of every method, in study order.
+    """(row label, method, the study's hyperparameters) for every grid point of every method.
 
     A method with a single grid point is labelled by its name; grid points add the varied values.
+    The full hyperparameters also take the method's and the recipe's defaults (`full_params`).
     """
     rows = []
     for name, params in study.methods.items():
         cls = METHODS[name]
         varied = [k for k, v in params.items() if isinstance(v, list) and len(v) > 1]
         for point in _grid(params):
-            full = {**cls.PARAMS, **point}
             label = cls.DISPLAY or name
             if varied:
                 label += " (" + ", ".join(f"{k}={_fmt(point[k])}" for k in varied) + ")"
-            rows.append((label, name, full))
+            rows.append((label, name, point))
     return rows
+
+
+def full_params(study: StudySpec, method: str, point: dict[str, Any], teacher: str | None) -> dict[str, Any]:
+    """Method defaults, then the recipe preset's defaults for this method and teacher, then the study's."""
+    cls = METHODS[method]
+    preset_defaults = {k: v for k, v in method_defaults(study.recipe.preset, method, teacher).items() if k in cls.PARAMS}
+    return {**cls.PARAMS, **preset_defaults, **point}
 
 
 def _short(g: float) -> str:
@@ -265,8 +302,8 @@ def _short(g: float) -> str:
 def expand(study: StudySpec, data_root: str | None = None) -> list[Trial]:
     """All trials of the study, teachers first, each once (shared teachers and students deduplicated)."""
     ds = study.dataset
-    recipe = Recipe(**{**study.recipe.model_dump(), "milestones": tuple(study.recipe.milestones)})
-    teacher_recipe = dataclasses.replace(recipe, **{k: (tuple(v) if k == "milestones" else v) for k, v in study.teacher_recipe.items()})
+    preset, overrides = study.recipe.preset, study.recipe.overrides()
+    teacher_recipe = resolve_recipe(preset, {**overrides, **study.teacher_recipe})
     root = data_root or ds.root
     common = dict(dataset=ds.name, dataset_options=dict(ds.options), n_max=ds.n_max, split_seed=ds.split_seed, data_root=root)
     teachers: dict[str, Trial] = {}
@@ -275,6 +312,7 @@ def expand(study: StudySpec, data_root: str | None = None) -> list[Trial]:
     for gamma in ds.gammas:
         for seed in study.seeds:
             for pair in study.pairs:
+                recipe = resolve_recipe(preset, overrides, student=pair.student)
                 tcfg = TrialConfig(role="teacher", gamma=gamma, model=pair.teacher, seed=seed, recipe=teacher_recipe, **common)
                 th = config_hash(tcfg)
                 teachers.setdefault(th, Trial(tcfg, th, None, "Teacher", f"teacher {pair.teacher} g{_short(gamma)} s{seed}"))
@@ -282,7 +320,8 @@ def expand(study: StudySpec, data_root: str | None = None) -> list[Trial]:
                     scfg = TrialConfig(role="student", gamma=gamma, model=pair.student, seed=seed, recipe=recipe, **common)
                     sh = config_hash(scfg)
                     students.setdefault(sh, Trial(scfg, sh, None, "Student", f"student {pair.student} g{_short(gamma)} s{seed}"))
-                for label, method, params in method_rows(study):
+                for label, method, point in method_rows(study):
+                    params = full_params(study, method, point, pair.teacher)
                     if not METHODS[method].NEEDS_TEACHER:
                         # A teacher-free method (balanced softmax, ...) is another Student row.
                         bcfg = TrialConfig(role="student", gamma=gamma, model=pair.student, seed=seed, method=method,

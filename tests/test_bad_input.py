@@ -1,0 +1,136 @@
+"""Bad input: one line naming the field, the value and what is allowed; exit 2; nothing tracked."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+
+GOOD = """
+name: bad_input_probe
+dataset: {name: digits, gammas: [10]}
+pairs: [{teacher: cnn_w16, student: cnn_w4}]
+methods:
+  ltkd: {alpha: 1.0, beta: 1.0, n_groups: 3}
+seeds: [0]
+recipe: {epochs: 1}
+"""
+
+CASES = [
+    # (replace this, with this, expected fragments of the one error line)
+    ("gammas: [10]", "gammas: [0.5]", ["dataset.gammas", "0.5", ">= 1"]),
+    ("gammas: [10]", "gammas: [.nan]", ["dataset.gammas", "nan", ">= 1"]),
+    ("gammas: [10]", "gammas: ten", ["dataset.gammas", "'ten'", "valid list"]),
+    ("n_groups: 3", "n_groups: 11", ["methods.ltkd.n_groups = 11", "between 1 and the number of classes (10)"]),
+    ("beta: 1.0", "beta: -2", ["methods.ltkd.beta = -2", "must be >= 0"]),
+    ("beta: 1.0", "bta: 1.0", ["methods.ltkd.bta", "unknown hyperparameter", "allowed for ltkd", "beta"]),
+    ("student: cnn_w4", "student: resnet9000", ["pairs.0.student", "'resnet9000'", "unknown model", "allowed:", "resnet8x4"]),
+    ("ltkd: {", "ltkdd: {", ["methods", "unknown method 'ltkdd'", "allowed:", "ltkd"]),
+    ("name: digits", "name: cifar1000", ["dataset.name", "'cifar1000'", "unknown dataset", "allowed:", "cifar100"]),
+    ("seeds: [0]", "seeds: [0]\nsedes: [1]", ["sedes", "unknown key"]),
+    ("epochs: 1", "epochs: 0", ["recipe.epochs", "0", ">= 1"]),
+    ("epochs: 1", "epochz: 1", ["recipe.epochz", "unknown key"]),
+    ("epochs: 1", "preset: cifar9", ["recipe.preset", "'cifar9'", "allowed:", "cifar"]),
+    ("pairs: [{teacher: cnn_w16, student: cnn_w4}]", "pairs: []", ["pairs", "at least 1"]),
+    ("n_groups: 3", "n_groups: 2.5", ["methods.ltkd.n_groups = 2.5", "whole number"]),
+    ("alpha: 1.0", "alpha: yes", ["methods.ltkd.alpha = True", "must be a number"]),
+]
+
+
+def run_cli(args, cwd, capsys):
+    import os
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        code = main(args)
+    finally:
+        os.chdir(old)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("old,new,fragments", CASES, ids=[c[1].split("\n")[-1][:30] for c in CASES])
+def test_malformed_study_is_refused_with_one_line(tmp_path, capsys, old, new, fragments):
+    assert old in GOOD
+    study = tmp_path / "study.yaml"
+    study.write_text(textwrap.dedent(GOOD.replace(old, new, 1)))
+    code, out, err = run_cli(["sweep", str(study)], tmp_path, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"ltkd: error: {study}: ")
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert out == ""
+    # Refused before anything is written: no local store appears.
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_the_good_study_validates(tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(textwrap.dedent(GOOD))
+    code, out, err = run_cli(["sweep", str(study), "--dry-run"], tmp_path, capsys)
+    assert code == 0, err
+    assert "3 trials: 1 teacher (0 done), 1 student (0 done), 1 distillation (0 done); 3 to run" in out
+    assert not (tmp_path / "mlflow.db").exists()  # a dry run writes nothing either
+
+
+def test_broken_yaml_names_the_line(tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text("name: x\ndataset: {name: digits, gammas: [10]\npairs: []\n")
+    code, _, err = run_cli(["sweep", str(study)], tmp_path, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "not valid YAML at line" in err
+
+
+def test_missing_file_and_non_mapping(tmp_path, capsys):
+    code, _, err = run_cli(["sweep", str(tmp_path / "nope.yaml")], tmp_path, capsys)
+    assert (code, err.strip()) == (2, f"ltkd: error: {tmp_path / 'nope.yaml'}: no such study file")
+    study = tmp_path / "list.yaml"
+    study.write_text("- 1\n- 2\n")
+    code, _, err = run_cli(["sweep", str(study)], tmp_path, capsys)
+    assert code == 2 and "must be a YAML mapping" in err and err.count("\n") == 1
+
+
+def test_unknown_subcommand_and_format(tmp_path, capsys):
+    code, _, err = run_cli(["sweeep", "x.yaml"], tmp_path, capsys)
+    assert code == 2 and "invalid choice: 'sweeep'" in err and err.count("\n") == 1
+    code, _, err = run_cli(["tables", "x.yaml", "--format", "pdf"], tmp_path, capsys)
+    assert code == 2 and "invalid choice: 'pdf'" in err and err.count("\n") == 1
+
+
+def test_unreachable_tracking_server_is_refused_before_anything_runs(tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(textwrap.dedent(GOOD))
+    code, out, err = run_cli(["sweep", str(study), "--tracking-uri", "http://127.0.0.1:9"], tmp_path, capsys)
+    assert code == 2
+    assert err.strip().startswith("ltkd: error: --tracking-uri http://127.0.0.1:9: MLflow server not reachable")
+    assert err.count("\n") == 1 and out == ""
+
+
+def test_tables_without_runs_is_refused(tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(textwrap.dedent(GOOD))
+    code, _, err = run_cli(["tables", str(study)], tmp_path, capsys)
+    assert code == 2 and "no runs of study 'bad_input_probe'" in err and err.count("\n") == 1
+
+
+def test_train_rejects_unknown_model_and_bad_gamma(tmp_path, capsys):
+    code, _, err = run_cli(["train", "--model", "nope"], tmp_path, capsys)
+    assert code == 2 and "--model nope: unknown; allowed:" in err
+    code, _, err = run_cli(["train", "--gamma", "0.2"], tmp_path, capsys)
+    assert code == 2 and "--gamma 0.2: the imbalance factor must be >= 1" in err
+
+
+def test_real_process_prints_no_traceback(tmp_path):
+    """The installed `ltkd` script, as a user runs it: exit 2, one stderr line, no traceback."""
+    study = tmp_path / "study.yaml"
+    study.write_text(textwrap.dedent(GOOD.replace("gammas: [10]", "gammas: [0]")))
+    ltkd = Path(sys.executable).parent / "ltkd"
+    proc = subprocess.run([str(ltkd), "sweep", str(study)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"ltkd: error: {study}: dataset.gammas: gamma = 0 is not allowed: the imbalance factor must be >= 1"]
