@@ -81,14 +81,18 @@ def _train_one(tune_config: dict[str, Any]) -> None:
         tune.report(metrics)
 
     started = time.time()
+    # Resumable state lives under the resume root keyed by the trial's identity, so a trial stopped
+    # by a crash, a preempted node or Ctrl-C continues there when the sweep is run again.
+    resume_dir = os.path.join(payload["resume_root"], payload["config_hash"])
     with tempfile.TemporaryDirectory(prefix="ltkd-ckpt-") as ckpt:
-        result = run_trial(config, report=report_epoch, teacher_checkpoint=teacher_dir, checkpoint_dir=ckpt)
+        result = run_trial(config, report=report_epoch, teacher_checkpoint=teacher_dir, checkpoint_dir=ckpt, resume_dir=resume_dir)
         final = {
             "epoch": result.epochs,
             **result.final.metrics(),
             **{f"best_{k}": v for k, v in result.best.metrics().items()},
             "best_epoch": result.best_epoch,
             "train_seconds": time.time() - started,
+            **{f"pg_{split}_{group}": v for split, groups in result.group_probability.items() for group, v in groups.items()},
             FINAL_KEY: {
                 "per_class": result.final.per_class,
                 "best_per_class": result.best.per_class,
@@ -96,6 +100,8 @@ def _train_one(tune_config: dict[str, Any]) -> None:
             },
         }
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(ckpt))
+    # The final weights now travel to MLflow through the checkpoint; the resumable state is done.
+    shutil.rmtree(resume_dir, ignore_errors=True)
 
 
 @dataclass
@@ -185,7 +191,7 @@ class MlflowWriter(Callback):
             self._record(outcome)
             return
         payload = final[FINAL_KEY]
-        summary = {k: final[k] for k in final if k.startswith(("acc_", "best_")) or k == "train_seconds"}
+        summary = {k: final[k] for k in final if k.startswith(("acc_", "best_", "pg_")) or k == "train_seconds"}
         # acc_* of the last epoch are already logged at that step, and are the runs' latest values.
         self.tracker.log_metrics(run_id, {k: v for k, v in summary.items() if not k.startswith("acc_")}, int(final["epoch"]))
         self.tracker.log_json(run_id, per_class_artifact(payload["per_class"], payload["class_counts"]), "per_class_accuracy.json")
@@ -214,6 +220,14 @@ class MlflowWriter(Callback):
                 self.tracker.end_run(run_id, "KILLED")
 
 
+def default_resume_root(storage_path: str | None) -> str:
+    """Where trials keep resumable state: beside the Tune storage when given (shared storage on a
+    cluster), else in the user's cache on this machine."""
+    if storage_path:
+        return os.path.join(storage_path, "ltkd-resume")
+    return os.path.join(os.path.expanduser("~"), ".cache", "ltkd", "resume")
+
+
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     import ray
 
@@ -236,6 +250,7 @@ def run_trials(
     on_done: Callable[[Outcome], None],
     storage_path: str | None = None,
     name: str = "ltkd",
+    resume_root: str | None = None,
 ) -> dict[str, Outcome]:
     """Run the given trials (all independent of each other) through Ray Tune; return outcomes by hash."""
     from ray import tune
@@ -243,6 +258,7 @@ def run_trials(
     if not trials:
         return {}
     by_hash = {t.config_hash: t for t in trials}
+    resume_root = resume_root or default_resume_root(storage_path)
     payloads = []
     for t in trials:
         payloads.append({
@@ -251,6 +267,7 @@ def run_trials(
             "teacher_artifact": teacher_artifacts.get(t.teacher_hash or "", None),
             "tracking_uri": tracker.uri,
             "cpus": resources.get("cpu", 1),
+            "resume_root": resume_root,
         })
     outcomes: dict[str, Outcome] = {}
     callback = MlflowWriter(tracker, experiment_id, by_hash, base_tags, outcomes, on_done)

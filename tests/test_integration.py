@@ -68,6 +68,10 @@ def check_sweep(uri: str, study: Path, name: str, tmp_path: Path, capsys) -> Non
     per_class = json.loads(Path(local).read_text())
     assert len(per_class["per_class_accuracy"]) == 10 and sum(per_class["class_counts"]) > 0
     teacher = by_name["teacher cnn_w16 g10 s0"]
+    # The teacher's mean group probability on balanced test and long-tailed train data (percent).
+    for split in ("test", "train"):
+        mass = [teacher.data.metrics[f"pg_{split}_{g}"] for g in ("head", "medium", "tail")]
+        assert sum(mass) == pytest.approx(100.0, abs=1e-3) and min(mass) > 0
     assert [f.path for f in client.list_artifacts(teacher.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
 
     # Rerunning the study adds no FINISHED run: every config_hash is already done.

@@ -22,6 +22,9 @@ class Recipe:
     warmup_epochs: int = 0  # linear learning-rate warm-up
     amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
     num_workers: int = 0  # DataLoader workers for on-disk datasets
+    # With a resume folder: write the resumable state every this many epochs (0: only at the end).
+    # It does not change what is computed.
+    checkpoint_every: int = 0
 
 
 @dataclass(frozen=True)

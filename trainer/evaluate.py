@@ -51,3 +51,25 @@ def evaluate(model: torch.nn.Module, loader, class_counts: list[int], device: to
         total += torch.bincount(y, minlength=num_classes)
         correct += torch.bincount(y[pred == y], minlength=num_classes)
     return summarize(correct, total, class_counts)
+
+
+@torch.no_grad()
+def group_probability(model: torch.nn.Module, loader, class_counts: list[int], device: torch.device, autocast: bool = False) -> dict[str, float]:
+    """The model's mean softmax mass on the head / medium / tail groups (3-group split), in percent.
+
+    On the balanced test set an unbiased model puts about a third on each group; a teacher trained
+    on long-tailed data leans to the head (the paper's motivating statistic).
+    """
+    model.eval()
+    groups = partition_groups(class_counts, min(3, len(class_counts))).to(device)
+    mass = torch.zeros(3, dtype=torch.float64, device=device)
+    seen = 0
+    for x, _ in loader:
+        x = x.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(x)
+        probs = torch.softmax(logits.float(), dim=1)
+        mass.index_add_(0, groups, probs.sum(0).double())
+        seen += x.shape[0]
+    values = (100.0 * mass / max(seen, 1)).tolist()
+    return {name: float(v) for name, v in zip(("head", "medium", "tail"), values)}

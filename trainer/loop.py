@@ -1,22 +1,29 @@
 """Train one configuration: the only training loop. It reports each epoch through a callback."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from trainer.config import TrialConfig
 from trainer.data import build_long_tailed, make_loader
-from trainer.evaluate import EvalResult, evaluate
+from trainer.evaluate import EvalResult, evaluate, group_probability
 from trainer.methods import METHODS, build_method
 from trainer.models import build_model
 
 CHECKPOINT_FILE = "model.pt"
+RESUME_FILE = "state.pt"  # in run_trial's resume_dir: everything needed to continue a stopped trial
+# Config fields that do not decide what a trial computes, so a resume may differ in them.
+_RESUME_NOT_IDENTITY = ("data_root", "device")
+_RESUME_RECIPE_NOT_IDENTITY = ("num_workers", "checkpoint_every")
 
 
 @dataclass
@@ -36,6 +43,9 @@ class TrialResult:
     class_counts: list[int]
     train_indices: list[int]
     epochs: int
+    # Mean softmax mass (percent) on head / medium / tail of the final model, on the balanced test
+    # set ("test") and on the long-tailed training set ("train").
+    group_probability: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -84,13 +94,100 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> torc
     return model
 
 
+def _resume_identity(config: TrialConfig) -> dict[str, Any]:
+    """The config as plain JSON values, without the fields that do not decide the result."""
+    ident = config.to_dict()
+    for key in _RESUME_NOT_IDENTITY:
+        ident.pop(key, None)
+    for key in _RESUME_RECIPE_NOT_IDENTITY:
+        ident["recipe"].pop(key, None)
+    return json.loads(json.dumps(ident, sort_keys=True, default=str))  # tuples -> lists, as stored
+
+
+def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    if isinstance(stored, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(stored) | set(current), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in stored:
+                out.append(f"{name}: absent in the saved state, {current[key]!r} here")
+            elif key not in current:
+                out.append(f"{name}: {stored[key]!r} in the saved state, absent here")
+            else:
+                out.extend(_differences(stored[key], current[key], name))
+        return out
+    return [] if stored == current else [f"{prefix}: {stored!r} in the saved state, {current!r} here"]
+
+
+def _rng_states(train_loader) -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": {**np_state, "state": {"key": np_state["state"]["key"].tolist(), "pos": int(np_state["state"]["pos"])}},
+        "loader": train_loader.generator.get_state(),  # the train loader's shuffle stream
+    }
+
+
+def _set_rng_states(states: dict[str, Any], train_loader) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = dict(states["numpy"])
+    np_state["state"] = {"key": np.asarray(np_state["state"]["key"], dtype=np.uint32), "pos": np_state["state"]["pos"]}
+    np.random.set_state(np_state)
+    train_loader.generator.set_state(states["loader"])
+
+
+def _write_resume_state(resume_dir: str, state: dict[str, Any]) -> None:
+    """Write `resume_dir/state.pt` atomically: a temp file in the same folder, then os.replace."""
+    os.makedirs(resume_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=resume_dir, prefix=RESUME_FILE + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(resume_dir, RESUME_FILE))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _read_resume_state(resume_dir: str, config: TrialConfig) -> dict[str, Any] | None:
+    """The saved state of this trial, or None when there is none; ValueError when it is another trial's."""
+    file = os.path.join(resume_dir, RESUME_FILE)
+    if not os.path.isfile(file):
+        return None
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    diffs = _differences(state["config"], _resume_identity(config))
+    if diffs:
+        raise ValueError(f"{file} belongs to another trial config, not resuming it: " + "; ".join(diffs))
+    if not 1 <= state["epoch"] <= config.recipe.epochs:
+        raise ValueError(f"{file}: saved epoch {state['epoch']} is outside 1..{config.recipe.epochs}")
+    return state
+
+
 def run_trial(
     config: TrialConfig,
     report: Callable[[EpochReport], None] | None = None,
     teacher_checkpoint: str | None = None,
     checkpoint_dir: str | None = None,
+    resume_dir: str | None = None,
 ) -> TrialResult:
-    """Train `config.model` for `config.role`; evaluate every epoch; save the final weights if asked."""
+    """Train `config.model` for `config.role`; evaluate every epoch; save the final weights if asked.
+
+    With `resume_dir`, the trial writes its resumable state to `resume_dir/state.pt` every
+    `recipe.checkpoint_every` epochs and at the end, and a call that finds a state of the same config
+    there continues after its epoch (`report` is then called only for the epochs run here). A
+    resumed run ends with the same weights and metrics as an uninterrupted one (on the same device).
+    """
+    if config.recipe.checkpoint_every < 0:
+        raise ValueError(f"recipe.checkpoint_every must be >= 0, got {config.recipe.checkpoint_every}")
     if config.method not in METHODS:
         raise KeyError(f"unknown method {config.method!r}; known: {', '.join(sorted(METHODS))}")
     method_cls = METHODS[config.method]
@@ -98,6 +195,8 @@ def run_trial(
         raise ValueError(f"method {config.method!r} distils from a teacher: pass teacher_checkpoint")
     if config.role == "teacher" and method_cls.NEEDS_TEACHER:
         raise ValueError(f"a teacher is trained without a teacher: method {config.method!r} is not allowed for role teacher")
+    # read (and check) a saved state first: one of another config fails before any work
+    saved = _read_resume_state(resume_dir, config) if resume_dir is not None else None
     seed_everything(config.seed)
     device = resolve_device(config.device)
     autocast = config.recipe.amp and device.type == "cuda"
@@ -126,7 +225,31 @@ def run_trial(
     best: EvalResult | None = None
     best_epoch = 0
     final: EvalResult | None = None
-    for epoch in range(config.recipe.epochs):
+    start_epoch = 0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        method.load_state_dict(saved["method"])
+        optimizer.load_state_dict(saved["optimizer"])
+        final, best, best_epoch = EvalResult(**saved["final"]), EvalResult(**saved["best"]), saved["best_epoch"]
+        start_epoch = saved["epoch"]
+        _set_rng_states(saved["rng"], train_loader)  # last: the set-up above drew from the same streams
+        del saved
+
+    def save_resume_state(epochs_done: int) -> None:
+        _write_resume_state(resume_dir, {
+            "epoch": epochs_done,
+            "config": _resume_identity(config),
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "method": {k: v.detach().cpu() for k, v in method.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "final": asdict(final),
+            "best": asdict(best),
+            "best_epoch": best_epoch,
+            "rng": _rng_states(train_loader),
+        })
+
+    every = config.recipe.checkpoint_every
+    for epoch in range(start_epoch, config.recipe.epochs):
         lr = lr_at(config.recipe, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -174,10 +297,18 @@ def run_trial(
         epoch_loss = float(loss_sum) / max(seen, 1)
         if not math.isfinite(epoch_loss):
             raise FloatingPointError(f"training loss is {epoch_loss} at epoch {epoch + 1}: lower the lr or the loss weights")
+        if resume_dir is not None and (epoch + 1 == config.recipe.epochs or (every and (epoch + 1) % every == 0)):
+            save_resume_state(epoch + 1)  # before the report, so a report that stops the run keeps this epoch
         if report is not None:
             report(EpochReport(epoch + 1, epoch_loss, lr, final, {k: float(v) / max(seen, 1) for k, v in term_sums.items()}))
 
     assert final is not None and best is not None, "recipe.epochs must be >= 1"
     if checkpoint_dir is not None:
         save_checkpoint(checkpoint_dir, model, config, data.num_classes, data.in_channels)
-    return TrialResult(final, best, best_epoch, data.class_counts, data.train_indices, config.recipe.epochs)
+    # No shuffling and the test-size batches: a pass over the training set without touching the RNG streams.
+    train_eval_loader = make_loader(data.train, max(256, config.recipe.batch_size), False, config.seed, config.recipe.num_workers, pin)
+    group_prob = {
+        "test": group_probability(model, test_loader, data.class_counts, device, autocast),
+        "train": group_probability(model, train_eval_loader, data.class_counts, device, autocast),
+    }
+    return TrialResult(final, best, best_epoch, data.class_counts, data.train_indices, config.recipe.epochs, group_prob)
