@@ -8,6 +8,7 @@ and across a cluster alike.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -99,6 +100,10 @@ def _train_one(tune_config: dict[str, Any]) -> None:
                 "class_counts": result.class_counts,
             },
         }
+        # The long-tailed choice of images, recorded beside the weights so the split can be rebuilt anywhere.
+        with open(os.path.join(ckpt, "long_tailed_split.json"), "w") as f:
+            json.dump({"dataset": config.dataset, "gamma": config.gamma, "split_seed": config.split_seed,
+                       "class_counts": result.class_counts, "train_indices": result.train_indices}, f)
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(ckpt))
     # The final weights now travel to MLflow through the checkpoint; the resumable state is done.
     shutil.rmtree(resume_dir, ignore_errors=True)
