@@ -77,7 +77,7 @@ def _train_one(tune_config: dict[str, Any]) -> None:
         teacher_dir = fetch_checkpoint(payload["teacher_artifact"], payload["tracking_uri"])
 
     def report_epoch(ep) -> None:
-        metrics = {"epoch": ep.epoch, "loss": ep.loss, "lr": ep.lr, **ep.eval.metrics()}
+        metrics = {"epoch": ep.epoch, "loss": ep.loss, "lr": ep.lr, **(ep.eval.metrics() if ep.eval else {})}
         metrics.update({f"loss_{k}": v for k, v in ep.terms.items()})
         tune.report(metrics)
 

@@ -183,3 +183,16 @@ def test_save_load_checkpoint_same_logits(tmp_path):
         assert torch.equal(model(x), loaded(x))
     state = torch.load(tmp_path / "ck" / CHECKPOINT_FILE, weights_only=True)
     assert TrialConfig.from_dict(state["config"]) == config
+
+
+def test_eval_every_skips_test_passes_but_not_the_result():
+    every_epoch = TrialConfig("student", "digits", 10.0, "cnn_w8", 0, recipe=Recipe(epochs=5, batch_size=64))
+    sparse = TrialConfig("student", "digits", 10.0, "cnn_w8", 0, recipe=Recipe(epochs=5, batch_size=64, eval_every=3))
+    reports = []
+    dense_result = run_trial(every_epoch)
+    sparse_result = run_trial(sparse, report=reports.append)
+    assert [r.epoch for r in reports] == [1, 2, 3, 4, 5]
+    assert [r.epoch for r in reports if r.eval is not None] == [3, 5]
+    # Evaluation draws no randomness and changes no weights: the final result is the same.
+    assert sparse_result.final == dense_result.final
+    assert sparse_result.best_epoch in (3, 5)

@@ -25,6 +25,7 @@ class Recipe:
     # With a resume folder: write the resumable state every this many epochs (0: only at the end).
     # It does not change what is computed.
     checkpoint_every: int = 0
+    eval_every: int = 1  # evaluate on the test set every N epochs (the last epoch always)
 
 
 @dataclass(frozen=True)

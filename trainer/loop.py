@@ -23,7 +23,7 @@ CHECKPOINT_FILE = "model.pt"
 RESUME_FILE = "state.pt"  # in run_trial's resume_dir: everything needed to continue a stopped trial
 # Config fields that do not decide what a trial computes, so a resume may differ in them.
 _RESUME_NOT_IDENTITY = ("data_root", "device")
-_RESUME_RECIPE_NOT_IDENTITY = ("num_workers", "checkpoint_every")
+_RESUME_RECIPE_NOT_IDENTITY = ("num_workers", "checkpoint_every", "eval_every")
 
 
 @dataclass
@@ -31,7 +31,7 @@ class EpochReport:
     epoch: int  # 1-based
     loss: float  # mean training loss over the epoch (sum of the method's terms)
     lr: float
-    eval: EvalResult
+    eval: EvalResult | None  # None on epochs that recipe.eval_every skips
     terms: dict[str, float] = field(default_factory=dict)  # mean of each loss term
 
 
@@ -200,6 +200,8 @@ def run_trial(
     seed_everything(config.seed)
     device = resolve_device(config.device)
     autocast = config.recipe.amp and device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     data = build_long_tailed(
         config.dataset, config.gamma, root=config.data_root, split_seed=config.split_seed,
         n_max=config.n_max, options=config.dataset_options,
@@ -230,7 +232,9 @@ def run_trial(
         model.load_state_dict(saved["model"])
         method.load_state_dict(saved["method"])
         optimizer.load_state_dict(saved["optimizer"])
-        final, best, best_epoch = EvalResult(**saved["final"]), EvalResult(**saved["best"]), saved["best_epoch"]
+        final = EvalResult(**saved["final"]) if saved["final"] is not None else None
+        best = EvalResult(**saved["best"]) if saved["best"] is not None else None
+        best_epoch = saved["best_epoch"]
         start_epoch = saved["epoch"]
         _set_rng_states(saved["rng"], train_loader)  # last: the set-up above drew from the same streams
         del saved
@@ -242,8 +246,8 @@ def run_trial(
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "method": {k: v.detach().cpu() for k, v in method.state_dict().items()},
             "optimizer": optimizer.state_dict(),
-            "final": asdict(final),
-            "best": asdict(best),
+            "final": asdict(final) if final is not None else None,
+            "best": asdict(best) if best is not None else None,
             "best_epoch": best_epoch,
             "rng": _rng_states(train_loader),
         })
@@ -291,16 +295,18 @@ def run_trial(
             loss_sum += loss.detach() * n
             for k, v in terms.items():
                 term_sums[k] = term_sums.get(k, torch.zeros((), device=device)) + v.detach() * n
-        final = evaluate(model, test_loader, data.class_counts, device, autocast)
-        if best is None or final.acc_all > best.acc_all:
-            best, best_epoch = final, epoch + 1
+        evaluated = None
+        if (epoch + 1) % max(1, config.recipe.eval_every) == 0 or epoch + 1 == config.recipe.epochs:
+            final = evaluated = evaluate(model, test_loader, data.class_counts, device, autocast)
+            if best is None or final.acc_all > best.acc_all:
+                best, best_epoch = final, epoch + 1
         epoch_loss = float(loss_sum) / max(seen, 1)
         if not math.isfinite(epoch_loss):
             raise FloatingPointError(f"training loss is {epoch_loss} at epoch {epoch + 1}: lower the lr or the loss weights")
         if resume_dir is not None and (epoch + 1 == config.recipe.epochs or (every and (epoch + 1) % every == 0)):
             save_resume_state(epoch + 1)  # before the report, so a report that stops the run keeps this epoch
         if report is not None:
-            report(EpochReport(epoch + 1, epoch_loss, lr, final, {k: float(v) / max(seen, 1) for k, v in term_sums.items()}))
+            report(EpochReport(epoch + 1, epoch_loss, lr, evaluated, {k: float(v) / max(seen, 1) for k, v in term_sums.items()}))
 
     assert final is not None and best is not None, "recipe.epochs must be >= 1"
     if checkpoint_dir is not None:
