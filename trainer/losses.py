@@ -6,6 +6,8 @@ about what n(G) = 3 costs and nothing underflows when a group's probability is t
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +31,37 @@ def _group_logsumexp(logits: torch.Tensor, groups: torch.Tensor, num_groups: int
     return group_max + torch.log(sums)
 
 
+class _Decomposition(NamedTuple):
+    cross: torch.Tensor  # [B]: KL(q || p_G^S), q the (optionally rebalanced) teacher group distribution
+    within_terms: torch.Tensor  # [B, C]: p~_i^T (log p~_i^T - log p~_i^S); a group's sum is its within-group KL
+    log_pg_t: torch.Tensor  # [B, G]: log p_G^T
+    log_pb: torch.Tensor  # [G]: log p^B_G, the teacher's group probabilities averaged over the batch
+
+
+def _decompose(student_logits, teacher_logits, groups, temperature, rebalance, num_groups) -> _Decomposition:
+    """The cross-group / within-group decomposition shared by the LTKD losses, in log space."""
+    z_s = student_logits / temperature
+    z_t = teacher_logits / temperature
+    group_lse_s = _group_logsumexp(z_s, groups, num_groups)  # [B, G]
+    group_lse_t = _group_logsumexp(z_t, groups, num_groups)
+    log_pg_s = group_lse_s - torch.logsumexp(z_s, dim=1, keepdim=True)  # log p_G, student
+    log_pg_t = group_lse_t - torch.logsumexp(z_t, dim=1, keepdim=True)  # log p_G, teacher
+    log_pb = torch.logsumexp(log_pg_t, dim=0) - torch.log(z_t.new_tensor(float(z_t.shape[0])))  # log p^B_G
+
+    if rebalance:
+        log_scale = torch.log(torch.exp(log_pb).mean()) - log_pb  # log s_G = log(mean(p^B) / p^B_G)
+        log_q = F.log_softmax(log_pg_t + log_scale, dim=1)
+    else:
+        log_q = log_pg_t
+    cross = F.kl_div(log_pg_s, log_q, log_target=True, reduction="none").sum(dim=1)
+
+    index = groups.unsqueeze(0).expand_as(z_t)
+    log_within_t = z_t - group_lse_t.gather(1, index)  # log p~_i within the class's group
+    log_within_s = z_s - group_lse_s.gather(1, index)
+    within_terms = torch.exp(log_within_t) * (log_within_t - log_within_s)
+    return _Decomposition(cross, within_terms, log_pg_t, log_pb)
+
+
 def ltkd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -42,7 +75,8 @@ def ltkd_loss(
 ) -> torch.Tensor:
     """LTKD: alpha * rebalanced cross-group KL + beta * uniformly weighted within-group KLs, times T^2.
 
-    groups: LongTensor [C] of group ids 0..G-1 (see `trainer.groups.partition_groups`).
+    groups: LongTensor [C] of group ids 0..G-1, every group non-empty (see
+    `trainer.groups.partition_groups`).
     rebalance=False uses the teacher's own group distribution (the "biased" ablation);
     reweight=False weights each within-group KL by the teacher's group probability, which with
     rebalance=False and alpha = beta = 1 makes the sum equal `kd_loss` exactly.
@@ -51,37 +85,14 @@ def ltkd_loss(
     groups = groups.to(student_logits.device)
     if num_groups is None:
         num_groups = int(groups.max().item()) + 1
-    z_s = student_logits / temperature
-    z_t = teacher_logits / temperature
-    lse_s = torch.logsumexp(z_s, dim=1, keepdim=True)
-    lse_t = torch.logsumexp(z_t, dim=1, keepdim=True)
-    group_lse_s = _group_logsumexp(z_s, groups, num_groups)  # [B, G]
-    group_lse_t = _group_logsumexp(z_t, groups, num_groups)
-    log_pg_s = group_lse_s - lse_s  # log p_G, student
-    log_pg_t = group_lse_t - lse_t  # log p_G, teacher
-
-    # Cross-group term: KL(q || p_G^S) with q the (optionally batch-rebalanced) teacher distribution.
-    if rebalance:
-        batch = z_t.shape[0]
-        log_pb = torch.logsumexp(log_pg_t, dim=0) - torch.log(z_t.new_tensor(float(batch)))  # log p^B_G
-        log_scale = torch.log(torch.exp(log_pb).mean()) - log_pb  # log s_G = log(mean(p^B) / p^B_G)
-        log_q = F.log_softmax(log_pg_t + log_scale, dim=1)
-    else:
-        log_q = log_pg_t
-    cross = F.kl_div(log_pg_s, log_q, log_target=True, reduction="none").sum(dim=1)
-
-    # Within-group terms: KL(p~_G^T || p~_G^S) per group, from elementwise terms summed per group.
-    log_pt_within_t = z_t - group_lse_t.gather(1, groups.unsqueeze(0).expand_as(z_t))
-    log_pt_within_s = z_s - group_lse_s.gather(1, groups.unsqueeze(0).expand_as(z_s))
+    d = _decompose(student_logits, teacher_logits, groups, temperature, rebalance, num_groups)
     if reweight:
         # Uniform weight: every group's KL counts once, whatever the teacher's mass on it.
-        elementwise = torch.exp(log_pt_within_t) * (log_pt_within_t - log_pt_within_s)
+        within = d.within_terms.sum(dim=1)
     else:
-        # p_G^T * p~_i^T = p_i^T: weighting each group's KL by the teacher's group probability.
-        elementwise = torch.exp(z_t - lse_t) * (log_pt_within_t - log_pt_within_s)
-    within = elementwise.sum(dim=1)  # the per-group sums added up: same as sum over classes
-
-    return (alpha * cross + beta * within).mean() * temperature**2
+        # Weighted by the teacher's group probability p_G^T (KD's own decomposition).
+        within = (torch.exp(d.log_pg_t).gather(1, groups.unsqueeze(0).expand_as(d.within_terms)) * d.within_terms).sum(dim=1)
+    return (alpha * d.cross + beta * within).mean() * temperature**2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,30 +270,10 @@ def ltkd_continuous_loss(
     groups = groups.to(student_logits.device)
     if num_groups is None:
         num_groups = int(groups.max().item()) + 1
-    z_s = student_logits / temperature
-    z_t = teacher_logits / temperature
-    lse_s = torch.logsumexp(z_s, dim=1, keepdim=True)
-    lse_t = torch.logsumexp(z_t, dim=1, keepdim=True)
-    group_lse_s = _group_logsumexp(z_s, groups, num_groups)
-    group_lse_t = _group_logsumexp(z_t, groups, num_groups)
-    log_pg_s = group_lse_s - lse_s
-    log_pg_t = group_lse_t - lse_t
-    log_pb = torch.logsumexp(log_pg_t, dim=0) - torch.log(z_t.new_tensor(float(z_t.shape[0])))  # log p^B_G
-
-    if rebalance:
-        log_scale = torch.log(torch.exp(log_pb).mean()) - log_pb
-        log_q = F.log_softmax(log_pg_t + log_scale, dim=1)
-    else:
-        log_q = log_pg_t
-    cross = F.kl_div(log_pg_s, log_q, log_target=True, reduction="none").sum(dim=1)
-
-    index = groups.unsqueeze(0).expand_as(z_t)
-    log_within_t = z_t - group_lse_t.gather(1, index)
-    log_within_s = z_s - group_lse_s.gather(1, index)
-    weights = continuous_group_weights(log_pb.detach(), tau)[groups]  # [C]: each class's group weight
-    within = (weights * torch.exp(log_within_t) * (log_within_t - log_within_s)).sum(dim=1)
-
-    return (alpha * cross + beta * within).mean() * temperature**2
+    d = _decompose(student_logits, teacher_logits, groups, temperature, rebalance, num_groups)
+    weights = continuous_group_weights(d.log_pb.detach(), tau)[groups]  # [C]: each class's group weight
+    within = (weights * d.within_terms).sum(dim=1)
+    return (alpha * d.cross + beta * within).mean() * temperature**2
 
 
 def hcl_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor, levels=(4, 2, 1)) -> torch.Tensor:

@@ -32,18 +32,21 @@ class LTKD(Method):
         self.register_buffer("groups", partition_groups(self.class_counts, self.n_groups), persistent=False)
 
     def losses(self, student_logits, teacher_logits, target, epoch, student_features=None, teacher_features=None):
-        h = self.hparams
         return {
-            "ce": h["ce_weight"] * F.cross_entropy(student_logits, target),
-            "ltkd": ltkd_loss(
-                student_logits,
-                teacher_logits,
-                self.groups,
-                alpha=h["alpha"],
-                beta=h["beta"],
-                temperature=h["temperature"],
-                rebalance=bool(h["rebalance"]),
-                reweight=bool(h["reweight"]),
-                num_groups=self.n_groups,
-            ),
+            "ce": self.hparams["ce_weight"] * F.cross_entropy(student_logits, target),
+            "ltkd": self.distill_loss(student_logits, teacher_logits),
         }
+
+    def distill_loss(self, student_logits, teacher_logits):
+        h = self.hparams
+        return ltkd_loss(
+            student_logits,
+            teacher_logits,
+            self.groups,
+            alpha=h["alpha"],
+            beta=h["beta"],
+            temperature=h["temperature"],
+            rebalance=bool(h["rebalance"]),
+            reweight=bool(h["reweight"]),
+            num_groups=self.n_groups,
+        )

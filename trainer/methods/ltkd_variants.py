@@ -12,8 +12,6 @@ into `hparams`, so what was run is recorded.
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from trainer.losses import ltkd_continuous_loss
 from trainer.methods.ltkd import LTKD
 
@@ -74,19 +72,16 @@ class LTKDContinuous(LTKD):
     DISPLAY = "LTKD (continuous reweighting)"
     PARAMS = {**_without("reweight"), "tau": 1.0}
 
-    def losses(self, student_logits, teacher_logits, target, epoch, student_features=None, teacher_features=None):
+    def distill_loss(self, student_logits, teacher_logits):
         h = self.hparams
-        return {
-            "ce": h["ce_weight"] * F.cross_entropy(student_logits, target),
-            "ltkd": ltkd_continuous_loss(
-                student_logits,
-                teacher_logits,
-                self.groups,
-                alpha=h["alpha"],
-                beta=h["beta"],
-                temperature=h["temperature"],
-                rebalance=bool(h["rebalance"]),
-                tau=float(h["tau"]),
-                num_groups=self.n_groups,
-            ),
-        }
+        return ltkd_continuous_loss(
+            student_logits,
+            teacher_logits,
+            self.groups,
+            alpha=h["alpha"],
+            beta=h["beta"],
+            temperature=h["temperature"],
+            rebalance=bool(h["rebalance"]),
+            tau=float(h["tau"]),
+            num_groups=self.n_groups,
+        )
