@@ -18,6 +18,19 @@ def _store_exists(uri: str) -> bool:
     return True
 
 
+def browse_hint(uri: str, experiment: str, experiment_id: str) -> str:
+    """How to look at the runs: the server's page, or the MLflow UI over the local store."""
+    if uri.startswith(("http://", "https://")):
+        return f"runs: experiment {experiment!r} at {uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    try:
+        shown = os.path.relpath(mlflow_bin) if mlflow_bin.exists() else "mlflow"
+    except ValueError:
+        shown = str(mlflow_bin)
+    return (f"runs: experiment {experiment!r} in {uri}. Browse them with `{shown} ui --backend-store-uri {uri}` "
+            f"and open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs")
+
+
 def open_plan(study_path: str, tracking_uri: str | None, create: bool):
     """Validate the study and the tracking store (nothing written on bad input); return its plan."""
     study = load_study(study_path)
@@ -47,6 +60,8 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
         return 0
     if not plan.first_phase and not plan.second_phase:
         print("nothing to run: every trial has a FINISHED run", file=out)
+        if exp_id is not None:
+            print(browse_hint(uri, study.name, exp_id), file=out)
         return 0
     if tracker is None or exp_id is None:
         study, uri, tracker, exp_id, plan = open_plan(study_path, tracking_uri, create=True)
@@ -86,7 +101,7 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
     elapsed = time.time() - started
     print(f"done in {elapsed:.0f} s: {finished} finished, {len(failed)} failed, {len(blocked)} skipped, "
           f"{len(plan.done)} already done before.", file=out)
-    print(f"runs: {uri}, experiment {study.name!r}. Browse them with: mlflow ui --backend-store-uri {uri}", file=out)
+    print(browse_hint(uri, study.name, exp_id), file=out)
     missing = total - finished - len(failed) - len(blocked)
     if failed or blocked or missing:
         raise RunFailure(f"{len(failed)} failed, {len(blocked)} skipped, {missing} not run; rerun the same command to retry only those")
