@@ -37,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tables", help="regenerate the study's tables from what is tracked")
     p.add_argument("study")
     _add_tracking(p)
-    p.add_argument("--format", choices=FORMATS, default="md")
-    p.add_argument("--out", help="also write every format into this folder")
+    p.add_argument("--format", choices=FORMATS, default="md", help="what to print (default md); csv prints one tidy CSV for all tables")
+    p.add_argument("--out", help="also write every format and the plots (PNG) into this folder, and log them to the "
+                                 "study's MLflow run 'tables <study>'")
+    p.add_argument("--no-log", action="store_true", help="with --out: write the files only, log nothing to MLflow")
 
     p = sub.add_parser("status", help="done, running, failed and missing trials of a study")
     p.add_argument("study")
@@ -68,30 +70,71 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_tables(args) -> int:
-    from orchestrator.sweep import open_plan
-    from orchestrator.tables import cell_frame, main_table, render
-    from orchestrator.tables.main import missing_cells
+    from orchestrator.study import expand, load_study
+    from orchestrator.tables import FORMATS as TABLE_FORMATS, build_tables, render
+    from orchestrator.tables.plots import write_plots
+    from orchestrator.tables.render import EXTENSIONS as TABLE_EXTENSIONS, render_csv
+    from orchestrator.tracking import Tracker, check_reachable, resolve_tracking_uri
 
-    study, uri, tracker, exp_id, plan = open_plan(args.study, args.tracking_uri, create=False)
-    if exp_id is None:
-        raise UserError(f"{args.study}: no runs of study {study.name!r} in {uri}; run `ltkd sweep {args.study}` first")
-    for table in study.tables:
-        cells = cell_frame(study, plan.trials, plan.done)
-        wide = main_table(cells)
-        title = table.title or f"{study.name}: {table.name} (top-1 accuracy %, mean ± std over seeds)"
-        print(f"\n{title}\n")
-        print(render(wide, args.format, cells, title))
-        gaps = missing_cells(cells)
+    study = load_study(args.study)
+    trials = expand(study)
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_reachable(uri)
+    no_runs = UserError(f"{args.study}: no runs of study {study.name!r} to tabulate in {uri} (no FINISHED run of its trials); "
+                        f"run `ltkd sweep {args.study}` first")
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).expanduser().exists():
+        raise no_runs  # never create an empty store just to read it
+    tracker = Tracker(uri)
+    try:
+        exp_id = tracker.experiment_id(study.name)
+        # Only what tables show: final accuracies and the teacher's group probabilities.
+        keys = [f"acc_{g}" for g in ("all", "head", "medium", "tail")] + [f"pg_{s}_{g}" for s in ("test", "train") for g in ("head", "medium", "tail")]
+        found = tracker.final_metrics_by_hash(exp_id, keys) if exp_id is not None else {}
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any store failure here is the user's URI or server
+        raise UserError(f"--tracking-uri {uri}: cannot read the tracking store ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    planned = {t.config_hash for t in trials}
+    finished = {h: r for h, r in found.items() if h in planned}
+    if not finished:
+        raise no_runs
+    tables = build_tables(study, trials, finished)
+    if args.format == "csv":
+        # one CSV for all tables (the `table` column tells them apart), so the output can be piped
+        print("".join(render_csv(t) if i == 0 else render_csv(t).split("\n", 1)[1] for i, t in enumerate(tables)), end="")
+    for i, table in enumerate(tables):
+        if args.format != "csv":
+            if args.format == "md":
+                print(("\n" if i else "") + f"{table.title}\n")
+            print(render(table, args.format))
+            if args.format == "md":
+                print()
+        gaps = table.missing()
         if gaps:
-            print(f"\nmissing ({len(gaps)} cells short of seeds; shown as – or with n=):", file=sys.stderr)
+            print(f"{table.name}: {len(gaps)} cells short of seeds (shown as – or with (n=…)):", file=sys.stderr)
             for g in gaps:
                 print(f"  {g}", file=sys.stderr)
-        if args.out:
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            for fmt in FORMATS:
-                (out / f"{study.name}_{table.name}.{EXTENSIONS[fmt]}").write_text(render(wide, fmt, cells, title))
-            print(f"\nwrote {', '.join(f'{study.name}_{table.name}.{EXTENSIONS[f]}' for f in FORMATS)} to {out}/")
+    if not args.out:
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    for table in tables:
+        for fmt in TABLE_FORMATS:
+            path = out / f"{study.name}_{table.name}.{TABLE_EXTENSIONS[fmt]}"
+            text = render(table, fmt)
+            path.write_text(f"{table.title}\n\n{text}\n" if fmt == "md" else text)
+            files.append(path)
+    plots, notes = write_plots(tables, study, trials, finished, tracker.read_json_artifact, out)
+    files += plots
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {len(files)} files to {out}/: {', '.join(f.name for f in files)}", file=sys.stderr)
+    if not args.no_log:
+        run_id = tracker.tables_run(exp_id, study.name)
+        tracker.log_files(run_id, [str(f) for f in files], "tables")
+        tracker.end_run(run_id, "FINISHED")
+        print(f"logged them to MLflow run 'tables {study.name}' ({run_id}) in experiment {study.name!r}", file=sys.stderr)
     return 0
 
 
@@ -137,7 +180,8 @@ def cmd_train(args) -> int:
     _check_train_config(config)
 
     def report(ep) -> None:
-        print(f"epoch {ep.epoch:3d}  loss {ep.loss:.4f}  all {ep.eval.acc_all:5.1f}  tail {ep.eval.acc_tail:5.1f}", flush=True)
+        accuracy = f"  all {ep.eval.acc_all:5.1f}  tail {ep.eval.acc_tail:5.1f}" if ep.eval else ""
+        print(f"epoch {ep.epoch:3d}  loss {ep.loss:.4f}{accuracy}", flush=True)
 
     result = run_trial(config, report=report, teacher_checkpoint=args.teacher_checkpoint, checkpoint_dir=args.save)
     print(json.dumps({"final": result.final.metrics(), "best_epoch": result.best_epoch, "best": result.best.metrics()}, indent=1))

@@ -49,11 +49,18 @@ class RecipeSpec(_RecipeFields):  # type: ignore[misc, valid-type]
             raise ValueError(f"unknown recipe preset; allowed: {', '.join(sorted(RECIPES))}")
         return v
 
-    @field_validator("epochs", "batch_size")
+    @field_validator("epochs", "batch_size", "eval_every")
     @classmethod
     def _positive(cls, v: int | None) -> int | None:
         if v is not None and v < 1:
             raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("checkpoint_every", "warmup_epochs", "num_workers")
+    @classmethod
+    def _count(cls, v: int | None) -> int | None:
+        if v is not None and v < 0:
+            raise ValueError("must be >= 0")
         return v
 
     @field_validator("lr", "weight_decay", "momentum")
@@ -111,11 +118,140 @@ class ResourcesSpec(BaseModel):
     gpu: float = Field(default=0, ge=0)
 
 
+import re  # noqa: E402  (TableSpec's imports, kept beside it)
+
+from pydantic import AfterValidator, ValidationInfo  # noqa: E402
+
+
 class TableSpec(BaseModel):
+    """One table of the study, rebuilt from the tracked runs by `ltkd tables` (orchestrator/tables).
+
+    kind      main: rows Teacher, Student, every method row, then Δ; columns pair × γ × {Tail, All}.
+              ablation: the method rows (or `rows`); columns pair × {Tail, All}, γ a column level
+              only when the study has several. ngroups: rows = pairs; columns = the n(G) values of
+              each LTKD-family method (one block per method, e.g. LTKD and LTKD-continuous).
+    rows      which rows, in this order: a method name (all its grid rows), a row label such as
+              "LTKD (n_groups=4)", or "Teacher" / "Student". Default: main every row; ablation every
+              method row; ngroups every method with an n_groups hyperparameter.
+    labels    display names: {method name or row label: shown label} (ngroups: {method: block name}).
+    delta     main / ablation: a Δ row = `reference` minus the best other method row in each column,
+              with a paired t-test over seeds (default: main on when the study has an ltkd row;
+              ablation off unless `reference` is set).
+    reference the row Δ is computed for (method name or row label; default ltkd).
+    metric    ngroups only: which final metric the cells hold (default acc_tail: the paper's n(G)
+              table is on the tail group's scale).
+    """
+
     model_config = _STRICT
-    kind: Literal["main"] = "main"
-    name: str = "main"
+    kind: Literal["main", "ablation", "ngroups"] = "main"
+    name: str | None = None  # names the output files; default: the kind
     title: str | None = None
+    rows: list[str] | None = Field(default=None, min_length=1)
+    labels: dict[str, str] = {}
+    delta: bool | None = None
+    reference: str | None = None
+    metric: Literal["acc_tail", "acc_all", "acc_head", "acc_medium"] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
+            raise ValueError("allowed: letters, digits, '_', '.', '-' (it names the output files)")
+        return v
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "TableSpec":
+        if self.name is None:
+            self.name = self.kind
+        if self.kind == "ngroups" and (self.delta or self.reference is not None):
+            raise ValueError("delta and reference are for main and ablation tables, not ngroups")
+        if self.kind != "ngroups" and self.metric is not None:
+            raise ValueError("metric is for ngroups tables; main and ablation show Tail and All")
+        if self.delta is False and self.reference is not None:
+            raise ValueError("reference is set but delta is false")
+        return self
+
+    @property
+    def cell_metric(self) -> str:
+        return self.metric or "acc_tail"
+
+    def shown_rows(self, methods: dict[str, Any], student_baseline: bool) -> list[tuple[str, str | None]]:
+        """(row label, method or None for Teacher / Student) of the rows this table shows, in order.
+
+        Raises ValueError naming the entry that matches nothing."""
+        from types import SimpleNamespace
+
+        all_rows = [(label, method) for label, method, _ in method_rows(SimpleNamespace(methods=methods))]
+        fixed = [("Teacher", None)] + ([("Student", None)] if student_baseline else [])
+        if self.kind == "ngroups":
+            all_rows = [(lb, m) for lb, m in all_rows if "n_groups" in METHODS[m].PARAMS]
+            fixed = []
+        if self.rows is None:
+            return (fixed if self.kind == "main" else []) + all_rows
+        chosen: list[tuple[str, str | None]] = []
+        for entry in self.rows:
+            match = [r for r in fixed + all_rows if entry in (r[0], r[1])]
+            if not match:
+                allowed = list(dict.fromkeys([lb for lb, _ in fixed] + [m for _, m in all_rows] + [lb for lb, _ in all_rows]))
+                what = "methods with an n_groups hyperparameter" if self.kind == "ngroups" else "methods and rows"
+                raise ValueError(f"rows: {entry!r} is not one of this study's {what}; allowed: {', '.join(allowed) or 'none'}")
+            chosen += [r for r in match if r not in chosen]
+        return chosen
+
+    def check(self, methods: dict[str, Any], student_baseline: bool) -> None:
+        """Check the table against the study (rows, labels and reference must name its rows)."""
+        rows = self.shown_rows(methods, student_baseline)
+        if not rows:
+            raise ValueError("no rows: the study has no method this table can show")
+        names = {lb for lb, _ in rows} | {m for _, m in rows if m}
+        for key in self.labels:
+            if key not in names:
+                raise ValueError(f"labels: {key!r} is not a row of this table; rows: {', '.join(lb for lb, _ in rows)}")
+        if self.kind != "ngroups":
+            shown = [self.labels.get(lb) or (self.labels.get(m) if m else None) or lb for lb, m in rows]
+            if "Δ" in shown:
+                raise ValueError("labels: 'Δ' is the delta row's label")
+            clash = sorted({x for x in shown if shown.count(x) > 1})
+            if clash:
+                raise ValueError(f"labels: two rows would show as {clash[0]!r}")
+        self.delta_reference(rows)
+
+    def delta_reference(self, rows: list[tuple[str, str | None]]) -> str | None:
+        """The row label Δ is computed for, or None for no Δ row. A main table asks for none of
+        delta / reference gets Δ when the study has an `ltkd` row (and another method row)."""
+        if self.kind == "ngroups" or self.delta is False or (self.kind == "ablation" and not self.delta and self.reference is None):
+            return None
+        if self.kind == "main" and self.delta is None and self.reference is None:
+            try:
+                return self.reference_row(rows)
+            except ValueError:
+                return None
+        return self.reference_row(rows)
+
+    def reference_row(self, rows: list[tuple[str, str | None]]) -> str:
+        ref = self.reference or "ltkd"
+        match = [lb for lb, m in rows if m is not None and ref in (lb, m)]
+        if len(match) != 1:
+            shown = ", ".join(lb for lb, m in rows if m is not None)
+            problem = "matches no method row" if not match else f"matches {len(match)} rows; name one row label"
+            raise ValueError(f"reference {ref!r} (the row Δ is computed for) {problem}; method rows: {shown}")
+        if len([lb for lb, m in rows if m is not None]) < 2:
+            raise ValueError(f"delta needs a method row besides the reference {ref!r} to compare against")
+        return match[0]
+
+
+def _check_tables(tables: list[TableSpec], info: ValidationInfo) -> list[TableSpec]:
+    if "methods" not in info.data:
+        return tables  # the methods failed validation: that is the error to report
+    names = [t.name for t in tables]
+    for i, table in enumerate(tables):
+        if names.index(table.name) != i:
+            raise UserError(f"tables.{i}.name = {table.name!r}: two tables with one name (their files would collide)")
+        try:
+            table.check(info.data["methods"], info.data.get("student_baseline", True))
+        except ValueError as exc:
+            raise UserError(f"tables.{i} ({table.name}): {exc}") from None
+    return tables
 
 
 ParamValue = bool | int | float | str
@@ -135,7 +271,7 @@ class StudySpec(BaseModel):
     recipe: RecipeSpec = RecipeSpec()  # type: ignore[valid-type]
     teacher_recipe: dict[str, Any] = {}  # overrides of `recipe` for teacher trials
     resources: ResourcesSpec = ResourcesSpec()
-    tables: list[TableSpec] = [TableSpec()]
+    tables: typing.Annotated[list[TableSpec], AfterValidator(_check_tables)] = [TableSpec()]
 
     @field_validator("methods")
     @classmethod
@@ -245,7 +381,7 @@ class Trial:
 
 
 _NOT_IDENTITY = ("data_root", "device")
-_RECIPE_NOT_IDENTITY = ("num_workers",)
+_RECIPE_NOT_IDENTITY = ("num_workers", "checkpoint_every", "eval_every")  # how, not what, a trial computes
 
 
 def config_hash(config: TrialConfig, teacher_hash: str | None = None) -> str:

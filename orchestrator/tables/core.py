@@ -1,0 +1,205 @@
+"""Tables as data: cells over seeds, best / second-best marks, and Δ with a paired t-test.
+
+A cell holds the final metric of each seed's FINISHED run of the trials the study plans for it
+(found by config_hash, never by parsing params), and shows mean ± sample std (ddof = 1). A cell
+with fewer seeds than planned says how many it has; one with none shows MISSING.
+
+Marks: among the method rows of one column (main, ablation) or among the n(G) values of one row and
+block (ngroups), the highest mean is best (bold) and the next highest second (underlined). Means are
+compared as shown (two decimals), so values that print the same are tied and all get the mark.
+Teacher, Student and Δ rows are never marked.
+
+Δ (main, ablation): the reference row (LTKD) minus the best other method row of the column (the
+highest mean; on a tie the row with more seeds, then the first), as the difference of the two cells'
+means; the paired t-test (scipy.stats.ttest_rel) compares the two rows' runs matched by seed (two
+or more needed), and † marks p < 0.05. The Δ cell's n counts the matched seeds.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from orchestrator.study import TableSpec
+
+MISSING = "–"
+DELTA_ROW = "Δ"
+DAGGER = "†"
+SIGNIFICANCE = 0.05
+GROUP_COLUMNS = (("Tail", "acc_tail"), ("All", "acc_all"))
+METRIC_NAMES = {"acc_tail": "Tail", "acc_all": "All", "acc_head": "Head", "acc_medium": "Medium"}
+BEST, SECOND = "best", "second"
+DECIMALS = 2
+
+TIDY_COLUMNS = ["table", "kind", "row", "pair", "gamma", "group", "n_groups", "metric", "mean", "std", "n",
+                "expected", "seeds", "run_ids", "p_value", "versus", "mark"]
+
+
+def pair_label(teacher: str, student: str) -> str:
+    return f"{teacher}→{student}"
+
+
+def gamma_label(gamma: float) -> str:
+    return f"γ={gamma:g}"
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _std(values: list[float]) -> float:
+    if len(values) < 2:
+        return math.nan
+    m = _mean(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+@dataclass
+class Cell:
+    """One table cell: a metric over seeds (or, for Δ, paired differences)."""
+
+    row: str  # shown row label
+    col: tuple[str, ...]  # shown column key
+    values: dict[int, float]  # seed -> final metric (Δ: seed -> paired difference)
+    expected: int  # planned seeds
+    run_ids: list[str]
+    info: dict  # tidy fields: row, pair, gamma, group, n_groups, metric
+    rankable: bool = False
+    mark: str = ""
+    delta: float | None = None  # Δ cells: reference mean minus the best other row's mean
+    p_value: float = math.nan
+    versus: str = ""  # Δ cells: the row compared against
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(self.values)
+
+    @property
+    def mean(self) -> float:
+        if self.delta is not None:
+            return self.delta
+        return _mean([self.values[s] for s in self.seeds])
+
+    @property
+    def std(self) -> float:
+        return _std([self.values[s] for s in self.seeds])
+
+    @property
+    def is_delta(self) -> bool:
+        return self.row == DELTA_ROW
+
+    def text(self) -> str:
+        """The cell as shown (marks are added per format by the renderers)."""
+        if self.is_delta:
+            if self.delta is None:
+                return MISSING
+            text = f"{self.delta:+.{DECIMALS}f}"
+            if not math.isnan(self.p_value) and self.p_value < SIGNIFICANCE:
+                text += DAGGER
+        else:
+            if self.n == 0:
+                return MISSING
+            text = f"{self.mean:.{DECIMALS}f}" if self.n < 2 else f"{self.mean:.{DECIMALS}f} ± {self.std:.{DECIMALS}f}"
+        if 0 < self.n < self.expected:
+            text += f" (n={self.n})"
+        return text
+
+
+@dataclass
+class Table:
+    spec: TableSpec
+    study: str
+    title: str
+    rows: list[str]
+    cols: list[tuple[str, ...]]
+    cells: dict[tuple[str, tuple[str, ...]], Cell]
+    rules_before: list[str] = field(default_factory=list)  # rows preceded by a horizontal rule
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name or self.spec.kind
+
+    def cell(self, row: str, col: tuple[str, ...]) -> Cell:
+        return self.cells[(row, col)]
+
+    def text(self) -> pd.DataFrame:
+        """Wide frame of the cells' text: index = rows, columns = a MultiIndex of the column keys."""
+        data = [[self.cells[(r, c)].text() for c in self.cols] for r in self.rows]
+        return pd.DataFrame(data, index=pd.Index(self.rows), columns=pd.MultiIndex.from_tuples(self.cols))
+
+    def marks(self) -> pd.DataFrame:
+        data = [[self.cells[(r, c)].mark for c in self.cols] for r in self.rows]
+        return pd.DataFrame(data, index=pd.Index(self.rows), columns=pd.MultiIndex.from_tuples(self.cols))
+
+    def frame(self) -> pd.DataFrame:
+        """Tidy frame, one row per cell (the CSV)."""
+        records = []
+        for r in self.rows:
+            for c in self.cols:
+                cell = self.cells[(r, c)]
+                records.append({
+                    "table": self.name, "kind": self.spec.kind, **cell.info,
+                    "mean": cell.mean if (cell.n or cell.delta is not None) else math.nan,
+                    "std": cell.std, "n": cell.n, "expected": cell.expected,
+                    "seeds": " ".join(str(s) for s in cell.seeds), "run_ids": " ".join(cell.run_ids),
+                    "p_value": cell.p_value, "versus": cell.versus, "mark": cell.mark,
+                })
+        return pd.DataFrame.from_records(records, columns=TIDY_COLUMNS)
+
+    def missing(self) -> list[str]:
+        """One line per planned cell that has fewer seeds than planned (Tail and All counted once)."""
+        lines: dict[str, None] = {}
+        for r in self.rows:
+            if r == DELTA_ROW:
+                continue
+            for c in self.cols:
+                cell = self.cells[(r, c)]
+                if cell.n < cell.expected:
+                    info = cell.info
+                    where = [info["row"], info["pair"], gamma_label(info["gamma"])]
+                    if info.get("n_groups") is not None:
+                        where.append(f"n(G)={info['n_groups']}")
+                    lines[f"{' / '.join(where)}: {cell.n} of {cell.expected} seeds"] = None
+        return list(lines)
+
+
+def mark_best(cells: list[Cell]) -> None:
+    """Bold the highest, underline the second highest shown value; ties share the mark."""
+    present = [c for c in cells if c.n > 0]
+    if len(present) < 2:
+        return
+    shown = sorted({round(c.mean, DECIMALS) for c in present}, reverse=True)
+    for c in present:
+        v = round(c.mean, DECIMALS)
+        if v == shown[0]:
+            c.mark = BEST
+        elif len(shown) > 1 and v == shown[1]:
+            c.mark = SECOND
+
+
+def delta_cell(ref: Cell, others: list[Cell], col: tuple[str, ...], info: dict) -> Cell:
+    """Δ = ref − the best of `others` with a paired t-test (scipy.stats.ttest_rel) over the matched seeds."""
+    present = [c for c in others if c.n > 0]
+    if ref.n == 0 or not present:
+        return Cell(DELTA_ROW, col, {}, ref.expected, [], info)
+    # the highest mean; on a tie the row with more seeds (a better-supported comparison), then the first
+    best = max(present, key=lambda c: (c.mean, c.n))
+    seeds = [s for s in ref.seeds if s in best.values]
+    diffs = {s: ref.values[s] - best.values[s] for s in seeds}
+    p = math.nan
+    if len(seeds) >= 2:
+        import warnings
+
+        from scipy.stats import ttest_rel
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # constant differences: scipy warns and returns nan
+            p = float(ttest_rel([ref.values[s] for s in seeds], [best.values[s] for s in seeds]).pvalue)
+    return Cell(DELTA_ROW, col, diffs, ref.expected, ref.run_ids + best.run_ids,
+                {**info, "row": DELTA_ROW}, delta=ref.mean - best.mean, p_value=p, versus=best.row)
