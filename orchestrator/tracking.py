@@ -91,8 +91,19 @@ class Tracker:
             return exp.experiment_id
         if not create:
             return None
-        exp_id = self.client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
+        exp_id = self.client.create_experiment(
+            name, artifact_location=self._local_artifact_location(name), tags={EXPERIMENT_KIND_TAG: "custom_model_development"}
+        )
         return exp_id
+
+    def _local_artifact_location(self, name: str) -> str | None:
+        """For a SQLite store, artifacts beside the database file (MLflow's default is ./mlruns in
+        whatever folder the command ran from); servers and other stores keep their own default."""
+        if not self.uri.startswith("sqlite:///"):
+            return None
+        folder = Path(self.uri.removeprefix("sqlite:///")).expanduser().resolve().parent / "mlruns"
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        return (folder / safe).as_uri()
 
     # -- reading -------------------------------------------------------------------------------
     def runs(self, experiment_id: str, status: str | None = None) -> list[RunRecord]:
