@@ -12,13 +12,15 @@ import hashlib
 import itertools
 import json
 import math
+import os
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
 from orchestrator.errors import UserError
 from trainer.config import Recipe, TrialConfig
@@ -116,11 +118,6 @@ class ResourcesSpec(BaseModel):
     model_config = _STRICT
     cpu: float = Field(default=1, gt=0)
     gpu: float = Field(default=0, ge=0)
-
-
-import re  # noqa: E402  (TableSpec's imports, kept beside it)
-
-from pydantic import AfterValidator, ValidationInfo  # noqa: E402
 
 
 class TableSpec(BaseModel):
@@ -441,6 +438,9 @@ def expand(study: StudySpec, data_root: str | None = None) -> list[Trial]:
     preset, overrides = study.recipe.preset, study.recipe.overrides()
     teacher_recipe = resolve_recipe(preset, {**overrides, **study.teacher_recipe})
     root = data_root or ds.root
+    if root is not None:
+        # Relative to where the sweep runs, made absolute here: Ray workers run in other folders.
+        root = os.path.abspath(os.path.expanduser(root))
     common = dict(dataset=ds.name, dataset_options=dict(ds.options), n_max=ds.n_max, split_seed=ds.split_seed, data_root=root)
     teachers: dict[str, Trial] = {}
     students: dict[str, Trial] = {}

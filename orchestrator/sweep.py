@@ -46,7 +46,8 @@ def open_plan(study_path: str, tracking_uri: str | None, create: bool):
         raise
     except Exception as exc:  # noqa: BLE001 - any store failure here is the user's URI or server
         raise UserError(f"--tracking-uri {uri}: cannot use the tracking store ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    return study, uri, tracker, exp_id, make_plan(trials, tracker.finished_by_hash(exp_id))
+    # Only identities and artifact locations are needed to plan: the fast reader, no params or metrics.
+    return study, uri, tracker, exp_id, make_plan(trials, tracker.final_metrics_by_hash(exp_id, keys=[]))
 
 
 def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dry_run: bool, storage: str | None, out=None) -> int:
