@@ -97,7 +97,7 @@ def _check_reports(result, reports):
     # the final result is the last epoch's evaluation; best is the max over epochs, reported apart
     assert result.final.acc_all == reports[-1].eval.acc_all
     assert result.final.per_class == reports[-1].eval.per_class
-    assert 1 <= result.best_epoch <= EPOCHS
+    assert result.best_epoch in range(1, EPOCHS + 1)
     assert result.best.acc_all >= result.final.acc_all
     assert result.best.acc_all == max(r.eval.acc_all for r in reports)
     assert reports[result.best_epoch - 1].eval.acc_all == result.best.acc_all

@@ -38,15 +38,16 @@ class LTKD(Method):
         }
 
     def distill_loss(self, student_logits, teacher_logits):
+        return ltkd_loss(student_logits, teacher_logits, reweight=bool(self.hparams["reweight"]), **self.loss_kwargs())
+
+    def loss_kwargs(self) -> dict:
+        """The arguments every LTKD-family loss takes: groups, weights, temperature, rebalancing."""
         h = self.hparams
-        return ltkd_loss(
-            student_logits,
-            teacher_logits,
-            self.groups,
-            alpha=h["alpha"],
-            beta=h["beta"],
-            temperature=h["temperature"],
-            rebalance=bool(h["rebalance"]),
-            reweight=bool(h["reweight"]),
-            num_groups=self.n_groups,
-        )
+        return {
+            "groups": self.groups,
+            "alpha": h["alpha"],
+            "beta": h["beta"],
+            "temperature": h["temperature"],
+            "rebalance": bool(h["rebalance"]),
+            "num_groups": self.n_groups,
+        }

@@ -73,15 +73,4 @@ class LTKDContinuous(LTKD):
     PARAMS = {**_without("reweight"), "tau": 1.0}
 
     def distill_loss(self, student_logits, teacher_logits):
-        h = self.hparams
-        return ltkd_continuous_loss(
-            student_logits,
-            teacher_logits,
-            self.groups,
-            alpha=h["alpha"],
-            beta=h["beta"],
-            temperature=h["temperature"],
-            rebalance=bool(h["rebalance"]),
-            tau=float(h["tau"]),
-            num_groups=self.n_groups,
-        )
+        return ltkd_continuous_loss(student_logits, teacher_logits, tau=float(self.hparams["tau"]), **self.loss_kwargs())
