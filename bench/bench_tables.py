@@ -9,7 +9,7 @@ through the client would take longer than everything measured here.
 Then it times, in this process:
 - reference: `mlflow.search_runs` of the experiment (every run, as a pandas frame): the obvious way
   to read a study's runs;
-- `Tracker.runs` (what `ltkd sweep`'s plan reads: whole runs through MlflowClient.search_runs);
+- `Tracker.runs` (whole runs through MlflowClient.search_runs: what `ltkd status` reads);
 - `Tracker.final_metrics_by_hash` (what `ltkd tables` reads: the newest FINISHED run per config_hash
   and its final metrics only);
 and end to end, as a user runs it: `ltkd tables STUDY --format md` in a fresh process.
@@ -143,7 +143,7 @@ def main() -> int:
 
         print(f"reading {n} runs:")
         print(line("reference: mlflow.search_runs (pandas frame)", ref_s))
-        print(line("Tracker.runs (whole runs, what the sweep plan reads)", runs_s))
+        print(line("Tracker.runs (whole runs, what ltkd status reads)", runs_s))
         print(line("Tracker.final_metrics_by_hash (what tables read)", fast_s))
         print(line("`ltkd tables --format md` end to end (fresh process)", e2e_s))
         print(f"  (of which starting Python and importing ltkd, mlflow, pandas: {start_s:.2f} s)")
