@@ -95,6 +95,8 @@ def _first_seed_run(trials: list[Trial], finished: Mapping[str, RunRecord]) -> R
 def per_class_plot(table: Table, study: StudySpec, trials: list[Trial], finished: Mapping[str, RunRecord],
                    read_json, out: Path) -> tuple[list[Path], list[str]]:
     """Per-class accuracy vs training count: teacher, KD student, reference (LTKD) student; first seed."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     from orchestrator.study import method_rows
 
     planned = planned_by_cell(study, trials)
@@ -136,6 +138,9 @@ def per_class_plot(table: Table, study: StudySpec, trials: list[Trial], finished
             line, = ax.plot(xs, smooth, label=name)
             ax.scatter(xs, ys, s=6, alpha=0.35, color=line.get_color())
         ax.set_xscale("log")
+        # Plain numbers on the major ticks and no labelled minor ticks: they collide on short ranges.
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("training images of the class")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{pair_label(*pair)}, {gamma_label(gamma)}")
