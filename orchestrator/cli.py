@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ltkd: failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("ltkd: interrupted; open runs were marked KILLED and will be retried by the next sweep", file=sys.stderr)
+        print("ltkd: interrupted: runs in flight were marked KILLED; run the same command again to go on "
+              "(finished trials are skipped, trials with checkpoint_every resume from their last state)", file=sys.stderr)
         return 130
 
 

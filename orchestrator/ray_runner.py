@@ -296,4 +296,8 @@ def run_trials(
         callback.close_open_runs()
         if own_storage:
             shutil.rmtree(storage, ignore_errors=True)
+    if len(outcomes) < len(trials):
+        # Tune catches Ctrl-C, stops the trials in flight and returns: only then do trials end
+        # without an outcome. Stop the sweep here rather than start the next phase.
+        raise KeyboardInterrupt
     return outcomes

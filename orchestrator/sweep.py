@@ -9,7 +9,7 @@ from pathlib import Path
 from orchestrator.errors import RunFailure, UserError
 from orchestrator.plan import make_plan
 from orchestrator.study import expand, load_study
-from orchestrator.tracking import FINISHED, Tracker, check_reachable, git_commit, resolve_tracking_uri
+from orchestrator.tracking import FINISHED, Tracker, check_reachable, git_commit, is_tracking_failure, resolve_tracking_uri
 
 
 def _store_exists(uri: str) -> bool:
@@ -87,15 +87,22 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
             detail = o.error
         print(f"[{counter['n']:>{len(str(total))}}/{total}] {o.status:8s} {o.trial.run_name:44s} {detail}", file=out, flush=True)
 
-    outcomes = run_trials(plan.first_phase, tracker, exp_id, base_tags, resources, {}, on_done, storage, f"{study.name}-1")
-    teacher_artifacts = {h: r.artifact_uri + "/checkpoint" for h, r in plan.done.items()}
-    teacher_artifacts.update({h: o.artifact_uri + "/checkpoint" for h, o in outcomes.items() if o.status == FINISHED})
-    runnable = [t for t in plan.second_phase if t.teacher_hash in teacher_artifacts]
-    blocked = [t for t in plan.second_phase if t.teacher_hash not in teacher_artifacts]
-    for t in blocked:
-        counter["n"] += 1
-        print(f"[{counter['n']}/{total}] SKIPPED  {t.run_name:44s} its teacher did not finish", file=out)
-    outcomes.update(run_trials(runnable, tracker, exp_id, base_tags, resources, teacher_artifacts, on_done, storage, f"{study.name}-2"))
+    try:
+        outcomes = run_trials(plan.first_phase, tracker, exp_id, base_tags, resources, {}, on_done, storage, f"{study.name}-1")
+        teacher_artifacts = {h: r.artifact_uri + "/checkpoint" for h, r in plan.done.items()}
+        teacher_artifacts.update({h: o.artifact_uri + "/checkpoint" for h, o in outcomes.items() if o.status == FINISHED})
+        runnable = [t for t in plan.second_phase if t.teacher_hash in teacher_artifacts]
+        blocked = [t for t in plan.second_phase if t.teacher_hash not in teacher_artifacts]
+        for t in blocked:
+            counter["n"] += 1
+            print(f"[{counter['n']}/{total}] SKIPPED  {t.run_name:44s} its teacher did not finish", file=out)
+        outcomes.update(run_trials(runnable, tracker, exp_id, base_tags, resources, teacher_artifacts, on_done, storage, f"{study.name}-2"))
+    except Exception as exc:  # noqa: BLE001 - only tracking failures are turned into a one-line exit 1
+        if not is_tracking_failure(exc):
+            raise
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise RunFailure(f"the tracking store at {uri} failed while the sweep ran ({first}); runs already FINISHED "
+                         "are kept: rerun the same command once it is back") from None
 
     failed = [o for o in outcomes.values() if o.status != FINISHED]
     finished = len(outcomes) - len(failed)

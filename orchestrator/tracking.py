@@ -19,6 +19,9 @@ from typing import Any
 from orchestrator.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# MLflow prints a "View run ... at: URL" line per run it ends on a server; the sweep prints its own
+# one line per trial and the experiment's address at the end.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # so the MLflow 3 UI opens the runs table, not GenAI views
 FINISHED = "FINISHED"
 
@@ -47,6 +50,21 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise UserError(f"--tracking-uri {uri}: folder {folder} does not exist")
     elif "://" not in uri and not uri.startswith(("databricks", "file:")):
         raise UserError(f"--tracking-uri {uri}: not a tracking URI; allowed: http(s)://HOST:PORT, sqlite:///PATH, postgresql://..., file:PATH")
+
+
+def is_tracking_failure(exc: BaseException) -> bool:
+    """Whether an exception raised while a sweep runs comes from the tracking store (a server that
+    went away, a store that refuses writes) rather than from ltkd itself."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:  # Tune may wrap the callback's exception
+        if isinstance(exc, (MlflowException, requests.exceptions.RequestException)):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def git_commit() -> str:
