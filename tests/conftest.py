@@ -32,17 +32,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
+def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
     """A real `mlflow server` process on loopback, in its lean form (one worker, no job runner)."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
+    port = port or free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
          "--serve-artifacts", "--artifacts-destination", str(root / "mlartifacts"),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, env=env, cwd=root,
+        stdout=open(root / "server.log", "a"), stderr=subprocess.STDOUT, env=env, cwd=root,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
@@ -52,15 +50,24 @@ def mlflow_server(tmp_path_factory):
         try:
             with urllib.request.urlopen(url + "/health", timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return proc, url
         except OSError:
             time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("mlflow server did not answer /health in 90 s")
-    yield url
+    proc.kill()
+    raise RuntimeError("mlflow server did not answer /health in 90 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    proc, url = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
+    yield url
+    stop(proc)

@@ -124,3 +124,49 @@ def test_failed_trial_is_tracked_failed_and_blocks_its_students(ray_local, tmp_p
     # The status command sees the failure and the missing trials.
     assert main(["status", str(study), "--tracking-uri", uri]) == 0
     assert "study diverges: 0 done, 0 running, 2 failed, 2 missing" in capsys.readouterr().out
+
+
+def test_server_lost_mid_sweep_exits_1_and_a_rerun_completes_without_duplicates(tmp_path):
+    """The tracking server dies while trials run: one line, exit 1; the rerun adds each missing run once."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import free_port, start_mlflow_server, stop
+
+    root = tmp_path / "server"
+    root.mkdir()
+    port = free_port()
+    server, url = start_mlflow_server(root, port)
+    study = write_study(tmp_path, "lost_server")
+    ltkd = str(Path(sys.executable).parent / "ltkd")
+    env = {**__import__("os").environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    proc = subprocess.Popen([ltkd, "sweep", str(study), "--tracking-uri", url], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # wait for the first finished trial, then take the server away
+            if "FINISHED" in line:
+                break
+        stop(server)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith(f"ltkd: failed: the tracking store at {url} failed while the sweep ran")
+    assert "Traceback" not in err
+
+    server, url = start_mlflow_server(root, port)  # the same store comes back
+    try:
+        rerun = subprocess.run([ltkd, "sweep", str(study), "--tracking-uri", url], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr
+        _, runs = all_runs(url, "lost_server")
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        hashes = [r.data.tags["config_hash"] for r in finished]
+        assert len(hashes) == 8 and len(set(hashes)) == 8  # every trial once: nothing lost, nothing twice
+        # At most the trials in flight when the server went (2 CPUs: 2) were left unfinished.
+        assert len(runs) - len(finished) <= 2
+    finally:
+        stop(server)
