@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -176,7 +177,7 @@ def cmd_train(args) -> int:
         raise UserError(f"--method {args.method}: needs --teacher-checkpoint (a folder saved by `ltkd train --save`)")
     config = TrialConfig(role=role, dataset=args.dataset, gamma=args.gamma, model=args.model, seed=args.seed,
                          method=args.method, method_params=params, recipe=Recipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
-                         data_root=args.root, device=args.device, teacher="checkpoint" if role == "distill" else None)
+                         data_root=args.root, device=args.device)
     _check_train_config(config)
 
     def report(ep) -> None:
@@ -215,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RunFailure as exc:
         print(f"ltkd: failed: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`ltkd sweep --dry-run | head`): stop quietly, like other Unix tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except KeyboardInterrupt:
         print("ltkd: interrupted: runs in flight were marked KILLED; run the same command again to go on "

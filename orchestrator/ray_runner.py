@@ -84,7 +84,7 @@ def _train_one(tune_config: dict[str, Any]) -> None:
     started = time.time()
     # Resumable state lives under the resume root keyed by the trial's identity, so a trial stopped
     # by a crash, a preempted node or Ctrl-C continues there when the sweep is run again.
-    resume_dir = os.path.join(payload["resume_root"], payload["config_hash"])
+    resume_dir = os.path.join(payload["resume_root"] or _worker_resume_root(), payload["config_hash"])
     with tempfile.TemporaryDirectory(prefix="ltkd-ckpt-") as ckpt:
         result = run_trial(config, report=report_epoch, teacher_checkpoint=teacher_dir, checkpoint_dir=ckpt, resume_dir=resume_dir)
         final = {
@@ -225,11 +225,15 @@ class MlflowWriter(Callback):
                 self.tracker.end_run(run_id, "KILLED")
 
 
-def default_resume_root(storage_path: str | None) -> str:
-    """Where trials keep resumable state: beside the Tune storage when given (shared storage on a
-    cluster), else in the user's cache on this machine."""
-    if storage_path:
-        return os.path.join(storage_path, "ltkd-resume")
+def default_resume_root(storage_path: str | None) -> str | None:
+    """Where trials keep resumable state: beside the Tune storage when it is a path (shared storage
+    on a cluster), else None: the worker's own cache (`~` resolved on the node that runs the trial)."""
+    if storage_path and "://" not in storage_path:
+        return os.path.join(os.path.abspath(storage_path), "ltkd-resume")
+    return None  # no storage, or an object-store URI (torch.save needs a filesystem): per node
+
+
+def _worker_resume_root() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "ltkd", "resume")
 
 
@@ -239,7 +243,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        # Workers fetch teacher checkpoints from MLflow: hand them the driver's MLflow credentials.
+        env_vars = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_TRACKING_") and k != "MLFLOW_TRACKING_URI"}
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
+                 runtime_env={"env_vars": env_vars} if env_vars else None)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)

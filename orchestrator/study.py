@@ -421,11 +421,26 @@ def method_rows(study: StudySpec) -> list[tuple[str, str, dict[str, Any]]]:
     return rows
 
 
-def full_params(study: StudySpec, method: str, point: dict[str, Any], teacher: str | None) -> dict[str, Any]:
-    """Method defaults, then the recipe preset's defaults for this method and teacher, then the study's."""
+def full_params(study: StudySpec, method: str, point: dict[str, Any], teacher: str | None, student: str | None) -> dict[str, Any]:
+    """Method defaults, then the recipe preset's defaults for this method and pair, then the study's.
+
+    Values take the type of the method's default (1 and 1.0 are one hyperparameter value), so the
+    way a YAML file writes a number never changes a trial's identity.
+    """
     cls = METHODS[method]
-    preset_defaults = {k: v for k, v in method_defaults(study.recipe.preset, method, teacher).items() if k in cls.PARAMS}
-    return {**cls.PARAMS, **preset_defaults, **point}
+    preset_defaults = method_defaults(study.recipe.preset, method, teacher, student)
+    merged = {**cls.PARAMS, **{k: v for k, v in preset_defaults.items() if k in cls.PARAMS}, **point}
+    return {k: _as_type_of(cls.PARAMS[k], v) for k, v in merged.items()}
+
+
+def _as_type_of(default: Any, value: Any) -> Any:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return value
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    if isinstance(default, int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _short(g: float) -> str:
@@ -457,7 +472,7 @@ def expand(study: StudySpec, data_root: str | None = None) -> list[Trial]:
                     sh = config_hash(scfg)
                     students.setdefault(sh, Trial(scfg, sh, None, "Student", f"student {pair.student} g{_short(gamma)} s{seed}"))
                 for label, method, point in method_rows(study):
-                    params = full_params(study, method, point, pair.teacher)
+                    params = full_params(study, method, point, pair.teacher, pair.student)
                     if not METHODS[method].NEEDS_TEACHER:
                         # A teacher-free method (balanced softmax, ...) is another Student row.
                         bcfg = TrialConfig(role="student", gamma=gamma, model=pair.student, seed=seed, method=method,

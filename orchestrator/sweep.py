@@ -53,6 +53,12 @@ def open_plan(study_path: str, tracking_uri: str | None, create: bool):
 def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dry_run: bool, storage: str | None, out=None) -> int:
     out = out or sys.stdout
     study, uri, tracker, exp_id, plan = open_plan(study_path, tracking_uri, create=False)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and not storage:
+        # Trials on other nodes persist their checkpoints to Tune's storage: a temporary folder on
+        # this machine would fail them only after training.
+        raise UserError(f"--address {address}: a Ray cluster needs --storage, a path every node sees "
+                        "(a shared filesystem, or s3://... / gs://...)")
     print(f"study {study.name}: {plan.summary()}", file=out)
     if dry_run:
         for t in plan.trials:
@@ -69,7 +75,6 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
 
     from orchestrator.ray_runner import init_ray, run_trials
 
-    address = address or os.environ.get("RAY_ADDRESS")
     print(f"tracking: {uri} (experiment {study.name!r}, id {exp_id}); ray: {address or 'local'}", file=out)
     init_ray(address)
     base_tags = {"study": study.name, "git_commit": git_commit(), "study_file": str(Path(study_path))}

@@ -134,3 +134,12 @@ def test_real_process_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"ltkd: error: {study}: dataset.gammas: gamma = 0 is not allowed: the imbalance factor must be >= 1"]
+
+
+def test_cluster_address_without_shared_storage_is_refused(tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(textwrap.dedent(GOOD))
+    code, out, err = run_cli(["sweep", str(study), "--address", "ray://head:10001"], tmp_path, capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("ltkd: error: --address ray://head:10001: a Ray cluster needs --storage")
+    assert not (tmp_path / "mlflow.db").exists()

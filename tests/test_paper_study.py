@@ -47,7 +47,7 @@ methods:
   ltkd: {{}}
   balanced_softmax: {{}}
 seeds: [0]
-recipe: {{preset: cifar, epochs: 1, batch_size: 32}}
+recipe: {{preset: cifar, epochs: 1, batch_size: 32, num_workers: 0}}
 resources: {{cpu: 1}}
 """
 

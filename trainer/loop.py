@@ -85,10 +85,15 @@ def save_checkpoint(path: str, model: torch.nn.Module, config: TrialConfig, num_
     return file
 
 
-def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    """A model rebuilt from a checkpoint folder (or file) written by `save_checkpoint`."""
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu", expected_model: str | None = None) -> torch.nn.Module:
+    """A model rebuilt from a checkpoint folder (or file) written by `save_checkpoint`.
+
+    expected_model: the architecture the caller needs (a distillation trial's teacher); a
+    checkpoint of another model is refused rather than silently distilled from."""
     file = os.path.join(path, CHECKPOINT_FILE) if os.path.isdir(path) else path
     state = torch.load(file, map_location=map_location, weights_only=True)
+    if expected_model is not None and state["model"] != expected_model:
+        raise ValueError(f"{file} holds a {state['model']!r} model, this trial's teacher is {expected_model!r}")
     model = build_model(state["model"], state["num_classes"], in_channels=state["in_channels"])
     model.load_state_dict(state["state_dict"])
     return model
@@ -214,7 +219,7 @@ def run_trial(
     method = build_method(config.method, config.method_params, data.class_counts).to(device)
     teacher = None
     if method_cls.NEEDS_TEACHER:
-        teacher = load_checkpoint(teacher_checkpoint, map_location=device).to(device).eval()
+        teacher = load_checkpoint(teacher_checkpoint, map_location=device, expected_model=config.teacher).to(device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
 
@@ -297,7 +302,8 @@ def run_trial(
                 term_sums[k] = term_sums.get(k, torch.zeros((), device=device)) + v.detach() * n
         evaluated = None
         if (epoch + 1) % max(1, config.recipe.eval_every) == 0 or epoch + 1 == config.recipe.epochs:
-            final = evaluated = evaluate(model, test_loader, data.class_counts, device, autocast)
+            # In float32, also on a GPU: bf16 logits tie often enough to bias argmax toward low class ids (the head).
+            final = evaluated = evaluate(model, test_loader, data.class_counts, device)
             if best is None or final.acc_all > best.acc_all:
                 best, best_epoch = final, epoch + 1
         epoch_loss = float(loss_sum) / max(seen, 1)
@@ -314,7 +320,7 @@ def run_trial(
     # No shuffling and the test-size batches: a pass over the training set without touching the RNG streams.
     train_eval_loader = make_loader(data.train, max(256, config.recipe.batch_size), False, config.seed, config.recipe.num_workers, pin)
     group_prob = {
-        "test": group_probability(model, test_loader, data.class_counts, device, autocast),
-        "train": group_probability(model, train_eval_loader, data.class_counts, device, autocast),
+        "test": group_probability(model, test_loader, data.class_counts, device),
+        "train": group_probability(model, train_eval_loader, data.class_counts, device),
     }
     return TrialResult(final, best, best_epoch, data.class_counts, data.train_indices, config.recipe.epochs, group_prob)

@@ -1,14 +1,15 @@
-"""Named training recipes a study can refer to (and override field by field).
+"""Named training recipes a study can refer to (and override field by field), and the method
+hyperparameters that go with them.
 
 - `cifar`: the KD literature's CIFAR-100 recipe (CRD / mdistiller): 240 epochs, batch 64, SGD
   momentum 0.9, lr 0.05 divided by 10 at epochs 150, 180 and 210, weight decay 5e-4.
-  ShuffleNet and MobileNet students use lr 0.01 (`student_lr`).
+  ShuffleNet and MobileNet students use lr 0.01.
 - `imagenet`: 100 epochs, batch 512, lr 0.2 divided by 10 at 30, 60 and 90, weight decay 1e-4.
 - `smoke`: a few epochs for the offline data.
 
-Method defaults that go with a recipe (T = 4 and KD's CE 0.1 / KD 0.9 on CIFAR; T = 1 on
-ImageNet; DKD beta 8, or 6 for the VGG13 and WRN-40-2 teachers, with a 20-epoch warm-up) are in
-`method_defaults`: they are what a study gets unless it sets the hyperparameter itself.
+`method_defaults(preset, method, teacher, student)` gives the hyperparameters the baselines' own
+released configurations use with that recipe and pair (mdistiller's configs for KD, DKD and
+ReviewKD; the CAT-KD authors' configs for CAT-KD); a study's own values always win.
 """
 from __future__ import annotations
 
@@ -17,16 +18,37 @@ import dataclasses
 from trainer.config import Recipe
 
 RECIPES: dict[str, Recipe] = {
+    # checkpoint_every: long runs keep a resumable state (not part of a trial's identity).
     "cifar": Recipe(epochs=240, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
-                    lr_schedule="multistep", milestones=(150, 180, 210), lr_decay=0.1),
+                    lr_schedule="multistep", milestones=(150, 180, 210), lr_decay=0.1,
+                    num_workers=4, checkpoint_every=10),
     "imagenet": Recipe(epochs=100, batch_size=512, lr=0.2, momentum=0.9, weight_decay=1e-4,
-                       lr_schedule="multistep", milestones=(30, 60, 90), lr_decay=0.1, num_workers=8),
+                       lr_schedule="multistep", milestones=(30, 60, 90), lr_decay=0.1,
+                       num_workers=8, checkpoint_every=5),
     "smoke": Recipe(epochs=30, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
                     lr_schedule="multistep", milestones=(20, 25), lr_decay=0.1),
 }
 
 # Students that the CIFAR recipe trains at lr 0.01 instead of 0.05.
 LOW_LR_STUDENTS = ("shufflenet_v1", "shufflenet_v2", "mobilenet_v2")
+
+# CAT-KD on CIFAR-100, per (teacher, student): (CAT loss weight, CAM resolution, normalise CAMs),
+# from the CAT-KD authors' configs; pairs not listed use the resnet32x4 -> resnet8x4 setting.
+CATKD_CIFAR = {
+    ("resnet32x4", "resnet8x4"): (15.0, 2, False),
+    ("resnet32x4", "shufflenet_v1"): (600.0, 4, True),
+    ("vgg13", "vgg8"): (4.5, 2, False),
+    ("vgg13", "mobilenet_v2"): (15.0, 2, True),
+    ("wrn_40_2", "wrn_40_1"): (1.5, 2, False),
+    ("wrn_40_2", "shufflenet_v1"): (80.0, 4, True),
+}
+
+# DKD's beta on CIFAR-100 per (teacher, student) in mdistiller's configs (default 8).
+DKD_BETA_CIFAR = {("vgg13", "vgg8"): 6.0, ("vgg13", "mobilenet_v2"): 6.0, ("wrn_40_2", "wrn_40_1"): 6.0,
+                  ("wrn_40_2", "wrn_16_2"): 6.0}
+
+# DKD's beta on ImageNet per (teacher, student) in mdistiller's configs.
+DKD_BETA_IMAGENET = {("resnet34", "resnet18"): 0.5, ("resnet50", "mobilenet_v1"): 2.0}
 
 
 def resolve_recipe(preset: str | None, overrides: dict, student: str | None = None) -> Recipe:
@@ -42,14 +64,36 @@ def resolve_recipe(preset: str | None, overrides: dict, student: str | None = No
     return dataclasses.replace(recipe, **fields)
 
 
-def method_defaults(preset: str | None, method: str, teacher: str | None) -> dict:
-    """Hyperparameter defaults a recipe brings for a method (the study's own values win)."""
+def method_defaults(preset: str | None, method: str, teacher: str | None, student: str | None = None) -> dict:
+    """Hyperparameter defaults a recipe brings for a method and pair (the study's own values win).
+
+    Logit-based LTKD variants take the recipe's temperature (4 on CIFAR, 1 on ImageNet) and keep
+    their own weights. Keys a method does not have are dropped by the caller.
+    """
+    pair = (teacher, student)
     if preset == "cifar":
         if method == "kd":
             return {"ce_weight": 0.1, "alpha": 0.9, "temperature": 4.0}
         if method == "dkd":
-            return {"beta": 6.0 if teacher in ("vgg13", "wrn_40_2") else 8.0, "warmup": 20, "temperature": 4.0}
+            return {"alpha": 1.0, "beta": DKD_BETA_CIFAR.get(pair, 8.0), "warmup": 20, "temperature": 4.0}
+        if method == "reviewkd":
+            return {"weight": 5.0 if pair == ("resnet32x4", "resnet8x4") else 1.0, "warmup": 20}
+        if method == "catkd":
+            weight, resolution, normalize = CATKD_CIFAR.get(pair, CATKD_CIFAR[("resnet32x4", "resnet8x4")])
+            return {"cat_weight": weight, "cam_resolution": resolution, "normalize": normalize}
+        if method == "dist":
+            return {"beta": 2.0, "gamma": 2.0, "temperature": 4.0}
     if preset == "imagenet":
-        if method in ("kd", "ltkd", "dkd", "dist", "bkd") or method.startswith("ltkd"):
+        if method == "kd":
+            return {"ce_weight": 0.5, "alpha": 0.5, "temperature": 1.0}
+        if method == "dkd":
+            return {"alpha": 1.0, "beta": DKD_BETA_IMAGENET.get(pair, 0.5), "warmup": 1, "temperature": 1.0}
+        if method == "reviewkd":
+            return {"weight": 1.0, "warmup": 1}
+        if method == "catkd":
+            return {"cat_weight": 0.5, "cam_resolution": 4, "normalize": False}
+        if method == "dist":
+            return {"beta": 1.0, "gamma": 1.0, "temperature": 1.0}
+        if method == "bkd" or method.startswith("ltkd"):
             return {"temperature": 1.0}
     return {}

@@ -134,7 +134,7 @@ def _ngroups_table(study: StudySpec, spec: TableSpec, planned, finished: Mapping
         block = spec.labels.get(method) or (METHODS[method].DISPLAY or method)
         if varied:
             block += " (" + ", ".join(f"{k}={point[k]:g}" if isinstance(point[k], float) else f"{k}={point[k]}" for k in varied) + ")"
-        n_groups = int(full_params(study, method, point, None)["n_groups"])
+        n_groups = int(full_params(study, method, point, None, None)["n_groups"])
         blocks.setdefault(block, []).append((n_groups, label))
     several_gammas = len(study.dataset.gammas) > 1
     cols, where = [], {}
