@@ -27,6 +27,7 @@ from trainer.losses import (
     ltkd_loss,
 )
 from trainer.methods import METHODS, build_method
+from trainer.methods.reviewkd import review_levels
 from trainer.models import build_model
 
 SHAPES = [(1, 5), (4, 10), (16, 100)]
@@ -331,6 +332,120 @@ def test_hcl_loss():
     c, d = torch.randn(2, 3, 2, 2), torch.randn(2, 3, 2, 2)
     ref2 = (F.mse_loss(c, d) + 0.5 * F.mse_loss(c.mean((2, 3)), d.mean((2, 3)))) / 1.5
     assert float(hcl_loss(c, d)) == pytest.approx(float(ref2), rel=1e-6)
+
+
+def test_hcl_loss_on_1x1_is_mse():
+    a, b = torch.randn(3, 5, 1, 1), torch.randn(3, 5, 1, 1)
+    assert float(hcl_loss(a, b)) == pytest.approx(float(F.mse_loss(a, b)), rel=1e-6)
+
+
+def _run_reviewkd(method, student, teacher, x, y, epoch=5):
+    s_feats, s_logits = student.forward_features(x)
+    with torch.no_grad():
+        t_feats, t_logits = teacher.forward_features(x)
+    return method.losses(s_logits, t_logits, y, epoch, s_feats, t_feats), s_feats, t_feats
+
+
+def test_reviewkd_levels_zoo_pair():
+    """Stage maps (not the stem) plus the pooled embedding as a 1x1 level, paired from the deep end."""
+    torch.manual_seed(0)
+    student, teacher = build_model("resnet8x4", 100), build_model("resnet32x4", 100).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 100, (2,))
+    feats, _ = student.forward_features(x)
+    levels = review_levels(feats)
+    assert [tuple(l.shape[1:]) for l in levels] == [(64, 32, 32), (128, 16, 16), (256, 8, 8), (256, 1, 1)]
+    assert all(l is not feats[0] for l in levels)  # the stem is not a level
+    torch.testing.assert_close(levels[-1].flatten(1), feats[-1])  # the deepest level is the pooled vector
+    method = build_method("reviewkd", {"warmup": 0}, [5] * 100)
+    method.setup(student, teacher, x)
+    assert method.level_shapes == [
+        ((64, 32, 32), (64, 32, 32)), ((128, 16, 16), (128, 16, 16)), ((256, 8, 8), (256, 8, 8)), ((256, 1, 1), (256, 1, 1)),
+    ]
+    assert len(method.fusions) == 4 and method.fusions[-1].attention is None
+    assert all(f.attention is not None for f in method.fusions[:-1])
+    # The fused outputs have the paired teacher levels' shapes.
+    s_feats, _ = student.forward_features(x)
+    with torch.no_grad():
+        t_levels = review_levels(teacher.forward_features(x)[0])
+    s_levels, deeper = review_levels(s_feats), None
+    for level in reversed(range(4)):
+        out, deeper = method.fusions[level](s_levels[level], deeper, t_levels[level].shape[-2:])
+        assert out.shape == t_levels[level].shape
+    terms, _, _ = _run_reviewkd(method, student, teacher, x, y)
+    assert terms["reviewkd"].dtype == torch.float32 and torch.isfinite(terms["reviewkd"])
+    sum(terms.values()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in method.parameters())
+
+
+def test_reviewkd_levels_small_cnn():
+    """cnn_* models (no pooled vector): both maps plus the global average of the last one."""
+    student, teacher = _pair()
+    x = torch.randn(4, 1, 8, 8)
+    feats, _ = student.forward_features(x)
+    levels = review_levels(feats)
+    assert len(levels) == 3 and levels[0] is feats[0] and levels[1] is feats[1]
+    torch.testing.assert_close(levels[2], feats[1].mean(dim=(2, 3), keepdim=True))
+    method = build_method("reviewkd", {}, [30] * 10)
+    method.setup(student, teacher, x[:2])
+    assert method.level_shapes == [((8, 8, 8), (32, 8, 8)), ((16, 4, 4), (64, 4, 4)), ((16, 1, 1), (64, 1, 1))]
+    # A training batch of one (a loader's last batch) works: the 1x1 level's BN uses running statistics.
+    terms, _, _ = _run_reviewkd(method, student, teacher, x[:1], torch.tensor([3]))
+    assert torch.isfinite(terms["reviewkd"])
+
+
+@pytest.mark.parametrize("teacher_name, student_name", [("vgg13", "mobilenet_v2"), ("resnet32x4", "shufflenet_v1")])
+def test_reviewkd_heterogeneous_pairs(teacher_name, student_name):
+    torch.manual_seed(1)
+    student, teacher = build_model(student_name, 100), build_model(teacher_name, 100).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 100, (2,))
+    method = build_method("reviewkd", {"warmup": 0}, [5] * 100)
+    method.setup(student, teacher, x)
+    n = min(len(review_levels(student.forward_features(x)[0])), len(review_levels(teacher.forward_features(x)[0])))
+    assert len(method.fusions) == n and method.level_shapes[-1][0][1:] == (1, 1) == method.level_shapes[-1][1][1:]
+    terms, _, _ = _run_reviewkd(method, student, teacher, x, y)
+    assert torch.isfinite(terms["reviewkd"]) and float(terms["reviewkd"].detach()) > 0
+    terms["reviewkd"].backward()
+    grads = [p.grad for p in list(student.parameters()) + list(method.parameters()) if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert all(p.grad is not None for p in method.parameters())
+
+
+def test_catkd_and_hcl_are_float32_under_bf16_autocast():
+    student, teacher = _pair()
+    method = build_method("catkd", {}, [30] * 10)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    method.setup(student, teacher, x[:2])
+    with torch.no_grad():
+        s_feats, s_logits = student.forward_features(x)
+        t_feats, t_logits = teacher.forward_features(x)
+    plain = method.losses(s_logits, t_logits, y, 0, s_feats, t_feats)["cat"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cams = class_activation_maps(t_feats[-1], teacher.fc.weight)
+        mixed = method.losses(s_logits, t_logits, y, 0, s_feats, t_feats)["cat"]
+    assert cams.dtype == torch.float32
+    torch.testing.assert_close(cams, class_activation_maps(t_feats[-1], teacher.fc.weight), rtol=1e-5, atol=1e-6)
+    assert mixed.dtype == torch.float32 and float(mixed.detach()) == pytest.approx(float(plain.detach()), rel=1e-5)
+
+    a, b = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = hcl_loss(a, b)
+        got_low = hcl_loss(a.bfloat16(), b.bfloat16())  # bf16 inputs are upcast
+        got_cat = cat_loss(a.bfloat16(), b.bfloat16())
+    assert got.dtype == got_low.dtype == got_cat.dtype == torch.float32
+    assert float(got) == pytest.approx(float(hcl_loss(a, b)), rel=1e-5)
+    assert float(got_low) == pytest.approx(float(hcl_loss(a.bfloat16().float(), b.bfloat16().float())), rel=1e-5)
+    assert float(got_cat) == pytest.approx(float(cat_loss(a.bfloat16().float(), b.bfloat16().float())), rel=1e-5)
+
+    # ReviewKD under autocast: the connectors may run in bf16, the loss is float32.
+    rk = build_method("reviewkd", {"warmup": 0}, [30] * 10)
+    rk.setup(student, teacher, x[:2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms, _, _ = _run_reviewkd(rk, student, teacher, x, y)
+    assert terms["reviewkd"].dtype == torch.float32 and torch.isfinite(terms["reviewkd"])
 
 
 # ---------------------------------------------------------------- end to end

@@ -281,37 +281,44 @@ def hcl_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor, level
 
     MSE at full resolution (weight 1) plus MSE after adaptive average pooling to each l x l in
     `levels` that is smaller than H, each used level weighted half the previous one; the sum is
-    divided by the sum of the weights. Both maps must have the same shape.
+    divided by the sum of the weights (a 1x1 pair: plain MSE). Both maps must have the same shape.
+    Computed in at least float32 with autocast disabled (bf16/fp16 inputs are upcast).
     """
-    loss = F.mse_loss(student_feature, teacher_feature)
-    weight, total = 1.0, 1.0
-    height = student_feature.shape[2]
-    for level in levels:
-        if level >= height:
-            continue
-        weight /= 2.0
-        loss = loss + weight * F.mse_loss(
-            F.adaptive_avg_pool2d(student_feature, level), F.adaptive_avg_pool2d(teacher_feature, level)
-        )
-        total += weight
-    return loss / total
+    dtype = torch.promote_types(student_feature.dtype, torch.float32)
+    with torch.autocast(device_type=student_feature.device.type, enabled=False):
+        s, t = student_feature.to(dtype), teacher_feature.to(dtype)
+        loss = F.mse_loss(s, t)
+        weight, total = 1.0, 1.0
+        height = s.shape[2]
+        for level in levels:
+            if level >= height:
+                continue
+            weight /= 2.0
+            loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(s, level), F.adaptive_avg_pool2d(t, level))
+            total += weight
+        return loss / total
 
 
 def class_activation_maps(features: torch.Tensor, classifier_weight: torch.Tensor) -> torch.Tensor:
     """CAMs: the classifier applied at every position of the last feature map,
     [B, D, H, W] x [K, D] -> [B, K, H, W]. Their spatial mean plus the bias gives the logits of a
-    global-average-pool + linear head."""
-    return torch.einsum("bdhw,kd->bkhw", features, classifier_weight)
+    global-average-pool + linear head. Computed in at least float32 with autocast disabled."""
+    dtype = torch.promote_types(features.dtype, torch.float32)
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        return torch.einsum("bdhw,kd->bkhw", features.to(dtype), classifier_weight.to(dtype))
 
 
 def cat_loss(
     student_cams: torch.Tensor, teacher_cams: torch.Tensor, resolution: int = 2, normalize: bool = False
 ) -> torch.Tensor:
     """CAT-KD's class attention transfer (Guo et al., CVPR 2023): average-pool both CAM stacks to
-    resolution x resolution, optionally L2-normalise each class map over its positions, then MSE."""
-    s = F.adaptive_avg_pool2d(student_cams, resolution)
-    t = F.adaptive_avg_pool2d(teacher_cams, resolution)
-    if normalize:
-        s = F.normalize(s.flatten(2), dim=2)
-        t = F.normalize(t.flatten(2), dim=2)
-    return F.mse_loss(s, t)
+    resolution x resolution, optionally L2-normalise each class map over its positions, then MSE.
+    Computed in at least float32 with autocast disabled."""
+    dtype = torch.promote_types(student_cams.dtype, torch.float32)
+    with torch.autocast(device_type=student_cams.device.type, enabled=False):
+        s = F.adaptive_avg_pool2d(student_cams.to(dtype), resolution)
+        t = F.adaptive_avg_pool2d(teacher_cams.to(dtype), resolution)
+        if normalize:
+            s = F.normalize(s.flatten(2), dim=2)
+            t = F.normalize(t.flatten(2), dim=2)
+        return F.mse_loss(s, t)

@@ -13,6 +13,8 @@ The classifier is found generically as the model's last nn.Linear, and F as the 
 from a probe batch). If the student has no such map, a learnable 1x1 conv from its last map to the
 K classes (trained with it) stands in for its classifier; the teacher must have one. Teacher CAMs
 are computed from detached features and weights: only the student (and that head) get gradients.
+The CAMs and the loss are computed in float32 with autocast disabled (the loop runs `losses()`
+under bf16 autocast on CUDA).
 
 Defaults: the authors' CIFAR-100 configs use r = 2, CE weight 1, no normalisation and a per-pair
 weight beta (15 for resnet32x4 -> resnet8x4, 4.5 for vgg13 -> vgg8, 1.5 for wrn_40_2 -> wrn_40_1;
@@ -86,14 +88,18 @@ class CATKD(Method):
         if self._refs is None:
             raise RuntimeError("catkd: setup() must run before losses()")
         s_fc, t_fc = self._refs
-        s_map = student_features[self._student_idx].float()
-        t_map = teacher_features[self._teacher_idx].detach().float()
-        if self.cam_head is not None:
-            s_cams = self.cam_head(s_map)
-        else:
-            s_cams = class_activation_maps(s_map, s_fc.weight.float())
-        t_cams = class_activation_maps(t_map, t_fc.weight.detach().float())
+        s_map = student_features[self._student_idx]
+        t_map = teacher_features[self._teacher_idx].detach()
+        # CAMs and the loss in float32 even under the loop's bf16 autocast (an einsum of .float()
+        # tensors inside autocast would be computed in bf16 again).
+        with torch.autocast(device_type=s_map.device.type, enabled=False):
+            if self.cam_head is not None:
+                s_cams = self.cam_head(s_map.float())
+            else:
+                s_cams = class_activation_maps(s_map.float(), s_fc.weight.float())
+            t_cams = class_activation_maps(t_map.float(), t_fc.weight.detach().float())
+            cat = cat_loss(s_cams, t_cams, int(h["cam_resolution"]), bool(h["normalize"]))
         return {
             "ce": h["ce_weight"] * F.cross_entropy(student_logits, target),
-            "cat": h["cat_weight"] * cat_loss(s_cams, t_cams, int(h["cam_resolution"]), bool(h["normalize"])),
+            "cat": h["cat_weight"] * cat,
         }

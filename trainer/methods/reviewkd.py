@@ -2,21 +2,33 @@
 
     loss = ce_weight * CE + ramp(epoch) * weight * sum_l HCL(O_l, F^T_l)
 
-Stage feature maps (the 4-D entries of `forward_features`; the pooled vector is ignored) are
-paired from the deep end: with n_s student and n_t teacher maps, the last min(n_s, n_t) of each.
-The student maps are "reviewed" from deep to shallow by attention-based fusion (ABF) modules:
-the deepest map is reduced to `mid_channels` by a 1x1 conv + BN; every shallower map is reduced the
-same way and fused with the (nearest-upsampled) fused map from the level below through two
-spatial attention maps predicted by a 1x1 conv + sigmoid on their concatenation (x * a_0 + y * a_1).
-Each level's fused map is resized to the teacher map's resolution and expanded by a 3x3 conv +
-BN to the teacher's channels, giving O_l. HCL (`trainer.losses.hcl_loss`) is the MSE at full
-resolution plus MSEs after pyramid pooling to 4x4, 2x2, 1x1 (levels smaller than the map), weights
-halving per level, normalised. The ABF modules are built in `setup()` from the shapes of a probe
-batch and trained with the student; teacher features are detached.
+Levels (`review_levels`), shallow to deep: the outputs of the network's stages plus the pooled
+embedding as the deepest level, reshaped to [B, C, 1, 1], as in the paper and mdistiller. For the
+zoo's convention (`feats` ends with the pooled 2-D vector) the stage maps are the 4-D entries of
+`feats` after the first one (the stem is not a level); for models without a pooled vector (the small
+`cnn_*` ones, `feats = [block1, block2]`) every 4-D map is a level and the global average of the last
+map is the 1x1 level. Student and teacher levels are paired from the deep end: with n_s and n_t
+levels, the last min(n_s, n_t) of each.
 
-Defaults: the authors' CIFAR setting, weight 1 with a 20-epoch linear warm-up
-(ramp = min((epoch + 1) / warmup, 1), 0-based epoch). mid_channels = 0 picks
-min(256, largest student stage width).
+The student levels are "reviewed" from deep to shallow by attention-based fusion (ABF) modules:
+the deepest level is reduced to `mid_channels` by a 1x1 conv + BN; every shallower level is reduced
+the same way and fused with the (nearest-upsampled, e.g. 1x1 -> 4x4) fused map from the level
+below through two spatial attention maps predicted by a 1x1 conv + sigmoid on their concatenation
+(x * a_0 + y * a_1). Each level's fused map is resized to the teacher level's resolution and
+expanded by a 3x3 conv + BN to the teacher's channels, giving O_l. HCL (`trainer.losses.hcl_loss`,
+computed in float32 even under autocast) is the MSE at full resolution plus MSEs after pyramid
+pooling to 4x4, 2x2, 1x1 (levels smaller than the map), weights halving per level, normalised; on
+the 1x1 level it is plain MSE. The ABF modules are built in `setup()` from the shapes of a probe
+batch and trained with the student; teacher features are detached. The connectors run under the
+loop's autocast; only the loss is computed in float32.
+
+Difference from the original: the authors distil the teacher's pre-activation (pre-ReLU) stage
+features; the zoo's `forward_features` exposes the post-ReLU maps only, so those are the targets here.
+
+Defaults: weight 1 with a 20-epoch linear warm-up (ramp = min((epoch + 1) / warmup, 1), 0-based
+epoch). For reference, mdistiller's configs use weight 5.0 with a 20-epoch warm-up on CIFAR-100
+(resnet32x4 -> resnet8x4) and weight 1.0 with a 1-epoch warm-up on ImageNet (resnet34 -> resnet18);
+the recipe presets set the per-pair values. mid_channels = 0 picks min(256, largest student level width).
 """
 from __future__ import annotations
 
@@ -42,8 +54,27 @@ def probe_features(model: nn.Module, sample: torch.Tensor) -> tuple[list[torch.T
 
 
 def map_indices(feats: list[torch.Tensor]) -> list[int]:
-    """Positions of the 4-D feature maps (stage outputs) in a `forward_features` list."""
+    """Positions of all 4-D feature maps in a `forward_features` list (stem included)."""
     return [i for i, f in enumerate(feats) if f.dim() == 4]
+
+
+def review_levels(feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """ReviewKD's levels of one `forward_features` list, shallow to deep: the stage maps, then the
+    pooled embedding as a [B, C, 1, 1] map.
+
+    Zoo convention (`feats` ends with the pooled [B, C] vector): the 4-D entries after the first
+    (the stem), then the pooled vector. Otherwise (the `cnn_*` models): every 4-D map, then the global
+    average of the last one.
+    """
+    if feats and feats[-1].dim() == 2:
+        maps = [f for f in feats[1:-1] if f.dim() == 4]
+        pooled = feats[-1]
+    else:
+        maps = [f for f in feats if f.dim() == 4]
+        if not maps:
+            return []
+        pooled = maps[-1].mean(dim=(2, 3))
+    return maps + [pooled.reshape(pooled.shape[0], pooled.shape[1], 1, 1)]
 
 
 def resize_to(x: torch.Tensor, size) -> torch.Tensor:
@@ -56,14 +87,26 @@ def resize_to(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="nearest")
 
 
+class _LevelBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d that also takes a training batch of one value per channel (a 1x1 level with
+    batch size 1, e.g. a loader's last batch): it is normalised with the running statistics then
+    (which are left unchanged) instead of failing. Same parameters and state as BatchNorm2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] * x.shape[2] * x.shape[3] <= 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
 class AttentionFusion(nn.Module):
-    """One ABF module: reduce to mid channels, fuse with the deeper level (if any), expand."""
+    """One ABF module: reduce to mid channels, fuse with the deeper level (if any), expand.
+    Works for any spatial sizes, the 1x1 pooled level included (a deeper 1x1 map is upsampled)."""
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool):
         super().__init__()
-        self.reduce = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), _LevelBatchNorm(mid_channels))
         self.expand = nn.Sequential(
-            nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels)
+            nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False), _LevelBatchNorm(out_channels)
         )
         self.attention = nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None
         for conv in (self.reduce[0], self.expand[0]):
@@ -79,6 +122,9 @@ class AttentionFusion(nn.Module):
 
 
 class ReviewKD(Method):
+    """ReviewKD; see the module docstring. Note: the teacher targets are the zoo's post-ReLU stage
+    maps (and pooled embedding), whereas the authors use the teacher's pre-activation features."""
+
     NAME = "reviewkd"
     DISPLAY = "ReviewKD"
     PARAMS = {"ce_weight": 1.0, "weight": 1.0, "warmup": 20, "mid_channels": 0}
@@ -86,39 +132,41 @@ class ReviewKD(Method):
 
     def __init__(self, class_counts, **params):
         super().__init__(class_counts, **params)
-        self.fusions = nn.ModuleList()  # index l: the ABF of level l (shallow -> deep)
-        self._student_idx: list[int] = []
-        self._teacher_idx: list[int] = []
+        self.fusions = nn.ModuleList()  # index l: the ABF of paired level l (shallow -> deep)
+        self._n_levels = 0  # paired levels: the last n of the student's and of the teacher's levels
+        self.level_shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []  # (student, teacher) [C, H, W] per level
 
     def setup(self, student, teacher, sample):
         if teacher is None:
             raise ValueError("reviewkd needs a teacher")
         s_feats, _ = probe_features(student, sample)
         t_feats, _ = probe_features(teacher, sample)
-        s_idx, t_idx = map_indices(s_feats), map_indices(t_feats)
-        n = min(len(s_idx), len(t_idx))
+        s_levels, t_levels = review_levels(s_feats), review_levels(t_feats)
+        n = min(len(s_levels), len(t_levels))
         if n == 0:
             raise ValueError("reviewkd: forward_features gave no 4-D feature maps")
-        self._student_idx, self._teacher_idx = s_idx[-n:], t_idx[-n:]
-        s_channels = [s_feats[i].shape[1] for i in self._student_idx]
-        t_channels = [t_feats[i].shape[1] for i in self._teacher_idx]
+        s_levels, t_levels = s_levels[-n:], t_levels[-n:]
+        self._n_levels = n
+        self.level_shapes = [(tuple(s.shape[1:]), tuple(t.shape[1:])) for s, t in zip(s_levels, t_levels)]
+        s_channels = [s.shape[1] for s in s_levels]
+        t_channels = [t.shape[1] for t in t_levels]
         mid = int(self.hparams["mid_channels"]) or min(256, max(s_channels))
-        device = sample.device
         self.fusions = nn.ModuleList(
             AttentionFusion(s_channels[l], mid, t_channels[l], fuse=l < n - 1) for l in range(n)
-        ).to(device)
+        ).to(sample.device)
 
     def losses(self, student_logits, teacher_logits, target, epoch, student_features=None, teacher_features=None):
         h = self.hparams
-        if not self._student_idx:
+        n = self._n_levels
+        if not n:
             raise RuntimeError("reviewkd: setup() must run before losses()")
-        s_maps = [student_features[i] for i in self._student_idx]
-        t_maps = [teacher_features[i].detach() for i in self._teacher_idx]
-        total = student_logits.new_zeros(())
+        s_maps = review_levels(list(student_features))[-n:]
+        t_maps = [t.detach() for t in review_levels(list(teacher_features))[-n:]]
+        total = torch.zeros((), device=student_logits.device, dtype=torch.float32)
         deeper = None
-        for level in reversed(range(len(s_maps))):  # review from the deepest level to the shallowest
+        for level in reversed(range(n)):  # review from the deepest level to the shallowest
             out, deeper = self.fusions[level](s_maps[level], deeper, t_maps[level].shape[-2:])
-            total = total + hcl_loss(out.float(), t_maps[level].float())
+            total = total + hcl_loss(out, t_maps[level])  # float32, autocast off inside
         return {
             "ce": h["ce_weight"] * F.cross_entropy(student_logits, target),
             "reviewkd": warmup_factor(epoch, h["warmup"]) * h["weight"] * total,
