@@ -437,3 +437,23 @@ def test_fashion_mnist_real_files():
     x = split.train.tensors[0]
     assert x.shape == (60000, 1, 28, 28) and split.test.tensors[0].shape == (10000, 1, 28, 28)
     assert abs(x.mean().item()) < 0.01 and abs(x.std().item() - 1.0) < 0.01  # the fixed mean/std fit
+
+
+def test_without_augmentation_reads_training_images_with_the_test_transform(cifar_root, skip_md5):
+    from trainer.data import build_long_tailed, without_augmentation
+
+    data = build_long_tailed("cifar100", 5, root=cifar_root)
+    plain = without_augmentation(data.train, data.test)
+    assert len(plain) == len(data.train)
+    from PIL import Image
+
+    base = data.train.dataset
+    for i in (0, len(plain) - 1):
+        _, label = data.train[i]
+        image, same_label = plain[i]
+        assert same_label == label
+        # Exactly the test transform of the stored training image: no crop, no flip.
+        expected = data.test.transform(Image.fromarray(base.data[data.train.indices[i]]))
+        assert torch.equal(image, expected)
+    # The training set itself keeps its augmentation.
+    assert data.train.dataset.transform is not data.test.transform

@@ -86,6 +86,24 @@ def build_long_tailed(
     return LongTailedData(train, split.test, counts, indices, split.num_classes, split.in_channels)
 
 
+def without_augmentation(train: Dataset, test: Dataset) -> Dataset:
+    """The training images as the test set sees them: the train set's view with the test transform.
+
+    On-disk readers (torchvision datasets, image lists) hold a `transform`; a shallow copy of the
+    training dataset with the test set's transform shares the images and changes only how they are
+    read. In-memory tensor datasets have no augmentation and are returned as they are."""
+    import copy
+
+    base, indices = (train.dataset, train.indices) if isinstance(train, Subset) else (train, None)
+    if not hasattr(base, "transform") or not hasattr(test, "transform"):
+        return train
+    plain = copy.copy(base)
+    plain.transform = test.transform
+    if hasattr(plain, "transforms") and hasattr(test, "transforms"):  # torchvision's VisionDataset keeps both
+        plain.transforms = test.transforms
+    return Subset(plain, indices) if indices is not None else plain
+
+
 class _TensorBatches:
     """Batches of an in-memory TensorDataset by tensor indexing: far cheaper than a DataLoader here."""
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from trainer.config import TrialConfig
-from trainer.data import build_long_tailed, make_loader
+from trainer.data import build_long_tailed, make_loader, without_augmentation
 from trainer.evaluate import EvalResult, evaluate, group_probability
 from trainer.methods import METHODS, build_method
 from trainer.models import build_model
@@ -318,7 +318,8 @@ def run_trial(
     if checkpoint_dir is not None:
         save_checkpoint(checkpoint_dir, model, config, data.num_classes, data.in_channels)
     # No shuffling and the test-size batches: a pass over the training set without touching the RNG streams.
-    train_eval_loader = make_loader(data.train, max(256, config.recipe.batch_size), False, config.seed, config.recipe.num_workers, pin)
+    train_eval_loader = make_loader(without_augmentation(data.train, data.test), max(256, config.recipe.batch_size), False,
+                                    config.seed, config.recipe.num_workers, pin)
     group_prob = {
         "test": group_probability(model, test_loader, data.class_counts, device),
         "train": group_probability(model, train_eval_loader, data.class_counts, device),
