@@ -179,6 +179,8 @@ def cmd_train(args) -> int:
                          method=args.method, method_params=params, recipe=Recipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
                          data_root=args.root, device=args.device)
     _check_train_config(config)
+    if args.teacher_checkpoint and not os.path.exists(args.teacher_checkpoint):
+        raise UserError(f"--teacher-checkpoint {args.teacher_checkpoint}: no such file or folder (save one with `ltkd train --save DIR`)")
 
     def report(ep) -> None:
         accuracy = f"  all {ep.eval.acc_all:5.1f}  tail {ep.eval.acc_tail:5.1f}" if ep.eval else ""
@@ -200,8 +202,12 @@ def _check_train_config(config) -> None:
         raise UserError(f"--model {config.model}: unknown; allowed: {', '.join(sorted(MODELS))}")
     if config.method not in METHODS:
         raise UserError(f"--method {config.method}: unknown; allowed: {', '.join(sorted(METHODS))}")
-    if config.gamma < 1:
+    if not config.gamma >= 1:
         raise UserError(f"--gamma {config.gamma:g}: the imbalance factor must be >= 1")
+    allowed = METHODS[config.method].PARAMS
+    for key in config.method_params:
+        if key not in allowed:
+            raise UserError(f"--param {key}: unknown hyperparameter of {config.method}; allowed: {', '.join(allowed) or 'none'}")
 
 
 COMMANDS = {"sweep": cmd_sweep, "tables": cmd_tables, "status": cmd_status, "train": cmd_train}

@@ -123,6 +123,10 @@ def test_train_rejects_unknown_model_and_bad_gamma(tmp_path, capsys):
     assert code == 2 and "--model nope: unknown; allowed:" in err
     code, _, err = run_cli(["train", "--gamma", "0.2"], tmp_path, capsys)
     assert code == 2 and "--gamma 0.2: the imbalance factor must be >= 1" in err
+    code, _, err = run_cli(["train", "--method", "ltkd", "--teacher-checkpoint", "nowhere"], tmp_path, capsys)
+    assert code == 2 and "--teacher-checkpoint nowhere: no such file or folder" in err and err.count("\n") == 1
+    code, _, err = run_cli(["train", "--method", "ltkd", "--teacher-checkpoint", ".", "--param", "bta=2"], tmp_path, capsys)
+    assert code == 2 and "--param bta: unknown hyperparameter of ltkd; allowed: ce_weight, alpha, beta" in err
 
 
 def test_real_process_prints_no_traceback(tmp_path):
