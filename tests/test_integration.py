@@ -130,7 +130,6 @@ def test_server_lost_mid_sweep_exits_1_and_a_rerun_completes_without_duplicates(
     """The tracking server dies while trials run: one line, exit 1; the rerun adds each missing run once."""
     import subprocess
     import sys
-    import time
 
     from conftest import free_port, start_mlflow_server, stop
 

@@ -5,7 +5,6 @@ tables read (tags config_hash / role / row / study from expand() of the study, f
 """
 from __future__ import annotations
 
-import math
 import statistics
 import textwrap
 import time
@@ -19,7 +18,6 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import ttest_rel
 
 from orchestrator.cli import main
-from orchestrator.errors import UserError
 from orchestrator.study import expand, parse_study
 from orchestrator.tables import build_tables, render
 from orchestrator.tracking import Tracker

@@ -30,7 +30,14 @@ class DatasetInfo:
     description: str
 
 
-from trainer.datasets import cifar, digits, fashion_mnist, imagenet, synthetic, tinyimagenet  # noqa: E402  (registry entries below need the modules)
+from trainer.datasets import (  # noqa: E402  (registry entries below need the modules)
+    cifar,
+    digits,
+    fashion_mnist,
+    imagenet,
+    synthetic,
+    tinyimagenet,
+)
 
 DATASETS: dict[str, Callable[..., DataSplit]] = {
     "digits": digits.load,

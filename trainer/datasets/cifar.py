@@ -13,6 +13,10 @@ the tests write in torchvision's format); the files must still exist.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the registry module imports the readers: import DataSplit for annotations only
+    from trainer.datasets import DataSplit
 
 # Per-channel statistics of the training images (the values used throughout the CIFAR literature).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)

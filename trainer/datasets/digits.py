@@ -1,9 +1,14 @@
 """scikit-learn's 8x8 digits (ships inside scikit-learn: no download), with a fixed balanced test set."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
+
+if TYPE_CHECKING:  # the registry module imports the readers: import DataSplit for annotations only
+    from trainer.datasets import DataSplit
 
 TEST_PER_CLASS = 30  # 300 balanced test images; the rest (about 150 per class) is the training pool
 _SPLIT_SEED = 12345  # fixed: the train/test split is part of the dataset, not of a trial

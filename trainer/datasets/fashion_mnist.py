@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import gzip
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # the registry module imports the readers: import DataSplit for annotations only
+    from trainer.datasets import DataSplit
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 NUM_CLASSES = 10

@@ -5,9 +5,14 @@ plus noise. With 100 classes it makes n(G) up to 100 meaningful on a CPU in seco
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
+
+if TYPE_CHECKING:  # the registry module imports the readers: import DataSplit for annotations only
+    from trainer.datasets import DataSplit
 
 DEFAULT_NUM_CLASSES = 100
 

@@ -13,6 +13,10 @@ The balanced training set is cut to the gamma profile by `trainer.data.build_lon
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the registry module imports the readers: import DataSplit for annotations only
+    from trainer.datasets import DataSplit
 
 FOLDER = "tiny-imagenet-200"
 NUM_CLASSES = 200
