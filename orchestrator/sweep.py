@@ -76,6 +76,9 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
     from orchestrator.ray_runner import init_ray, run_trials
 
     print(f"tracking: {uri} (experiment {study.name!r}, id {exp_id}); ray: {address or 'local'}", file=out)
+    stale = tracker.close_stale_runs(exp_id, {t.config_hash for t in plan.first_phase + plan.second_phase})
+    if stale:
+        print(f"closed {stale} run(s) left RUNNING by an earlier sweep that stopped (now KILLED)", file=out)
     init_ray(address)
     base_tags = {"study": study.name, "git_commit": git_commit(), "study_file": str(Path(study_path))}
     resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}

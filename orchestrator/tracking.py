@@ -186,6 +186,23 @@ class Tracker:
     def end_run(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def close_stale_runs(self, experiment_id: str, config_hashes: set[str]) -> int:
+        """End as KILLED the runs still RUNNING for trials about to run again.
+
+        A sweep that died with its tracking store (or was killed hard) leaves runs RUNNING that
+        nothing will end. The rerun supersedes them; so one study is swept by one `ltkd sweep` at a
+        time. Returns how many were closed."""
+        from mlflow.entities import RunTag
+
+        closed = 0
+        for rec in self.runs(experiment_id, status="RUNNING"):
+            if rec.config_hash in config_hashes:
+                self.client.log_batch(rec.run_id, tags=[RunTag("error", "superseded: the sweep that ran it stopped before ending it")],
+                                      synchronous=True)
+                self.client.set_terminated(rec.run_id, status="KILLED")
+                closed += 1
+        return closed
+
     # -- tables (orchestrator/tables reads and writes through these) ------------------------------
     def final_metrics_by_hash(self, experiment_id: str | None, keys: list[str] | None = None) -> dict[str, RunRecord]:
         """config_hash -> the newest FINISHED run (as `finished_by_hash` picks it), with its final

@@ -165,7 +165,9 @@ def test_server_lost_mid_sweep_exits_1_and_a_rerun_completes_without_duplicates(
         finished = [r for r in runs if r.info.status == "FINISHED"]
         hashes = [r.data.tags["config_hash"] for r in finished]
         assert len(hashes) == 8 and len(set(hashes)) == 8  # every trial once: nothing lost, nothing twice
-        # At most the trials in flight when the server went (2 CPUs: 2) were left unfinished.
+        # At most the trials in flight when the server went (2 CPUs: 2) were left unfinished, and the
+        # rerun closed those it found still RUNNING.
         assert len(runs) - len(finished) <= 2
+        assert not [r for r in runs if r.info.status == "RUNNING"]
     finally:
         stop(server)
