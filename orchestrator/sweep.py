@@ -50,6 +50,27 @@ def open_plan(study_path: str, tracking_uri: str | None, create: bool):
     return study, uri, tracker, exp_id, make_plan(trials, tracker.final_metrics_by_hash(exp_id, keys=[]))
 
 
+def check_data(trials) -> None:
+    """On one machine, read each dataset the trials need once before anything starts: missing or
+    unreadable files are bad input (exit 2), not a failure of every trial after Ray has started.
+    On a cluster the data may exist only on the workers, so this is left to the trials there."""
+    from trainer.datasets import load_dataset
+
+    seen = set()
+    for t in trials:
+        cfg = t.config
+        key = (cfg.dataset, cfg.data_root, repr(sorted(cfg.dataset_options.items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            load_dataset(cfg.dataset, root=cfg.data_root, **cfg.dataset_options)
+        except (FileNotFoundError, RuntimeError, ValueError) as exc:
+            raise UserError(f"dataset {cfg.dataset!r}: {str(exc).splitlines()[0]}") from None
+        except TypeError as exc:
+            raise UserError(f"dataset.options {cfg.dataset_options}: {exc}") from None
+
+
 def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dry_run: bool, storage: str | None, out=None) -> int:
     out = out or sys.stdout
     study, uri, tracker, exp_id, plan = open_plan(study_path, tracking_uri, create=False)
@@ -70,6 +91,8 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
         if exp_id is not None:
             print(browse_hint(uri, study.name, exp_id), file=out)
         return 0
+    if not address:
+        check_data(plan.trials)
     if tracker is None or exp_id is None:
         study, uri, tracker, exp_id, plan = open_plan(study_path, tracking_uri, create=True)
 

@@ -147,3 +147,21 @@ def test_cluster_address_without_shared_storage_is_refused(tmp_path, capsys):
     assert code == 2 and out == "" and err.count("\n") == 1
     assert err.startswith("ltkd: error: --address ray://head:10001: a Ray cluster needs --storage")
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_missing_dataset_files_are_bad_input_before_anything_runs(tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(textwrap.dedent(GOOD.replace("name: digits, gammas: [10]", f"name: cifar100, gammas: [10], root: {tmp_path}/nothing")
+                                     .replace("n_groups: 3", "n_groups: 3")))
+    code, out, err = run_cli(["sweep", str(study)], tmp_path, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"ltkd: error: dataset 'cifar100': cifar100: no CIFAR-100 files under {tmp_path}/nothing")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_unknown_dataset_option_is_bad_input(tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(textwrap.dedent(GOOD.replace("name: digits, gammas: [10]", "name: digits, gammas: [10], options: {colour: red}")))
+    code, _, err = run_cli(["sweep", str(study)], tmp_path, capsys)
+    assert code == 2 and err.count("\n") == 1 and "dataset.options {'colour': 'red'}" in err
+    assert not (tmp_path / "mlflow.db").exists()
