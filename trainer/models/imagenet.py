@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from trainer.models.common import init_conv_bn
+
 
 class TorchvisionResNet(ResNet):
     """torchvision's ImageNet ResNet with a feature interface.
@@ -106,12 +108,7 @@ class MobileNetV1(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, num_classes)
         self._channels = [spec[-1][0] for spec in _MBV1_STAGES] + [c]
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def feature_channels(self) -> list[int]:
         """Channels of each entry of `forward_features(x)[0]`: stem, four stages, pooled vector."""

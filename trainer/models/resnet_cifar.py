@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trainer.models.common import ThreeStageNet, init_conv_bn
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with an identity or projection shortcut; ReLU after the sum."""
@@ -38,7 +40,7 @@ class BasicBlock(nn.Module):
         return self.relu(out)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ThreeStageNet):
     """ResNet for 32x32 inputs.
 
     `forward_features(x)` returns `(feats, logits)` with
@@ -65,12 +67,7 @@ class CifarResNet(nn.Module):
         self.layer3 = self._make_stage(widths[2], widths[3], n, stride=2)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[3], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     @staticmethod
     def _make_stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
@@ -81,18 +78,6 @@ class CifarResNet(nn.Module):
     def feature_channels(self) -> list[int]:
         """Channels of each entry of `forward_features(x)[0]`: stem, three stages, pooled vector."""
         return [self.widths[0], self.widths[1], self.widths[2], self.widths[3], self.widths[3]]
-
-    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        f0 = self.stem(x)
-        f1 = self.layer1(f0)
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        pooled = torch.flatten(self.pool(f3), 1)
-        return [f0, f1, f2, f3, pooled], self.fc(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
-        return self.fc(torch.flatten(self.pool(x), 1))
 
 
 def resnet20(num_classes: int, in_channels: int = 3) -> CifarResNet:

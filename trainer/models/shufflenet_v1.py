@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.models.common import ThreeStageNet
+
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """(N, g*c, H, W) -> interleave the g groups' channels."""
@@ -51,7 +53,7 @@ class ShuffleUnit(nn.Module):
         return F.relu(out)
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(ThreeStageNet):
     """ShuffleNet V1 for 32x32 inputs.
 
     `forward_features(x)` returns `(feats, logits)` with `feats = [stem, stage1, stage2, stage3, pooled]`:
@@ -97,18 +99,6 @@ class ShuffleNetV1(nn.Module):
     def feature_channels(self) -> list[int]:
         """Channels of each entry of `forward_features(x)[0]`: stem, three stages, pooled vector."""
         return [self.stem_planes, *self.out_planes, self.out_planes[2]]
-
-    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        f0 = self.stem(x)
-        f1 = self.layer1(f0)
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        pooled = torch.flatten(self.pool(f3), 1)
-        return [f0, f1, f2, f3, pooled], self.fc(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
-        return self.fc(torch.flatten(self.pool(x), 1))
 
 
 def shufflenet_v1(num_classes: int, in_channels: int = 3) -> ShuffleNetV1:

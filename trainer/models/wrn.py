@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trainer.models.common import init_conv_bn
+
 
 class WideBasicBlock(nn.Module):
     """Pre-activation block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus a shortcut (optional dropout in between)."""
@@ -64,14 +66,7 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c[3], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self, zero_linear_bias=True)
 
     @staticmethod
     def _make_stage(in_planes: int, planes: int, n: int, stride: int, drop_rate: float) -> nn.Sequential:
