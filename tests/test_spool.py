@@ -1,0 +1,107 @@
+"""The spooled tracking writer against a real `mlflow server`: bursts from many runs arrive complete
+and in order, a run ends only after its metrics, and a driver killed mid-burst loses nothing and
+duplicates nothing when the spool is replayed."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.spool import SpooledWriter
+from orchestrator.tracking import Tracker, is_transient_failure
+
+pytestmark = pytest.mark.integration
+
+KEYS = ("loss", "lr", "acc_all", "acc_head", "acc_medium", "acc_tail")
+
+
+def _burst(writer: SpooledWriter, experiment_id: str, runs: int, epochs: int) -> list[str]:
+    keys = [writer.new_run(experiment_id, f"run {i}", {"i": str(i)}, {"config_hash": f"h{i:04d}"}) for i in range(runs)]
+    for epoch in range(1, epochs + 1):  # interleaved, as concurrent trials report
+        for i, key in enumerate(keys):
+            writer.log_metrics(key, {k: i + epoch / 1000 for k in KEYS}, epoch)
+    for key in keys:
+        writer.end_run(key, "FINISHED")
+    return keys
+
+
+def _check_complete(client: MlflowClient, experiment_id: str, runs: int, epochs: int) -> None:
+    found = client.search_runs([experiment_id], max_results=1000)
+    assert len(found) == runs  # no run created twice
+    for run in found:
+        assert run.info.status == "FINISHED"
+        i = int(run.data.params["i"])
+        for k in KEYS:
+            history = client.get_metric_history(run.info.run_id, k)
+            assert sorted(m.step for m in history) == list(range(1, epochs + 1)), (run.info.run_name, k)
+            assert {m.step: m.value for m in history} == {s: pytest.approx(i + s / 1000) for s in range(1, epochs + 1)}
+
+
+def test_burst_from_many_runs_arrives_complete_and_ends_after_its_metrics(mlflow_server, tmp_path):
+    client = MlflowClient(mlflow_server)
+    exp = client.create_experiment("spool_burst")
+    writer = SpooledWriter(Tracker(mlflow_server), str(tmp_path / "spool"), workers=4, is_transient=is_transient_failure)
+    runs, epochs = 24, 40
+    started = time.perf_counter()
+    _burst(writer, exp, runs, epochs)
+    queued_in = time.perf_counter() - started
+    assert queued_in < 2.0, f"queueing {runs * epochs} reports took {queued_in:.2f} s: it must not wait on the store"
+    assert writer.state().pending_events > 0
+    # While it drains: a run seen FINISHED already holds every epoch (its end was queued after them).
+    seen_finished = set()
+    while not writer.drained():
+        for run in client.search_runs([exp], "attributes.status = 'FINISHED'", max_results=1000):
+            if run.info.run_id not in seen_finished:
+                assert len(client.get_metric_history(run.info.run_id, "acc_tail")) == epochs
+                seen_finished.add(run.info.run_id)
+        time.sleep(0.05)
+    writer.close()
+    _check_complete(client, exp, runs, epochs)
+    assert not [p for p in (tmp_path / "spool").iterdir() if p.suffix in (".jsonl", ".ack", ".run")]  # spool emptied
+
+
+DRIVER = textwrap.dedent("""
+    import sys, time
+    from orchestrator.spool import SpooledWriter
+    from orchestrator.tracking import Tracker, is_transient_failure
+    sys.path.insert(0, {tests!r})
+    from test_spool import _burst
+    writer = SpooledWriter(Tracker({uri!r}), {spool!r}, workers=2, is_transient=is_transient_failure)
+    _burst(writer, {exp!r}, {runs}, {epochs})
+    print("queued", flush=True)
+    time.sleep(600)
+""")
+
+
+def test_driver_killed_mid_burst_replays_the_spool_without_duplicates(mlflow_server, tmp_path):
+    client = MlflowClient(mlflow_server)
+    exp = client.create_experiment("spool_killed")
+    spool = tmp_path / "spool"
+    runs, epochs = 40, 60
+    code = DRIVER.format(tests=str(Path(__file__).parent), uri=mlflow_server, spool=str(spool), exp=exp, runs=runs, epochs=epochs)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    try:
+        assert proc.stdout.readline().strip() == "queued"
+        deadline = time.time() + 60
+        while not client.search_runs([exp], max_results=1) and time.time() < deadline:
+            time.sleep(0.02)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    written = client.search_runs([exp], max_results=1000)
+    pending = [p for p in spool.glob("*.jsonl") if int((p.with_suffix(".ack")).read_text() if p.with_suffix(".ack").exists() else 0) < p.stat().st_size]
+    assert written and pending, "the driver must die with part of the burst written and part still queued"
+    assert not all(r.info.status == "FINISHED" for r in written) or len(written) < runs
+
+    writer = SpooledWriter(Tracker(mlflow_server), str(spool), workers=4, is_transient=is_transient_failure)
+    assert writer.replayed == len(pending)
+    assert writer.flush(timeout=120)
+    writer.close()
+    _check_complete(client, exp, runs, epochs)
