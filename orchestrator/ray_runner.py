@@ -1,15 +1,20 @@
-"""The only Ray adapter: one Ray Tune trial per planned trial, reporting back to the driver.
+"""The only Ray adapter: one Ray Tune run per sweep, which releases each trial when its dependencies are done.
 
-Trials send per-epoch metrics with `tune.report`; a Tune callback in the driver turns them into
-MLflow writes through the one `Tracker` (batched per epoch), so workers never write to the store.
-A trial's final weights travel as a Tune checkpoint and are logged as the run's `checkpoint`
-artifact; distillation trials fetch their teacher from that artifact, which works on one machine
-and across a cluster alike.
+A searcher (`DependencySearcher`) hands Tune the next runnable trial whenever a slot frees: teachers
+first, a distillation trial as soon as its own teacher has finished (other teachers may still be
+training), Student baselines to fill what is left. A trial whose worker dies (killed, out of memory,
+node lost) is retried by Tune up to `max_retries` times and resumes from its last saved state; a
+deterministic error (NaN loss, a bad checkpoint, bad data) is reported as the trial's result and not
+retried. Trials send per-epoch metrics with `tune.report`; a callback in the driver moves them to the
+run layout in `orchestrator.tracking` (which queues them on disk, never waiting on the network) and to
+the progress view. A teacher trained in this sweep reaches its students through its Tune checkpoint
+(on the Tune storage, shared on a cluster), so students start even while the tracking store is down.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -23,45 +28,21 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 from ray.tune import Callback  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+from ray.tune.stopper import Stopper  # noqa: E402
 
 from orchestrator.study import Trial  # noqa: E402
-from orchestrator.tracking import FINISHED, Tracker, per_class_artifact  # noqa: E402
+from orchestrator.tracking import FINISHED, TrialRuns  # noqa: E402
 
 FINAL_KEY = "ltkd_final"
-
-
-def trial_params(trial: Trial) -> dict[str, Any]:
-    """MLflow params of a trial, per the tracking schema, plus the rest of the recipe."""
-    cfg = trial.config
-    mp = cfg.method_params
-    params: dict[str, Any] = {
-        "dataset": cfg.dataset,
-        "gamma": cfg.gamma,
-        "role": cfg.role,
-        "method": cfg.method,
-        "teacher": cfg.teacher if cfg.role == "distill" else (cfg.model if cfg.role == "teacher" else None),
-        "student": cfg.model if cfg.role != "teacher" else None,
-        "alpha": mp.get("alpha"),
-        "beta": mp.get("beta"),
-        "n_groups": mp.get("n_groups"),
-        "temperature": mp.get("temperature"),
-        "seed": cfg.seed,
-        "epochs": cfg.recipe.epochs,
-        "model": cfg.model,
-        "n_max": cfg.n_max,
-        "split_seed": cfg.split_seed,
-    }
-    for key, value in cfg.method_params.items():
-        params.setdefault(key, value)
-    for key, value in cfg.recipe.__dict__.items():
-        params.setdefault(key, value)
-    if cfg.dataset_options:
-        params["dataset_options"] = cfg.dataset_options
-    return params
+ERROR_KEY = "ltkd_error"
+# Errors that would happen again on a retry: the trial is failed at once, not retried.
+DETERMINISTIC_ERRORS = (FloatingPointError, ValueError, KeyError, TypeError, IndexError, ZeroDivisionError, AssertionError)
 
 
 def _train_one(tune_config: dict[str, Any]) -> None:
-    """The Tune trainable: runs in a Ray worker. Trainer + checkpoint fetch; no MLflow writes."""
+    """The Tune trainable: runs in a Ray worker. Trainer + teacher fetch; no MLflow writes."""
+    import ray
     import torch
     from ray import tune
 
@@ -71,52 +52,187 @@ def _train_one(tune_config: dict[str, Any]) -> None:
 
     payload = tune_config["payload"]
     torch.set_num_threads(max(1, int(payload.get("cpus", 1))))
-    config = TrialConfig.from_dict(payload["config"])
-    teacher_dir = None
-    if payload.get("teacher_artifact"):
-        teacher_dir = fetch_checkpoint(payload["teacher_artifact"], payload["tracking_uri"])
+    started = time.time()
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    first = [True]
 
-    def report_epoch(ep) -> None:
+    def epoch_metrics(ep) -> dict:
         metrics = {"epoch": ep.epoch, "loss": ep.loss, "lr": ep.lr, **(ep.eval.metrics() if ep.eval else {})}
         metrics.update({f"loss_{k}": v for k, v in ep.terms.items()})
+        return metrics
+
+    def report_epoch(ep) -> None:
+        metrics = epoch_metrics(ep)
+        if first[0]:  # where this attempt runs, and the epoch it resumed after
+            metrics.update(where, first_epoch=ep.epoch)
+            first[0] = False
         tune.report(metrics)
 
-    started = time.time()
-    # Resumable state lives under the resume root keyed by the trial's identity, so a trial stopped
-    # by a crash, a preempted node or Ctrl-C continues there when the sweep is run again.
+    def report_saved_epoch(ep) -> None:  # an epoch of the resumed state: the driver keeps it if it lacks it
+        tune.report(epoch_metrics(ep))
+
+    # Resumable state lives under the resume root keyed by the trial's identity, so a trial whose
+    # worker died (retried by Tune) or whose sweep stopped (run again) continues there.
     resume_dir = os.path.join(payload["resume_root"] or _worker_resume_root(), payload["config_hash"])
-    with tempfile.TemporaryDirectory(prefix="ltkd-ckpt-") as ckpt:
-        result = run_trial(config, report=report_epoch, teacher_checkpoint=teacher_dir, checkpoint_dir=ckpt, resume_dir=resume_dir)
-        final = {
-            "epoch": result.epochs,
-            **result.final.metrics(),
-            **{f"best_{k}": v for k, v in result.best.metrics().items()},
-            "best_epoch": result.best_epoch,
-            "train_seconds": time.time() - started,
-            **{f"pg_{split}_{group}": v for split, groups in result.group_probability.items() for group, v in groups.items()},
-            FINAL_KEY: {
-                "per_class": result.final.per_class,
-                "best_per_class": result.best.per_class,
-                "class_counts": result.class_counts,
-            },
-        }
-        # The long-tailed choice of images, recorded beside the weights so the split can be rebuilt anywhere.
-        with open(os.path.join(ckpt, "long_tailed_split.json"), "w") as f:
-            json.dump({"dataset": config.dataset, "gamma": config.gamma, "split_seed": config.split_seed,
-                       "class_counts": result.class_counts, "train_indices": result.train_indices}, f)
-        tune.report(final, checkpoint=tune.Checkpoint.from_directory(ckpt))
-    # The final weights now travel to MLflow through the checkpoint; the resumable state is done.
+    try:
+        config = TrialConfig.from_dict(payload["config"])
+        teacher_dir = None
+        if payload.get("teacher_checkpoint") is not None:
+            teacher_dir = _local_checkpoint(payload["teacher_checkpoint"], payload["config_hash"])
+        elif payload.get("teacher_artifact"):
+            teacher_dir = fetch_checkpoint(payload["teacher_artifact"], payload["tracking_uri"])
+        with tempfile.TemporaryDirectory(prefix="ltkd-ckpt-") as ckpt:
+            result = run_trial(config, report=report_epoch, teacher_checkpoint=teacher_dir, checkpoint_dir=ckpt, resume_dir=resume_dir,
+                               saved_report=report_saved_epoch)
+            final = {
+                "epoch": result.epochs,
+                **result.final.metrics(),
+                **{f"best_{k}": v for k, v in result.best.metrics().items()},
+                "best_epoch": result.best_epoch,
+                "train_seconds": time.time() - started,
+                **{f"pg_{split}_{group}": v for split, groups in result.group_probability.items() for group, v in groups.items()},
+                FINAL_KEY: {
+                    "per_class": result.final.per_class,
+                    "best_per_class": result.best.per_class,
+                    "class_counts": result.class_counts,
+                },
+            }
+            # The long-tailed choice of images, recorded beside the weights so the split can be rebuilt anywhere.
+            with open(os.path.join(ckpt, "long_tailed_split.json"), "w") as f:
+                json.dump({"dataset": config.dataset, "gamma": config.gamma, "split_seed": config.split_seed,
+                           "class_counts": result.class_counts, "train_indices": result.train_indices}, f)
+            tune.report(final, checkpoint=tune.Checkpoint.from_directory(ckpt))
+    except DETERMINISTIC_ERRORS as exc:
+        # Reported, not raised: Tune retries what raises, and this would fail the same way again.
+        tune.report({ERROR_KEY: f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:2000], **where})
+        return
+    # The final weights now travel through the Tune checkpoint; the resumable state is done.
     shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+def _local_checkpoint(checkpoint, key: str) -> str:
+    """A teacher's Tune checkpoint as a local folder: the path itself on a local or shared
+    filesystem, else a download (object-store storage) into this node's cache."""
+    import pyarrow.fs
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem) and os.path.isdir(checkpoint.path):
+        return checkpoint.path
+    target = os.path.join(os.path.expanduser("~"), ".cache", "ltkd", "tune-checkpoints", key)
+    if not (os.path.isdir(target) and os.listdir(target)):
+        checkpoint.to_directory(target)
+    return target
+
+
+def _worker_resume_root() -> str:
+    return os.path.join(os.path.expanduser("~"), ".cache", "ltkd", "resume")
+
+
+def default_resume_root(storage_path: str | None) -> str | None:
+    """Where trials keep resumable state: beside the Tune storage when it is a path (shared storage
+    on a cluster, so a retry on another node resumes too), else None: the worker's own cache."""
+    if storage_path and "://" not in storage_path:
+        return os.path.join(os.path.abspath(storage_path), "ltkd-resume")
+    return None  # no storage, or an object-store URI (torch.save needs a filesystem): per node
 
 
 @dataclass
 class Outcome:
     trial: Trial
-    status: str  # FINISHED | FAILED | KILLED
-    run_id: str | None
+    status: str  # FINISHED | FAILED | KILLED | SKIPPED
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
-    artifact_uri: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# The schedule: which trial runs next.
+
+
+class Schedule:
+    """The sweep's trials and their dependencies; shared by the searcher and the callback (both run
+    on Tune's event loop, so no lock)."""
+
+    def __init__(self, trials: list[Trial], teacher_artifacts: dict[str, str], payload: Callable[[Trial, dict], dict],
+                 on_skip: Callable[[Trial, str], None]):
+        # teachers first (they unblock students), distillation next, Student baselines fill slots
+        rank = {"teacher": 0, "distill": 1, "student": 2}
+        self.pending = sorted(trials, key=lambda t: rank[t.role])
+        self.payload = payload
+        self.on_skip = on_skip
+        self.teacher_sources: dict[str, dict] = {h: {"teacher_artifact": uri} for h, uri in teacher_artifacts.items()}
+        self.failed: set[str] = set()
+        self.by_trial_id: dict[str, Trial] = {}
+
+    def next_trial(self) -> Trial | None:
+        """The first pending trial that can run now (removed from pending), or None."""
+        self.skip_blocked()
+        for t in self.pending:
+            if t.role != "distill" or t.teacher_hash in self.teacher_sources:
+                self.pending.remove(t)
+                return t
+        return None
+
+    def teacher_done(self, trial: Trial, checkpoint) -> None:
+        if trial.role == "teacher" and checkpoint is not None:
+            self.teacher_sources[trial.config_hash] = {"teacher_checkpoint": checkpoint}
+
+    def trial_failed(self, trial: Trial) -> None:
+        self.failed.add(trial.config_hash)
+        self.skip_blocked()
+
+    def skip_blocked(self) -> None:
+        """The students of a failed teacher are skipped at once, not when a slot frees."""
+        for t in [t for t in self.pending if t.role == "distill" and t.teacher_hash in self.failed]:
+            self.pending.remove(t)
+            self.on_skip(t, "its teacher did not finish")
+
+
+class DependencySearcher(Searcher):
+    """Releases a trial to Tune only when it can run; FINISHED once every trial is released."""
+
+    def __init__(self, schedule: Schedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    def suggest(self, trial_id: str):
+        trial = self.schedule.next_trial()
+        if trial is None:
+            return Searcher.FINISHED if not self.schedule.pending else None
+        self.schedule.by_trial_id[trial_id] = trial
+        sources = self.schedule.teacher_sources.get(trial.teacher_hash or "", {})
+        return {"payload": self.schedule.payload(trial, sources)}
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        pass  # the callback records outcomes: it sees the checkpoint and the reported error
+
+    # ltkd does not restore Tune experiments (a rerun skips finished trials and resumes the others),
+    # and the schedule holds live references: nothing to save.
+    def save(self, checkpoint_path: str) -> None:
+        pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+    def __getstate__(self):
+        return {}
+
+
+class OutageStopper(Stopper):
+    """Stops the whole Tune run when `should_stop()` says so (tracking down past its limit, Ctrl-C)."""
+
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.should_stop()
+
+    def __getstate__(self):
+        return {}
 
 
 def _trial_error_line(trial) -> str:
@@ -137,104 +253,112 @@ def _trial_error_line(trial) -> str:
             return ""
 
 
-class MlflowWriter(Callback):
-    """Driver-side single writer: Tune trial events -> MLflow runs (one batched call per epoch)."""
+class SweepCallback(Callback):
+    """Driver side: Tune trial events -> the trial runs (tracking) and the progress view."""
 
-    def __init__(self, tracker: Tracker, experiment_id: str, planned: dict[str, Trial], base_tags: dict[str, str],
-                 outcomes: dict[str, Outcome], on_done: Callable[[Outcome], None]):
-        self.tracker = tracker
-        self.experiment_id = experiment_id
-        self.planned = planned
-        self.base_tags = base_tags
+    def __init__(self, schedule: Schedule, runs: TrialRuns, progress, outcomes: dict[str, Outcome], max_attempts: int,
+                 poll: Callable[[], None] | None = None):
+        self.schedule = schedule
+        self.runs = runs
+        self.progress = progress
         self.outcomes = outcomes
-        self.on_done = on_done
-        self.run_of: dict[str, str] = {}  # Tune trial id -> MLflow run id
+        self.max_attempts = max_attempts
+        self.poll = poll or (lambda: None)
         self.final: dict[str, dict] = {}
+        self.errors: dict[str, dict] = {}
+        self.tries: dict[str, int] = {}  # attempts in this sweep (the run's `attempts` tag counts all)
 
     def __getstate__(self):
         # Tune pickles its run config (callbacks included) for experiment restore, which ltkd does
-        # not use (a rerun skips finished trials instead): keep the live client and console out.
-        return {"run_of": {}, "final": {}}
+        # not use: keep the live writer and console out.
+        return {}
 
-    def _trial(self, tune_trial) -> Trial:
-        return self.planned[tune_trial.config["payload"]["config_hash"]]
+    def _trial(self, tune_trial) -> Trial | None:
+        return self.schedule.by_trial_id.get(tune_trial.trial_id)
 
-    def _record(self, outcome: Outcome) -> None:
+    def _record(self, outcome: Outcome, detail: str) -> None:
         self.outcomes[outcome.trial.config_hash] = outcome
-        self.on_done(outcome)
+        self.progress.trial_done(outcome.trial.config_hash, outcome.status, detail)
+
+    def on_step_begin(self, iteration, trials, **info):
+        self.poll()
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        if trial.trial_id in self.run_of:
-            return
         t = self._trial(trial)
-        tags = {**self.base_tags, "config_hash": t.config_hash, "role": t.role, "row": t.row}
-        if t.teacher_hash:
-            tags["teacher_hash"] = t.teacher_hash
-        self.run_of[trial.trial_id] = self.tracker.start_run(self.experiment_id, t.run_name, trial_params(t), tags)
+        if t is None:
+            return
+        self.runs.started(t)
+        self.progress.trial_started(t.config_hash, t.run_name, t.config.recipe.epochs, self.tries.get(t.config_hash, 1))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        t = self._trial(trial)
+        if t is None:
+            return
+        reason = _trial_error_line(trial) or "the trial's worker died"
+        self.runs.retried(t, reason)
+        self.tries[t.config_hash] = self.tries.get(t.config_hash, 1) + 1
+        self.progress.trial_retry(t.config_hash, self.tries[t.config_hash], self.max_attempts, reason)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self.run_of.get(trial.trial_id)
-        if run_id is None:
+        t = self._trial(trial)
+        if t is None:
             return
         if FINAL_KEY in result:
             self.final[trial.trial_id] = result
             return
-        keys = ("loss", "lr", "acc_all", "acc_head", "acc_medium", "acc_tail")
-        metrics = {k: result[k] for k in keys if k in result}
-        metrics.update({k: v for k, v in result.items() if k.startswith("loss_")})
-        self.tracker.log_metrics(run_id, metrics, int(result["epoch"]))
+        if ERROR_KEY in result:
+            self.errors[trial.trial_id] = result
+            return
+        if "first_epoch" in result:
+            attempt = self.runs.attempts.get(t.config_hash, 1)
+            where = {"node_id": result.get("node_id"), "pid": result.get("pid"), f"attempt_{attempt}_node_id": result.get("node_id")}
+            if result["first_epoch"] > 1:
+                where["resumed_after_epoch"] = result["first_epoch"] - 1
+            self.runs.set_tags(t, where)
+        if self.runs.epoch(t, result):
+            self.progress.trial_epoch(t.config_hash, int(result["epoch"]), result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self.run_of.get(trial.trial_id)
         t = self._trial(trial)
-        final = self.final.get(trial.trial_id)
-        if run_id is None or final is None:
-            outcome = Outcome(t, "FAILED", run_id, error="trial ended without a final report")
-            if run_id:
-                self.tracker.set_tags(run_id, {"error": outcome.error})
-                self.tracker.end_run(run_id, "FAILED")
-            self._record(outcome)
+        if t is None:
+            return
+        final = self.final.pop(trial.trial_id, None)
+        error = self.errors.pop(trial.trial_id, None)
+        if final is None:
+            reason = error[ERROR_KEY] if error else "trial ended without a final report"
+            self.runs.ended(t, "FAILED", reason)
+            self.schedule.trial_failed(t)
+            self._record(Outcome(t, "FAILED", error=reason), reason)
             return
         payload = final[FINAL_KEY]
         summary = {k: final[k] for k in final if k.startswith(("acc_", "best_", "pg_")) or k == "train_seconds"}
-        # acc_* of the last epoch are already logged at that step, and are the runs' latest values.
-        self.tracker.log_metrics(run_id, {k: v for k, v in summary.items() if not k.startswith("acc_")}, int(final["epoch"]))
-        self.tracker.log_json(run_id, per_class_artifact(payload["per_class"], payload["class_counts"]), "per_class_accuracy.json")
-        self.tracker.log_json(run_id, per_class_artifact(payload["best_per_class"], payload["class_counts"]), "best_epoch_per_class_accuracy.json")
+        checkpoint_dir = None
         if trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as local:
-                self.tracker.log_dir(run_id, local, "checkpoint")
-        self.tracker.end_run(run_id, FINISHED)
-        artifact_uri = self.tracker.client.get_run(run_id).info.artifact_uri
-        self._record(Outcome(t, FINISHED, run_id, summary, artifact_uri=artifact_uri))
+                checkpoint_dir = local
+                self.runs.finished(t, summary, int(final["epoch"]), payload["per_class"], payload["best_per_class"],
+                                   payload["class_counts"], checkpoint_dir)
+        else:
+            self.runs.finished(t, summary, int(final["epoch"]), payload["per_class"], payload["best_per_class"],
+                               payload["class_counts"], None)
+        self.schedule.teacher_done(t, trial.checkpoint)
+        detail = f"all {summary.get('acc_all', math.nan):5.1f}  tail {summary.get('acc_tail', math.nan):5.1f}  ({summary.get('train_seconds', 0):.1f} s)"
+        self._record(Outcome(t, FINISHED, summary), detail)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self.run_of.get(trial.trial_id)
-        err = _trial_error_line(trial)
-        err = err or "trial raised an error (see the Ray logs)"
-        if run_id:
-            self.tracker.set_tags(run_id, {"error": err[:4000]})
-            self.tracker.end_run(run_id, "FAILED")
-        self._record(Outcome(self._trial(trial), "FAILED", run_id, error=err))
-
-    def close_open_runs(self) -> None:
-        """Runs left open by an interrupt end KILLED, so a rerun retries them and nothing stays RUNNING."""
-        closed = {o.run_id for o in self.outcomes.values()}
-        for run_id in self.run_of.values():
-            if run_id not in closed:
-                self.tracker.end_run(run_id, "KILLED")
+        t = self._trial(trial)
+        if t is None:
+            return
+        err = _trial_error_line(trial) or "trial raised an error (see the Ray logs)"
+        attempts = self.runs.attempts.get(t.config_hash, 1)
+        if attempts > 1:
+            err = f"{err} (after {attempts} attempts)"
+        self.runs.ended(t, "FAILED", err)
+        self.schedule.trial_failed(t)
+        self._record(Outcome(t, "FAILED", error=err), err)
 
 
-def default_resume_root(storage_path: str | None) -> str | None:
-    """Where trials keep resumable state: beside the Tune storage when it is a path (shared storage
-    on a cluster), else None: the worker's own cache (`~` resolved on the node that runs the trial)."""
-    if storage_path and "://" not in storage_path:
-        return os.path.join(os.path.abspath(storage_path), "ltkd-resume")
-    return None  # no storage, or an object-store URI (torch.save needs a filesystem): per node
-
-
-def _worker_resume_root() -> str:
-    return os.path.join(os.path.expanduser("~"), ".cache", "ltkd", "resume")
+# ---------------------------------------------------------------------------------------------
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -252,46 +376,73 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
 
 
+def cluster_slots(cpu: float, gpu: float) -> int:
+    """How many trials of this size the cluster's alive nodes hold at once (each trial on one node)."""
+    import ray
+
+    slots = 0
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        res = node.get("Resources", {})
+        fit = math.floor(res.get("CPU", 0) / cpu + 1e-9) if cpu > 0 else 10**6
+        if gpu > 0:
+            fit = min(fit, math.floor(res.get("GPU", 0) / gpu + 1e-9))
+        slots += fit
+    return slots
+
+
 def run_trials(
     trials: list[Trial],
-    tracker: Tracker,
-    experiment_id: str,
-    base_tags: dict[str, str],
+    runs: TrialRuns,
+    progress,
     resources: dict[str, float],
     teacher_artifacts: dict[str, str],
-    on_done: Callable[[Outcome], None],
+    tracking_uri: str,
+    max_retries: int = 2,
     storage_path: str | None = None,
     name: str = "ltkd",
     resume_root: str | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    poll: Callable[[], None] | None = None,
 ) -> dict[str, Outcome]:
-    """Run the given trials (all independent of each other) through Ray Tune; return outcomes by hash."""
+    """Run the trials in one Tune run, each as soon as its teacher is done; return outcomes by hash
+    (FINISHED, FAILED, SKIPPED, or KILLED when the sweep was stopped)."""
     from ray import tune
 
     if not trials:
         return {}
-    by_hash = {t.config_hash: t for t in trials}
     resume_root = resume_root or default_resume_root(storage_path)
-    payloads = []
-    for t in trials:
-        payloads.append({
+    outcomes: dict[str, Outcome] = {}
+
+    def payload(t: Trial, sources: dict) -> dict:
+        return {
             "config_hash": t.config_hash,
             "config": t.config.to_dict(),
-            "teacher_artifact": teacher_artifacts.get(t.teacher_hash or "", None),
-            "tracking_uri": tracker.uri,
+            "tracking_uri": tracking_uri,
             "cpus": resources.get("cpu", 1),
             "resume_root": resume_root,
-        })
-    outcomes: dict[str, Outcome] = {}
-    callback = MlflowWriter(tracker, experiment_id, by_hash, base_tags, outcomes, on_done)
+            **sources,
+        }
+
+    def on_skip(t: Trial, reason: str) -> None:
+        outcomes[t.config_hash] = Outcome(t, "SKIPPED", error=reason)
+        progress.trial_skipped(t.run_name, reason)
+
+    schedule = Schedule(trials, teacher_artifacts, payload, on_skip)
+    callback = SweepCallback(schedule, runs, progress, outcomes, max_retries + 1, poll)
+
+    cpu, gpu = resources.get("cpu", 1), resources.get("gpu", 0)
+    slots = max(1, cluster_slots(cpu, gpu))
     own_storage = storage_path is None
     storage = storage_path or tempfile.mkdtemp(prefix="ltkd-tune-")
     tuner = tune.Tuner(
-        tune.with_resources(_train_one, {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0)}),
-        param_space={"payload": tune.grid_search(payloads)},
-        tune_config=tune.TuneConfig(reuse_actors=True),
+        tune.with_resources(_train_one, {"cpu": cpu, "gpu": gpu}),
+        tune_config=tune.TuneConfig(search_alg=DependencySearcher(schedule), num_samples=-1, reuse_actors=True,
+                                    max_concurrent_trials=slots),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, callbacks=[callback], verbose=0,
-            failure_config=tune.FailureConfig(max_failures=0),
+            name=name, storage_path=storage, callbacks=[callback], verbose=0, stop=OutageStopper(should_stop),
+            failure_config=tune.FailureConfig(max_failures=max_retries),
         ),
     )
     # Tune logs its own summary of failed trials and missing result files (its file loggers are off);
@@ -300,11 +451,15 @@ def run_trials(
     try:
         tuner.fit()
     finally:
-        callback.close_open_runs()
+        # Tune stops the trials in flight on Ctrl-C or a stop without telling the callbacks: their
+        # runs end KILLED here, and the next sweep continues them from their saved state.
+        for t in trials:
+            if t.config_hash in runs.key_of and t.config_hash not in outcomes:
+                runs.ended(t, "KILLED", "stopped with the sweep")
+                outcomes[t.config_hash] = Outcome(t, "KILLED", error="stopped with the sweep")
         if own_storage:
             shutil.rmtree(storage, ignore_errors=True)
-    if len(outcomes) < len(trials):
-        # Tune catches Ctrl-C, stops the trials in flight and returns: only then do trials end
-        # without an outcome. Stop the sweep here rather than start the next phase.
-        raise KeyboardInterrupt
+    if len(outcomes) < len(trials) or any(o.status == "KILLED" for o in outcomes.values()):
+        if not should_stop():
+            raise KeyboardInterrupt  # Tune caught Ctrl-C and returned: stop the sweep here
     return outcomes

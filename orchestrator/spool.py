@@ -98,11 +98,21 @@ class _Run:
         with self.lock:
             self.acked = offset
             self.taken += events
-            if offset >= self.size:
-                self.oldest = None
-            elif next_queued is not None:
-                self.oldest = next_queued
+            more = offset < self.size
+        if more and next_queued is None:
+            next_queued = self._queued_at(offset)  # appended while the call ran: read when
+        with self.lock:
+            self.oldest = (next_queued or time.time()) if self.acked < self.size else None
         _write(self.ack_path, str(offset))
+
+    def _queued_at(self, offset: int) -> float | None:
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            line = f.readline()
+        try:
+            return float(json.loads(line)["q"]) if line.endswith(b"\n") else None
+        except (ValueError, KeyError):
+            return None
 
     def set_run_id(self, run_id: str) -> None:
         self.run_id = run_id
@@ -158,8 +168,12 @@ class SpooledWriter:
         self._runs: dict[str, _Run] = {}
         self._ids: dict[str, str] = {}  # key -> MLflow run id, kept after a run's spool files go
         self._lock = threading.Lock()
-        self._queues = [collections.deque() for _ in range(max(1, workers))]
+        # One queue of runs with unwritten events, oldest first, shared by the threads; a run is
+        # drained by one thread at a time (its events stay in order), so a slow call holds up only it.
+        self._queue: collections.deque[str] = collections.deque()
         self._queued: set[str] = set()
+        self._inflight: set[str] = set()
+        self._stopped = threading.Event()  # backoff sleeps wake only for close(), not for new events
         self._wake = threading.Condition(self._lock)
         self._busy = 0
         self._stopping = False
@@ -174,8 +188,8 @@ class SpooledWriter:
                     self._schedule(run.key)
                 else:
                     self._forget(run)
-        self._threads = [threading.Thread(target=self._work, args=(i,), name=f"ltkd-tracking-{i}", daemon=True)
-                         for i in range(len(self._queues))]
+        self._threads = [threading.Thread(target=self._work, name=f"ltkd-tracking-{i}", daemon=True)
+                         for i in range(max(1, workers))]
         for t in self._threads:
             t.start()
 
@@ -248,6 +262,7 @@ class SpooledWriter:
         with self._lock:
             self._stopping = True
             self._wake.notify_all()
+        self._stopped.set()
         for t in self._threads:
             t.join(timeout=60)
         for run in list(self._runs.values()):
@@ -272,10 +287,11 @@ class SpooledWriter:
         with self._lock:
             if key in self._queued:
                 return
+            if key in self._inflight:
+                return  # its thread looks again when its call returns
             self._queued.add(key)
-            queue = self._queues[hash(key) % len(self._queues)]
-            queue.appendleft(key) if front else queue.append(key)
-            self._wake.notify_all()
+            self._queue.appendleft(key) if front else self._queue.append(key)
+            self._wake.notify()
 
     def _forget(self, run: _Run) -> None:
         """A run that ended and is fully written: its spool files go."""
@@ -289,19 +305,20 @@ class SpooledWriter:
                 pass
         shutil.rmtree(os.path.join(self.folder, "files", run.key), ignore_errors=True)
 
-    def _work(self, index: int) -> None:
-        queue = self._queues[index]
+    def _work(self) -> None:
         failures = 0
         while True:
             with self._lock:
-                while not queue and not self._stopping:
+                while not self._queue and not self._stopping:
                     self._wake.wait(timeout=1.0)
                 if self._stopping:
                     return
-                key = queue.popleft()
+                key = self._queue.popleft()
                 self._queued.discard(key)
+                self._inflight.add(key)
                 self._busy += 1
                 run = self._runs.get(key)
+            retry_after = 0.0
             try:
                 if run is not None:
                     self._drain(run)
@@ -309,31 +326,28 @@ class SpooledWriter:
                     if self.down_since is not None:
                         self.down_since, self.error = None, ""
             except Exception as exc:  # noqa: BLE001 - sorted below: transient (retry) or a run the store refuses
-                if not self.is_transient(exc):
+                if self.is_transient(exc):
+                    failures += 1
+                    self.error = _one_line(exc)
+                    if self.down_since is None:
+                        self.down_since = time.time()
+                    retry_after = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1]
+                else:
                     self.on_warning(f"tracking: the store refused run {key} ({_one_line(exc)}); its queued events are dropped")
                     run.ack(run.size, 0)
                     run.ended = True
-                    with self._lock:
-                        self._busy -= 1
-                    self._forget(run)
-                    continue
-                failures += 1
-                self.error = _one_line(exc)
-                if self.down_since is None:
-                    self.down_since = time.time()
-                self._schedule(key, front=True)
-                with self._lock:
-                    self._busy -= 1
-                    if not self._stopping:
-                        self._wake.wait(timeout=BACKOFF_S[min(failures, len(BACKOFF_S)) - 1])
-                continue
             with self._lock:
                 self._busy -= 1
-            if run is not None:
-                if not run.drained:
-                    self._schedule(key)
-                elif run.ended:
-                    self._forget(run)
+                self._inflight.discard(key)
+            if run is None:
+                continue
+            if retry_after:
+                self._schedule(key, front=True)
+                self._stopped.wait(retry_after)
+            elif not run.drained:
+                self._schedule(key)
+            elif run.ended:
+                self._forget(run)
 
     def _drain(self, run: _Run) -> None:
         """Write one chunk of the run's events, acknowledging each call as it succeeds."""

@@ -118,6 +118,8 @@ class ResourcesSpec(BaseModel):
     model_config = _STRICT
     cpu: float = Field(default=1, gt=0)
     gpu: float = Field(default=0, ge=0)
+    # A trial whose worker or node dies is run again (resuming) up to this many times.
+    max_retries: int = Field(default=2, ge=0, le=100)
 
 
 class TableSpec(BaseModel):
@@ -181,7 +183,7 @@ class TableSpec(BaseModel):
         all_rows = [(label, method) for label, method, _ in method_rows(SimpleNamespace(methods=methods))]
         fixed = [("Teacher", None)] + ([("Student", None)] if student_baseline else [])
         if self.kind == "ngroups":
-            all_rows = [(lb, m) for lb, m in all_rows if "n_groups" in METHODS[m].PARAMS]
+            all_rows = [(lb, m) for lb, m in all_rows if "n_groups" in METHODS[m].params]
             fixed = []
         if self.rows is None:
             return (fixed if self.kind == "main" else []) + all_rows
@@ -282,7 +284,7 @@ class StudySpec(BaseModel):
     def _check_method_params(self) -> "StudySpec":
         num_classes = num_classes_of(self.dataset.name, self.dataset.options)
         for name, params in self.methods.items():
-            allowed = METHODS[name].PARAMS
+            allowed = METHODS[name].params
             for key, value in params.items():
                 field = f"methods.{name}.{key}"
                 if key not in allowed:
@@ -411,10 +413,10 @@ def method_rows(study: StudySpec) -> list[tuple[str, str, dict[str, Any]]]:
     """
     rows = []
     for name, params in study.methods.items():
-        cls = METHODS[name]
+        spec = METHODS[name]
         varied = [k for k, v in params.items() if isinstance(v, list) and len(v) > 1]
         for point in _grid(params):
-            label = cls.DISPLAY or name
+            label = spec.display or name
             if varied:
                 label += " (" + ", ".join(f"{k}={_fmt(point[k])}" for k in varied) + ")"
             rows.append((label, name, point))
@@ -427,10 +429,10 @@ def full_params(study: StudySpec, method: str, point: dict[str, Any], teacher: s
     Values take the type of the method's default (1 and 1.0 are one hyperparameter value), so the
     way a YAML file writes a number never changes a trial's identity.
     """
-    cls = METHODS[method]
+    declared = METHODS[method].params
     preset_defaults = method_defaults(study.recipe.preset, method, teacher, student)
-    merged = {**cls.PARAMS, **{k: v for k, v in preset_defaults.items() if k in cls.PARAMS}, **point}
-    return {k: _as_type_of(cls.PARAMS[k], v) for k, v in merged.items()}
+    merged = {**declared, **{k: v for k, v in preset_defaults.items() if k in declared}, **point}
+    return {k: _as_type_of(declared[k], v) for k, v in merged.items()}
 
 
 def _as_type_of(default: Any, value: Any) -> Any:
@@ -473,12 +475,12 @@ def expand(study: StudySpec, data_root: str | None = None) -> list[Trial]:
                     students.setdefault(sh, Trial(scfg, sh, None, "Student", f"student {pair.student} g{_short(gamma)} s{seed}"))
                 for label, method, point in method_rows(study):
                     params = full_params(study, method, point, pair.teacher, pair.student)
-                    if not METHODS[method].NEEDS_TEACHER:
+                    if not METHODS[method].needs_teacher:
                         # A teacher-free method (balanced softmax, ...) is another Student row.
                         bcfg = TrialConfig(role="student", gamma=gamma, model=pair.student, seed=seed, method=method,
                                            method_params=params, recipe=recipe, **common)
                         bh = config_hash(bcfg)
-                        name = f"{method}{label[len(METHODS[method].DISPLAY or method):]} {pair.student} g{_short(gamma)} s{seed}"
+                        name = f"{method}{label[len(METHODS[method].display or method):]} {pair.student} g{_short(gamma)} s{seed}"
                         students.setdefault(bh, Trial(bcfg, bh, None, label, name))
                         continue
                     dcfg = TrialConfig(
@@ -486,7 +488,7 @@ def expand(study: StudySpec, data_root: str | None = None) -> list[Trial]:
                         method_params=params, teacher=pair.teacher, recipe=recipe, **common,
                     )
                     dh = config_hash(dcfg, th)
-                    suffix = label[len(METHODS[method].DISPLAY or method):]
+                    suffix = label[len(METHODS[method].display or method):]
                     name = f"{method}{suffix} {pair.teacher}>{pair.student} g{_short(gamma)} s{seed}"
                     distills.setdefault(dh, Trial(dcfg, dh, th, label, name))
     return [*teachers.values(), *students.values(), *distills.values()]

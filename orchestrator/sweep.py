@@ -9,7 +9,11 @@ from pathlib import Path
 from orchestrator.errors import RunFailure, UserError
 from orchestrator.plan import make_plan
 from orchestrator.study import expand, load_study
-from orchestrator.tracking import FINISHED, Tracker, check_reachable, git_commit, is_tracking_failure, resolve_tracking_uri
+from orchestrator.spool import SpooledWriter
+from orchestrator.tracking import (FINISHED, Lease, ResumableRun, Tracker, TrialRuns, check_reachable, git_commit,
+                                   is_transient_failure, resolve_tracking_uri)
+
+DEFAULT_OUTAGE_LIMIT_S = 30 * 60.0
 
 
 def _store_exists(uri: str) -> bool:
@@ -71,7 +75,19 @@ def check_data(trials) -> None:
             raise UserError(f"dataset.options {cfg.dataset_options}: {exc}") from None
 
 
-def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dry_run: bool, storage: str | None, out=None) -> int:
+def spool_folder(storage: str | None, uri: str, study: str) -> str:
+    """Where the sweep queues its tracking writes: beside the Tune storage when that is a path, else
+    the user's cache; one folder per (tracking store, study), so the next sweep of the study replays it."""
+    import hashlib
+
+    root = (os.path.join(os.path.abspath(storage), "ltkd-spool") if storage and "://" not in storage
+            else os.path.join(os.path.expanduser("~"), ".cache", "ltkd", "spool"))
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study)[:80]
+    return os.path.join(root, f"{hashlib.sha256(uri.encode()).hexdigest()[:12]}-{safe}")
+
+
+def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dry_run: bool, storage: str | None, out=None,
+              outage_limit_s: float = DEFAULT_OUTAGE_LIMIT_S) -> int:
     out = out or sys.stdout
     study, uri, tracker, exp_id, plan = open_plan(study_path, tracking_uri, create=False)
     address = address or os.environ.get("RAY_ADDRESS")
@@ -86,7 +102,8 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
             state = "done" if t.config_hash in plan.done else "to run"
             print(f"  {t.role:8s} {t.run_name:48s} {t.config_hash}  {state}", file=out)
         return 0
-    if not plan.first_phase and not plan.second_phase:
+    spool = spool_folder(storage, uri, study.name)
+    if not plan.todo_all() and not _has_queued_events(spool):
         print("nothing to run: every trial has a FINISHED run", file=out)
         if exp_id is not None:
             print(browse_hint(uri, study.name, exp_id), file=out)
@@ -95,53 +112,110 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
         check_data(plan.trials)
     if tracker is None or exp_id is None:
         study, uri, tracker, exp_id, plan = open_plan(study_path, tracking_uri, create=True)
+    try:
+        lease = Lease(tracker, exp_id, study.name)
+        lease.acquire()
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the store went away between the plan and here
+        raise UserError(f"--tracking-uri {uri}: cannot use the tracking store ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    try:
+        return _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s)
+    finally:
+        lease.release()
 
+
+def _has_queued_events(folder: str) -> bool:
+    return os.path.isdir(folder) and any(n.endswith(".jsonl") for n in os.listdir(folder))
+
+
+def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s) -> int:
+    from orchestrator.progress import SweepProgress
     from orchestrator.ray_runner import init_ray, run_trials
 
     print(f"tracking: {uri} (experiment {study.name!r}, id {exp_id}); ray: {address or 'local'}", file=out)
-    stale = tracker.close_stale_runs(exp_id, {t.config_hash for t in plan.first_phase + plan.second_phase})
-    if stale:
-        print(f"closed {stale} run(s) left RUNNING by an earlier sweep that stopped (now KILLED)", file=out)
-    init_ray(address)
-    base_tags = {"study": study.name, "git_commit": git_commit(), "study_file": str(Path(study_path))}
-    resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
-    total = len(plan.first_phase) + len(plan.second_phase)
-    counter = {"n": 0}
-    started = time.time()
+    # The driver's own calls fail fast; the spool's writer retries with backoff and says so.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    notes: list[str] = []
+    writer = SpooledWriter(tracker, spool, workers=4, is_transient=is_transient_failure, on_warning=notes.append)
 
-    def on_done(o) -> None:
-        counter["n"] += 1
-        if o.status == FINISHED:
-            m = o.metrics
-            detail = f"all {m.get('acc_all', float('nan')):5.1f}  tail {m.get('acc_tail', float('nan')):5.1f}  ({m.get('train_seconds', 0):.1f} s)"
-        else:
-            detail = o.error
-        print(f"[{counter['n']:>{len(str(total))}}/{total}] {o.status:8s} {o.trial.run_name:44s} {detail}", file=out, flush=True)
+    def outage_exceeded() -> bool:
+        down = writer.down_since
+        return down is not None and time.time() - down > outage_limit_s
 
     try:
-        outcomes = run_trials(plan.first_phase, tracker, exp_id, base_tags, resources, {}, on_done, storage, f"{study.name}-1")
-        teacher_artifacts = {h: r.artifact_uri + "/checkpoint" for h, r in plan.done.items()}
-        teacher_artifacts.update({h: o.artifact_uri + "/checkpoint" for h, o in outcomes.items() if o.status == FINISHED})
-        runnable = [t for t in plan.second_phase if t.teacher_hash in teacher_artifacts]
-        blocked = [t for t in plan.second_phase if t.teacher_hash not in teacher_artifacts]
-        for t in blocked:
-            counter["n"] += 1
-            print(f"[{counter['n']}/{total}] SKIPPED  {t.run_name:44s} its teacher did not finish", file=out)
-        outcomes.update(run_trials(runnable, tracker, exp_id, base_tags, resources, teacher_artifacts, on_done, storage, f"{study.name}-2"))
-    except Exception as exc:  # noqa: BLE001 - only tracking failures are turned into a one-line exit 1
-        if not is_tracking_failure(exc):
-            raise
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise RunFailure(f"the tracking store at {uri} failed while the sweep ran ({first}); runs already FINISHED "
-                         "are kept: rerun the same command once it is back") from None
+        if writer.replayed:
+            print(f"replaying {writer.replayed} run(s) of tracking writes queued by an earlier sweep ({spool})", file=out, flush=True)
+            if not writer.flush(give_up=outage_exceeded):
+                raise RunFailure(_outage_line(uri, outage_limit_s, writer, spool))
+        # Planned again now that this sweep holds the lease: a sweep that ended meanwhile may have
+        # finished trials, and the replay may have too.
+        plan = make_plan(plan.trials, tracker.final_metrics_by_hash(exp_id, keys=[]))
+        todo = plan.todo_all()
+        if not todo:
+            print("nothing to run: every trial has a FINISHED run", file=out)
+            print(browse_hint(uri, study.name, exp_id), file=out)
+            return 0
+        hashes = {t.config_hash for t in todo}
+        # Runs that a stopped sweep left RUNNING or KILLED are continued, not duplicated.
+        resumable = {h: ResumableRun(s.run_id, s.last_epoch, s.attempts) for h, s in tracker.run_states(exp_id).items()
+                     if h in hashes and s.status in ("RUNNING", "KILLED")}
+        if resumable:
+            print(f"continuing {len(resumable)} run(s) of trials that an earlier sweep did not finish", file=out)
+        base_tags = {"study": study.name, "git_commit": git_commit(), "study_file": str(Path(study_path))}
+        runs = TrialRuns(writer, exp_id, base_tags, resumable)
+        init_ray(address)
+        progress = SweepProgress(len(todo), out=out, pending={t.config_hash: (t.run_name, t.config.recipe.epochs) for t in todo})
+        last_poll = [0.0]
 
-    failed = [o for o in outcomes.values() if o.status != FINISHED]
-    finished = len(outcomes) - len(failed)
+        def poll(force: bool = False) -> None:
+            now = time.monotonic()
+            if now - last_poll[0] < 1.0 and not force:
+                return
+            last_poll[0] = now
+            while notes:
+                progress.note(notes.pop(0))
+            st = writer.state()
+            down = None if st.down_since is None else time.monotonic() - (time.time() - st.down_since)
+            progress.tracking_state(st.lag_s, st.pending_events, down, st.error)
+
+        resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
+        started = time.time()
+        teacher_artifacts = {h: r.artifact_uri + "/checkpoint" for h, r in plan.done.items()}
+        try:
+            outcomes = run_trials(todo, runs, progress, resources, teacher_artifacts, uri, max_retries=study.resources.max_retries,
+                                  storage_path=storage, name=study.name, should_stop=outage_exceeded, poll=poll)
+            # The sweep ends when its tracking writes are in the store (or the store stays away too long).
+            while not writer.drained() and not outage_exceeded():
+                poll()
+                time.sleep(0.1)
+            poll(force=True)
+        finally:
+            progress.close()
+        if outage_exceeded():
+            raise RunFailure(_outage_line(uri, outage_limit_s, writer, spool))
+        for note in notes:
+            print(note, file=out)
+    except KeyboardInterrupt:
+        writer.flush(timeout=15)  # what is left stays in the spool: the next sweep writes it first
+        raise
+    finally:
+        writer.close()
+
+    counts = {s: sum(1 for o in outcomes.values() if o.status == s) for s in (FINISHED, "FAILED", "SKIPPED")}
     elapsed = time.time() - started
-    print(f"done in {elapsed:.0f} s: {finished} finished, {len(failed)} failed, {len(blocked)} skipped, "
+    print(f"done in {elapsed:.0f} s: {counts[FINISHED]} finished, {counts['FAILED']} failed, {counts['SKIPPED']} skipped, "
           f"{len(plan.done)} already done before.", file=out)
     print(browse_hint(uri, study.name, exp_id), file=out)
-    missing = total - finished - len(failed) - len(blocked)
-    if failed or blocked or missing:
-        raise RunFailure(f"{len(failed)} failed, {len(blocked)} skipped, {missing} not run; rerun the same command to retry only those")
+    missing = len(todo) - sum(counts.values())
+    if counts["FAILED"] or counts["SKIPPED"] or missing:
+        raise RunFailure(f"{counts['FAILED']} failed, {counts['SKIPPED']} skipped, {missing} not run; rerun the same command to retry only those")
     return 0
+
+
+def _outage_line(uri: str, limit_s: float, writer: SpooledWriter, spool: str) -> str:
+    st = writer.state()
+    return (f"the tracking store at {uri} was unreachable for more than {limit_s / 60:g} min ({st.error or 'no answer'}); "
+            f"{st.pending_events} tracking events are kept in {spool}: rerun the same command once it is back "
+            "(it writes them first, then continues the unfinished trials)")

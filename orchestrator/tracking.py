@@ -12,7 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,27 @@ def is_tracking_failure(exc: BaseException) -> bool:
     return False
 
 
+# MLflow error codes of a store that is down or overloaded (worth retrying), as opposed to one that
+# refuses the request itself (a bad value, a deleted run).
+_TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED",
+                    "ENDPOINT_NOT_FOUND", "SERVICE_UNDER_MAINTENANCE", "UNKNOWN", "IO_ERROR", "ABORTED"}
+
+
+def is_transient_failure(exc: BaseException) -> bool:
+    """Whether a failed store call may succeed later: the server is unreachable, restarting,
+    overloaded, or a SQLite file is locked. A store that rejects the request itself is not."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, (requests.exceptions.RequestException, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, MlflowException):
+        return exc.error_code in _TRANSIENT_CODES
+    if type(exc).__name__ == "OperationalError":  # SQLAlchemy: database is locked, connection lost
+        return True
+    return isinstance(exc, OSError)
+
+
 def git_commit() -> str:
     """The commit of the ltkd source that runs, with '-dirty' when it has local changes."""
     here = Path(__file__).resolve().parent
@@ -89,6 +110,44 @@ class RunRecord:
     params: dict[str, str]
     tags: dict[str, str]
     artifact_uri: str
+
+
+STATE_METRICS = ("acc_all", "acc_tail")  # the latest accuracies `RunState` carries
+
+
+@dataclass
+class RunState:
+    """Where a trial's run stands, without its params: what `ltkd status` shows and what a sweep
+    needs to continue an interrupted run."""
+
+    run_id: str
+    config_hash: str
+    status: str  # RUNNING, FINISHED, FAILED, KILLED (MLflow's run status)
+    start_time: int  # ms since the epoch
+    end_time: int | None  # ms; None while it runs
+    error: str = ""  # the `error` tag: why it failed or was stopped
+    attempts: int = 1  # the `attempts` tag: how many times the trial was started
+    last_epoch: int = 0  # the step (epoch) of its latest `loss`; 0 before its first epoch
+    metrics: dict[str, float] = field(default_factory=dict)  # latest values of STATE_METRICS it has
+
+
+def _newest_per_hash(rows) -> dict[str, Any]:
+    """config_hash -> the row of its newest FINISHED run, else of its newest run; `rows` are
+    (run_id, config_hash, status, ...) newest first. A FINISHED run means the trial is done, even
+    when a later attempt was stopped."""
+    chosen: dict[str, Any] = {}
+    for row in rows:
+        old = chosen.get(row[1])
+        if old is None or (row[2] == FINISHED and old[2] != FINISHED):
+            chosen[row[1]] = row
+    return chosen
+
+
+def _int_tag(value: str | None, default: int) -> int:
+    try:
+        return int(value) if value else default
+    except ValueError:
+        return default
 
 
 class Tracker:
@@ -124,28 +183,30 @@ class Tracker:
         return (folder / safe).as_uri()
 
     # -- reading -------------------------------------------------------------------------------
-    def runs(self, experiment_id: str, status: str | None = None) -> list[RunRecord]:
-        """Every run of the experiment that carries a config_hash (optionally of one status), paged."""
+    def _search(self, experiment_id: str, status: str | None = None):
+        """Every active run of the experiment that carries a config_hash (optionally of one
+        status), as MLflow Run objects, paged."""
         from mlflow.entities import ViewType
 
         filters = ["tags.config_hash != ''"]
         if status:
             filters.append(f"attributes.status = '{status}'")
-        out: list[RunRecord] = []
         token = None
         while True:
             page = self.client.search_runs(
                 [experiment_id], " and ".join(filters), run_view_type=ViewType.ACTIVE_ONLY,
                 max_results=5000, page_token=token,
             )
-            for r in page:
-                out.append(RunRecord(
-                    r.info.run_id, r.data.tags.get("config_hash", ""), r.info.status,
-                    dict(r.data.metrics), dict(r.data.params), dict(r.data.tags), r.info.artifact_uri,
-                ))
+            yield from page
             token = page.token
             if not token:
-                return out
+                return
+
+    def runs(self, experiment_id: str, status: str | None = None) -> list[RunRecord]:
+        """Every run of the experiment that carries a config_hash (optionally of one status), paged."""
+        return [RunRecord(r.info.run_id, r.data.tags.get("config_hash", ""), r.info.status, dict(r.data.metrics),
+                          dict(r.data.params), dict(r.data.tags), r.info.artifact_uri)
+                for r in self._search(experiment_id, status)]
 
     def finished_by_hash(self, experiment_id: str | None) -> dict[str, RunRecord]:
         """config_hash -> a FINISHED run (the newest when there are several)."""
@@ -157,20 +218,44 @@ class Tracker:
         return done
 
     # -- writing -------------------------------------------------------------------------------
-    def start_run(self, experiment_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+    def create_run(self, experiment_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Idempotent: logging a param again with the same value is accepted."""
         from mlflow.entities import Param
 
-        run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
-        self.client.log_batch(run.info.run_id, params=[Param(k, _param_str(v)) for k, v in params.items()], synchronous=True)
-        return run.info.run_id
+        items = [Param(k, _param_str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # log_batch takes at most 100 params a call
+            self.client.log_batch(run_id, params=items[i:i + 100], synchronous=True)
+
+    start_run = create_run
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         """One call for all keys of a step (never one HTTP call per key)."""
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self.client.log_batch(run_id, metrics=batch, synchronous=True)
+        self.write_batch(run_id, [(k, v, now, step) for k, v in metrics.items()], {})
+
+    def write_batch(self, run_id: str, metrics: list[tuple[str, float, int, int]], tags: dict[str, str]) -> None:
+        """Metrics as (key, value, timestamp ms, step) and tags in one call (within log_batch's limits)."""
+        from mlflow.entities import Metric, RunTag
+
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), int(t), int(step)) for k, v, t, step in metrics],
+                              tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+    def reopen_run(self, run_id: str, tags: dict[str, str]) -> None:
+        """A run continued by a later sweep: RUNNING again, with the given tags."""
+        self.client.update_run(run_id, status="RUNNING")
+        if tags:
+            self.set_tags(run_id, tags)
+
+    def find_run_by_tag(self, experiment_id: str, key: str, value: str) -> str | None:
+        from mlflow.entities import ViewType
+
+        found = self.client.search_runs([experiment_id], f"tags.`{key}` = '{value}'", run_view_type=ViewType.ALL, max_results=1)
+        return found[0].info.run_id if found else None
 
     def log_json(self, run_id: str, data: Any, artifact_file: str) -> None:
         self.client.log_dict(run_id, data, artifact_file)
@@ -183,25 +268,8 @@ class Tracker:
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
 
-    def end_run(self, run_id: str, status: str) -> None:
-        self.client.set_terminated(run_id, status=status)
-
-    def close_stale_runs(self, experiment_id: str, config_hashes: set[str]) -> int:
-        """End as KILLED the runs still RUNNING for trials about to run again.
-
-        A sweep that died with its tracking store (or was killed hard) leaves runs RUNNING that
-        nothing will end. The rerun supersedes them; so one study is swept by one `ltkd sweep` at a
-        time. Returns how many were closed."""
-        from mlflow.entities import RunTag
-
-        closed = 0
-        for rec in self.runs(experiment_id, status="RUNNING"):
-            if rec.config_hash in config_hashes:
-                self.client.log_batch(rec.run_id, tags=[RunTag("error", "superseded: the sweep that ran it stopped before ending it")],
-                                      synchronous=True)
-                self.client.set_terminated(rec.run_id, status="KILLED")
-                closed += 1
-        return closed
+    def end_run(self, run_id: str, status: str, end_time: int | None = None) -> None:
+        self.client.set_terminated(run_id, status=status, end_time=end_time)
 
     # -- tables (orchestrator/tables reads and writes through these) ------------------------------
     def final_metrics_by_hash(self, experiment_id: str | None, keys: list[str] | None = None) -> dict[str, RunRecord]:
@@ -215,8 +283,8 @@ class Tracker:
         """
         if experiment_id is None:
             return {}
-        store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
-        if store is None or not hasattr(store, "ManagedSessionMaker"):
+        store = self._sql_store()
+        if store is None:
             done = self.finished_by_hash(experiment_id)
             if keys is not None:
                 for rec in done.values():
@@ -252,6 +320,84 @@ class Tracker:
                 if rec is not None:
                     rec.metrics[key] = float("nan") if is_nan else float(value)
         return done
+
+    def _sql_store(self):
+        """MLflow's SQLAlchemy store behind the client (SQLite, PostgreSQL, MySQL), or None for a
+        server or a file store."""
+        store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
+        return store if hasattr(store, "ManagedSessionMaker") else None
+
+    # -- status (orchestrator/status.py) and continuing interrupted runs -----------------------------
+    def run_states(self, experiment_id: str | None) -> dict[str, RunState]:
+        """config_hash -> the state of its newest run of any status, or of its newest FINISHED run
+        when it has one (see `RunState`).
+
+        On a SQL store it is three queries through MLflow's own SQLAlchemy models (runs with their
+        config_hash; the error and attempts tags; the latest loss, acc_all and acc_tail, whose step
+        is the epoch): 10,000 runs in a fraction of a second instead of building every run's params.
+        Other stores go through search_runs, paged (`_run_states_from_search`)."""
+        if experiment_id is None:
+            return {}
+        store = self._sql_store()
+        if store is None:
+            return self._run_states_from_search(experiment_id)
+        from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlRun, SqlTag
+        from sqlalchemy import and_
+
+        active = and_(SqlRun.experiment_id == int(experiment_id), SqlRun.lifecycle_stage == "active")
+        with store.ManagedSessionMaker() as session:
+            rows = (
+                session.query(SqlRun.run_uuid, SqlTag.value, SqlRun.status, SqlRun.start_time, SqlRun.end_time)
+                .join(SqlTag, and_(SqlTag.run_uuid == SqlRun.run_uuid, SqlTag.key == "config_hash"))
+                .filter(active, SqlTag.value != "")
+                .order_by(SqlRun.start_time.desc(), SqlRun.run_uuid)
+                .all()
+            )
+            states = {h: RunState(rid, h, status, start, end) for h, (rid, _, status, start, end) in _newest_per_hash(rows).items()}
+            by_run = {s.run_id: s for s in states.values()}
+            tags = (
+                session.query(SqlTag.run_uuid, SqlTag.key, SqlTag.value)
+                .join(SqlRun, SqlRun.run_uuid == SqlTag.run_uuid)
+                .filter(active, SqlTag.key.in_(("error", "attempts")))
+            )
+            for run_id, key, value in tags.all():
+                state = by_run.get(run_id)
+                if state is not None:
+                    if key == "error":
+                        state.error = value or ""
+                    else:
+                        state.attempts = _int_tag(value, 1)
+            latest = (
+                session.query(SqlLatestMetric.run_uuid, SqlLatestMetric.key, SqlLatestMetric.value, SqlLatestMetric.step,
+                              SqlLatestMetric.is_nan)
+                .join(SqlRun, SqlRun.run_uuid == SqlLatestMetric.run_uuid)
+                .filter(active, SqlLatestMetric.key.in_(("loss", *STATE_METRICS)))
+            )
+            for run_id, key, value, step, is_nan in latest.all():
+                state = by_run.get(run_id)
+                if state is None:
+                    continue
+                if key == "loss":
+                    state.last_epoch = int(step)
+                else:
+                    state.metrics[key] = float("nan") if is_nan else float(value)
+        return states
+
+    def _run_states_from_search(self, experiment_id: str) -> dict[str, RunState]:
+        """`run_states` through search_runs (a server, a file store): whole runs, paged, and no
+        call per run. A run's latest metrics come with their steps; should a store not give
+        them, the last epoch is read from an `epoch` metric, else 0."""
+        runs = sorted(self._search(experiment_id), key=lambda r: (-(r.info.start_time or 0), r.info.run_id))
+        rows = [(r.info.run_id, r.data.tags["config_hash"], r.info.status, r) for r in runs]
+        states: dict[str, RunState] = {}
+        for h, (run_id, _, status, run) in _newest_per_hash(rows).items():
+            tags, metrics = run.data.tags, run.data.metrics
+            steps = {m.key: m.step for m in getattr(run.data, "_metric_objs", None) or []}
+            last_epoch = steps["loss"] if "loss" in steps else int(metrics.get("epoch", 0))
+            states[h] = RunState(run_id, h, status, run.info.start_time, run.info.end_time or None, tags.get("error", ""),
+                                 _int_tag(tags.get("attempts"), 1), int(last_epoch),
+                                 {k: float(metrics[k]) for k in STATE_METRICS if k in metrics})
+        return states
 
     def read_json_artifact(self, run_id: str, path: str) -> Any | None:
         """A run's JSON artifact, downloaded into a temporary folder; None when it is absent."""
@@ -326,5 +472,233 @@ def fetch_checkpoint(artifact_uri: str, tracking_uri: str, cache_root: str | Non
     return target
 
 
+
+# ---------------------------------------------------------------------------------------------
+# The run layout: what a trial's run holds. The Ray adapter only moves events; every name of a
+# param, tag, metric and artifact is decided here.
+
+SCHEMA_METHOD_PARAMS = ("alpha", "beta", "n_groups", "temperature")
+EPOCH_METRICS = ("loss", "lr", "acc_all", "acc_head", "acc_medium", "acc_tail")  # plus loss_<term> per loss term
+PER_CLASS_FILE = "per_class_accuracy.json"
+BEST_PER_CLASS_FILE = "best_epoch_per_class_accuracy.json"
+CHECKPOINT_DIR = "checkpoint"
+
+
+def trial_params(trial) -> dict[str, Any]:
+    """MLflow params of a trial, per the tracking schema, plus the method's other hyperparameters
+    and the rest of the recipe. A hyperparameter whose name is taken by a schema param with another
+    meaning (DIST's `gamma` beside the imbalance factor γ) is logged as `method.<name>`."""
+    cfg = trial.config
+    mp = cfg.method_params
+    params: dict[str, Any] = {
+        "dataset": cfg.dataset,
+        "gamma": cfg.gamma,
+        "role": cfg.role,
+        "method": cfg.method,
+        "teacher": cfg.teacher if cfg.role == "distill" else (cfg.model if cfg.role == "teacher" else None),
+        "student": cfg.model if cfg.role != "teacher" else None,
+        **{key: mp.get(key) for key in SCHEMA_METHOD_PARAMS},
+        "seed": cfg.seed,
+        "epochs": cfg.recipe.epochs,
+        "model": cfg.model,
+        "n_max": cfg.n_max,
+        "split_seed": cfg.split_seed,
+    }
+    for key, value in mp.items():
+        if key not in SCHEMA_METHOD_PARAMS:
+            params["method." + key if key in params else key] = value
+    for key, value in cfg.recipe.__dict__.items():
+        params.setdefault(key, value)
+    if cfg.dataset_options:
+        params["dataset_options"] = cfg.dataset_options
+    return params
+
+
+def trial_tags(trial, base_tags: dict[str, str]) -> dict[str, str]:
+    tags = {**base_tags, "config_hash": trial.config_hash, "role": trial.role, "row": trial.row}
+    if trial.teacher_hash:
+        tags["teacher_hash"] = trial.teacher_hash
+    return tags
+
+
+def epoch_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """What a run records per epoch (step = epoch) from a trial's epoch report."""
+    out = {k: report[k] for k in EPOCH_METRICS if k in report}
+    out.update({k: v for k, v in report.items() if k.startswith("loss_")})
+    return out
+
+
 def per_class_artifact(per_class: list[float], class_counts: list[int]) -> dict[str, Any]:
     return {"per_class_accuracy": per_class, "class_counts": class_counts}
+
+
+@dataclass
+class ResumableRun:
+    """A trial's run left RUNNING or KILLED by a sweep that stopped: the next sweep continues it."""
+
+    run_id: str
+    last_epoch: int
+    attempts: int
+
+
+class TrialRuns:
+    """A sweep's trial runs, one per trial across its attempts, written through the spooled writer.
+
+    Each epoch is recorded once: a retried or resumed trial reports again the epochs after its last
+    saved state, and those already recorded are dropped (the first value is kept; on the CPU a
+    resumed epoch is bit-identical). A run is ended only after everything it logged, because the
+    writer keeps each run's events in order."""
+
+    def __init__(self, writer, experiment_id: str, base_tags: dict[str, str], resumable: dict[str, ResumableRun] | None = None):
+        self.writer = writer
+        self.experiment_id = experiment_id
+        self.base_tags = base_tags
+        self.resumable = dict(resumable or {})
+        self.key_of: dict[str, str] = {}  # config_hash -> spool key of its run
+        self.last_epoch: dict[str, int] = {}
+        self.attempts: dict[str, int] = {}
+
+    def started(self, trial) -> None:
+        """The trial's (first) attempt in this sweep started: a new run, or the interrupted one continued."""
+        h = trial.config_hash
+        if h in self.key_of:
+            return
+        earlier = self.resumable.pop(h, None)
+        if earlier is not None:
+            self.attempts[h] = earlier.attempts + 1
+            self.last_epoch[h] = earlier.last_epoch
+            self.key_of[h] = self.writer.adopt_run(earlier.run_id, {"attempts": self.attempts[h], "error": ""})
+        else:
+            self.attempts[h] = 1
+            self.last_epoch[h] = 0
+            self.key_of[h] = self.writer.new_run(self.experiment_id, trial.run_name, trial_params(trial),
+                                                 {**trial_tags(trial, self.base_tags), "attempts": "1"})
+
+    def retried(self, trial, reason: str) -> int:
+        """The trial's worker died and Tune runs it again; returns the attempt number now running."""
+        h = trial.config_hash
+        self.attempts[h] = self.attempts.get(h, 1) + 1
+        if h in self.key_of:
+            self.writer.set_tags(self.key_of[h], {"attempts": self.attempts[h], f"attempt_{self.attempts[h] - 1}_error": reason[:4000]})
+        return self.attempts[h]
+
+    def epoch(self, trial, report: dict[str, Any]) -> bool:
+        """Record one epoch report; False when that epoch is already recorded."""
+        h = trial.config_hash
+        step = int(report["epoch"])
+        if h not in self.key_of or step <= self.last_epoch.get(h, 0):
+            return False
+        self.last_epoch[h] = step
+        self.writer.log_metrics(self.key_of[h], epoch_metrics(report), step)
+        return True
+
+    def set_tags(self, trial, tags: dict[str, Any]) -> None:
+        if trial.config_hash in self.key_of:
+            self.writer.set_tags(self.key_of[trial.config_hash], tags)
+
+    def finished(self, trial, summary: dict[str, float], step: int, per_class: list[float], best_per_class: list[float],
+                 class_counts: list[int], checkpoint_dir: str | None) -> None:
+        key = self.key_of[trial.config_hash]
+        # acc_* of the last epoch are already logged at that step, and are the run's latest values.
+        self.writer.log_metrics(key, {k: v for k, v in summary.items() if not k.startswith("acc_")}, step)
+        self.writer.log_json(key, per_class_artifact(per_class, class_counts), PER_CLASS_FILE)
+        self.writer.log_json(key, per_class_artifact(best_per_class, class_counts), BEST_PER_CLASS_FILE)
+        if checkpoint_dir is not None:
+            self.writer.log_dir(key, checkpoint_dir, CHECKPOINT_DIR)
+        self.writer.end_run(key, FINISHED)
+
+    def ended(self, trial, status: str, error: str = "") -> None:
+        """The trial ended without a result: FAILED (with why) or KILLED (the sweep was stopped)."""
+        key = self.key_of.get(trial.config_hash)
+        if key is None:
+            return
+        if error:
+            self.writer.set_tags(key, {"error": error[:4000]})
+        self.writer.end_run(key, status)
+
+    def open_trials(self) -> list[str]:
+        return list(self.key_of)
+
+
+# ---------------------------------------------------------------------------------------------
+# One sweep of a study at a time: a lease held in the store (an experiment tag) and renewed by a
+# heartbeat, so a sweep that dies stops holding it within LEASE_TTL_S (at once for a later sweep on
+# the same machine, which sees that the holder's process is gone).
+
+LEASE_TAG = "ltkd.sweep_lease"
+LEASE_TTL_S = 90.0
+LEASE_RENEW_S = 10.0
+
+
+class Lease:
+    def __init__(self, tracker: Tracker, experiment_id: str, study: str, ttl: float = LEASE_TTL_S, renew_every: float = LEASE_RENEW_S):
+        import socket
+        import threading
+
+        self.tracker = tracker
+        self.experiment_id = experiment_id
+        self.study = study
+        self.ttl = ttl
+        self.renew_every = renew_every
+        self.holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "id": os.urandom(8).hex()}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _read(self) -> dict | None:
+        tags = self.tracker.client.get_experiment(self.experiment_id).tags
+        try:
+            return json.loads(tags[LEASE_TAG]) if tags.get(LEASE_TAG) else None
+        except (ValueError, TypeError):
+            return None
+
+    def _write(self) -> None:
+        self.tracker.client.set_experiment_tag(self.experiment_id, LEASE_TAG, json.dumps({**self.holder, "heartbeat": time.time()}))
+
+    def _held_by_other(self, lease: dict | None) -> bool:
+        if not lease or lease.get("id") == self.holder["id"] or time.time() - float(lease.get("heartbeat", 0)) >= self.ttl:
+            return False
+        if lease.get("host") == self.holder["host"]:  # on this machine a dead sweep is seen at once
+            try:
+                os.kill(int(lease.get("pid", 0)), 0)
+            except ProcessLookupError:
+                return False
+            except (PermissionError, ValueError, OSError):
+                pass
+        return True
+
+    def _refuse_if_held(self, lease: dict | None) -> None:
+        if self._held_by_other(lease):
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(lease.get("started", 0))))
+            raise UserError(f"study {self.study!r} is being swept by another `ltkd sweep` (host {lease.get('host')}, pid {lease.get('pid')}, "
+                            f"started {started}) into {self.tracker.uri}; wait for it to end or stop it (its lease expires "
+                            f"{self.ttl:.0f} s after it dies)")
+
+    def acquire(self, settle: float = 1.5) -> None:
+        """Take the lease or raise UserError naming its holder. Two sweeps that start together
+        both write; after `settle` seconds only the last writer still reads its own id."""
+        import threading
+
+        self._refuse_if_held(self._read())
+        self._write()
+        time.sleep(settle)
+        self._refuse_if_held(self._read())
+        self._thread = threading.Thread(target=self._heartbeat, name="ltkd-lease", daemon=True)
+        self._thread.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.renew_every):
+            try:
+                self._write()
+            except Exception:  # noqa: BLE001 - the store is down: the spool copes; renew next time
+                pass
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            lease = self._read()
+            if lease and lease.get("id") == self.holder["id"]:
+                self.tracker.client.delete_experiment_tag(self.experiment_id, LEASE_TAG)
+        except Exception:  # noqa: BLE001 - unreachable store: the lease expires by itself
+            pass

@@ -59,10 +59,21 @@ def test_registry_lists_every_reader_with_its_class_count():
 
 
 def test_importing_the_registry_reads_no_file_and_skips_torchvision():
-    code = "import sys, trainer.datasets; print('torchvision' in sys.modules, 'PIL' in sys.modules)"
+    code = "import sys, trainer.datasets; print('torchvision' in sys.modules, 'PIL' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert out.stdout.split() == ["False", "False"]
+    assert out.stdout.split() == ["False", "False", "False"]
+
+
+def test_every_registry_entry_resolves_to_its_reader():
+    """Readers are named by "module:attribute" and imported on first use: none is a typo."""
+    for name in DATASETS:
+        assert callable(DATASETS[name]), name
+        assert DATASETS.path(name).startswith("trainer.datasets.")
+    from trainer.datasets import num_classes_of
+    from trainer.datasets.synthetic import DEFAULT_NUM_CLASSES
+
+    assert num_classes_of("synthetic") == DEFAULT_NUM_CLASSES == 100
 
 
 # ---------------------------------------------------------------- CIFAR

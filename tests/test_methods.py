@@ -150,7 +150,7 @@ def test_balanced_softmax_is_ce_for_equal_counts_and_adjusts_otherwise():
     adj = zs + np.log(prior)
     ref = np.mean(-np.log(np_softmax(adj)[np.arange(8), y]))
     assert float(sum(method.losses(s, None, target, 0).values())) == pytest.approx(ref, rel=1e-5)
-    assert not METHODS["balanced_softmax"].NEEDS_TEACHER
+    assert not METHODS["balanced_softmax"].needs_teacher and not method.NEEDS_TEACHER
 
 
 def test_class_balanced_weights():
@@ -468,3 +468,15 @@ def test_every_method_runs_end_to_end(name, teacher_checkpoint):
     assert len(reports) == 2 and all(math.isfinite(r.loss) for r in reports)
     assert all(math.isfinite(v) for r in reports for v in r.terms.values())
     assert math.isfinite(result.final.acc_all) and 0.0 <= result.final.acc_all <= 100.0
+
+
+def test_each_method_class_takes_its_declaration_from_its_registry_line():
+    """Declarations live in the registry (readable without torch); the classes must agree with it."""
+    for name, spec in METHODS.items():
+        cls = spec.cls
+        assert cls.NAME == name
+        assert (cls.DISPLAY, cls.PARAMS, cls.NEEDS_TEACHER, cls.NEEDS_FEATURES, cls.FIXED) == (
+            spec.display, spec.params, spec.needs_teacher, spec.needs_features, spec.fixed), name
+        assert build_method(name, {}, [30] * 10).hparams == {**spec.params, **spec.fixed}
+    assert METHODS["ltkd_cross"].params == {k: v for k, v in METHODS["ltkd"].params.items() if k not in ("beta", "reweight")}
+    assert METHODS["ltkd_continuous"].params["tau"] == 1.0 and "reweight" not in METHODS["ltkd_continuous"].params

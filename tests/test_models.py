@@ -121,3 +121,12 @@ def test_unknown_model_names_known_ones():
     assert "resnet9000" in msg
     for name in ["resnet32x4", "mobilenet_v2", "resnet50", "cnn_w32"]:
         assert name in msg
+
+
+def test_every_registry_entry_builds_its_model():
+    """The registry names each factory by "module:attribute" (imported on first use): none is a typo."""
+    for name in MODELS:
+        model = build_model(name, 10, in_channels=1 if name.startswith("cnn_") else 3)
+        assert isinstance(model, torch.nn.Module) and count_parameters(model) > 0, name
+    assert [count_parameters(build_model(f"cnn_w{w}", 10)) for w in (4, 8, 16, 32)] == sorted(
+        count_parameters(build_model(f"cnn_w{w}", 10)) for w in (4, 8, 16, 32))

@@ -167,3 +167,19 @@ def test_state_of_another_config_raises(tmp_path):
 def test_negative_checkpoint_every_raises():
     with pytest.raises(ValueError, match="checkpoint_every"):
         run_trial(_config(checkpoint_every=-1, epochs=1))
+
+
+def test_a_resumed_trial_can_report_again_the_epochs_its_state_holds(tmp_path, uninterrupted):
+    """A report can be lost with the process that took it after the state was saved: on resume,
+    `saved_report` receives every saved epoch's report, equal to the original one (per-class left out)."""
+    resume = str(tmp_path / "resume")
+    config = _config()
+    first = []
+    with pytest.raises(Stop):
+        run_trial(config, report=_stop_after(3, first), resume_dir=resume)
+    replayed, live = [], []
+    run_trial(config, report=live.append, resume_dir=resume, saved_report=replayed.append)
+    assert [r.epoch for r in replayed] == [1, 2, 3] and [r.epoch for r in live] == list(range(4, EPOCHS + 1))
+    for again, original in zip(replayed, first):
+        assert (again.loss, again.lr, again.terms) == (original.loss, original.lr, original.terms)
+        assert again.eval.metrics() == original.eval.metrics() and again.eval.per_class == []

@@ -147,6 +147,21 @@ def _set_rng_states(states: dict[str, Any], train_loader) -> None:
     train_loader.generator.set_state(states["loader"])
 
 
+def _report_to_dict(report: EpochReport) -> dict[str, Any]:
+    """An epoch report as plain values for the resume state (per-class accuracy left out: reports
+    carry the group accuracies; the per-class result is the final and best epochs')."""
+    out = asdict(report)
+    if out["eval"] is not None:
+        out["eval"]["per_class"] = []
+    return out
+
+
+def _report_from_dict(item: dict[str, Any]) -> EpochReport:
+    item = dict(item)
+    item["eval"] = EvalResult(**item["eval"]) if item["eval"] is not None else None
+    return EpochReport(**item)
+
+
 def _write_resume_state(resume_dir: str, state: dict[str, Any]) -> None:
     """Write `resume_dir/state.pt` atomically: a temp file in the same folder, then os.replace."""
     os.makedirs(resume_dir, exist_ok=True)
@@ -183,6 +198,7 @@ def run_trial(
     teacher_checkpoint: str | None = None,
     checkpoint_dir: str | None = None,
     resume_dir: str | None = None,
+    saved_report: Callable[[EpochReport], None] | None = None,
 ) -> TrialResult:
     """Train `config.model` for `config.role`; evaluate every epoch; save the final weights if asked.
 
@@ -190,15 +206,18 @@ def run_trial(
     `recipe.checkpoint_every` epochs and at the end, and a call that finds a state of the same config
     there continues after its epoch (`report` is then called only for the epochs run here). A
     resumed run ends with the same weights and metrics as an uninterrupted one (on the same device).
+    On resume, `saved_report` is first called with each epoch report the saved state holds: a report
+    can be lost after its state was saved (the process that took the reports died), and a caller
+    that drops the epochs it already has then still receives every epoch once.
     """
     if config.recipe.checkpoint_every < 0:
         raise ValueError(f"recipe.checkpoint_every must be >= 0, got {config.recipe.checkpoint_every}")
     if config.method not in METHODS:
         raise KeyError(f"unknown method {config.method!r}; known: {', '.join(sorted(METHODS))}")
-    method_cls = METHODS[config.method]
-    if method_cls.NEEDS_TEACHER and teacher_checkpoint is None:
+    spec = METHODS[config.method]
+    if spec.needs_teacher and teacher_checkpoint is None:
         raise ValueError(f"method {config.method!r} distils from a teacher: pass teacher_checkpoint")
-    if config.role == "teacher" and method_cls.NEEDS_TEACHER:
+    if config.role == "teacher" and spec.needs_teacher:
         raise ValueError(f"a teacher is trained without a teacher: method {config.method!r} is not allowed for role teacher")
     # read (and check) a saved state first: one of another config fails before any work
     saved = _read_resume_state(resume_dir, config) if resume_dir is not None else None
@@ -218,7 +237,7 @@ def run_trial(
     model = build_model(config.model, data.num_classes, in_channels=data.in_channels).to(device)
     method = build_method(config.method, config.method_params, data.class_counts).to(device)
     teacher = None
-    if method_cls.NEEDS_TEACHER:
+    if spec.needs_teacher:
         teacher = load_checkpoint(teacher_checkpoint, map_location=device, expected_model=config.teacher).to(device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -233,6 +252,7 @@ def run_trial(
     best_epoch = 0
     final: EvalResult | None = None
     start_epoch = 0
+    history: list[dict[str, Any]] = []  # the reports of the epochs run so far (kept in the resume state)
     if saved is not None:
         model.load_state_dict(saved["model"])
         method.load_state_dict(saved["method"])
@@ -242,7 +262,11 @@ def run_trial(
         best_epoch = saved["best_epoch"]
         start_epoch = saved["epoch"]
         _set_rng_states(saved["rng"], train_loader)  # last: the set-up above drew from the same streams
+        history = list(saved.get("reports", []))
         del saved
+        if saved_report is not None:
+            for item in history:
+                saved_report(_report_from_dict(item))
 
     def save_resume_state(epochs_done: int) -> None:
         _write_resume_state(resume_dir, {
@@ -255,6 +279,7 @@ def run_trial(
             "best": asdict(best) if best is not None else None,
             "best_epoch": best_epoch,
             "rng": _rng_states(train_loader),
+            "reports": history,
         })
 
     every = config.recipe.checkpoint_every
@@ -272,13 +297,13 @@ def run_trial(
             y = y.to(device, non_blocking=True)
             student_features = teacher_features = teacher_logits = None
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                if method_cls.NEEDS_FEATURES:
+                if spec.needs_features:
                     student_features, student_logits = model.forward_features(x)
                 else:
                     student_logits = model(x)
                 if teacher is not None:
                     with torch.no_grad():
-                        if method_cls.NEEDS_FEATURES:
+                        if spec.needs_features:
                             teacher_features, teacher_logits = teacher.forward_features(x)
                         else:
                             teacher_logits = teacher(x)
@@ -309,10 +334,12 @@ def run_trial(
         epoch_loss = float(loss_sum) / max(seen, 1)
         if not math.isfinite(epoch_loss):
             raise FloatingPointError(f"training loss is {epoch_loss} at epoch {epoch + 1}: lower the lr or the loss weights")
+        epoch_report = EpochReport(epoch + 1, epoch_loss, lr, evaluated, {k: float(v) / max(seen, 1) for k, v in term_sums.items()})
+        history.append(_report_to_dict(epoch_report))
         if resume_dir is not None and (epoch + 1 == config.recipe.epochs or (every and (epoch + 1) % every == 0)):
             save_resume_state(epoch + 1)  # before the report, so a report that stops the run keeps this epoch
         if report is not None:
-            report(EpochReport(epoch + 1, epoch_loss, lr, evaluated, {k: float(v) / max(seen, 1) for k, v in term_sums.items()}))
+            report(epoch_report)
 
     assert final is not None and best is not None, "recipe.epochs must be >= 1"
     if checkpoint_dir is not None:

@@ -131,7 +131,7 @@ def _ngroups_table(study: StudySpec, spec: TableSpec, planned, finished: Mapping
             continue
         params = study.methods[method]
         varied = [k for k, v in params.items() if isinstance(v, list) and len(v) > 1 and k != "n_groups"]
-        block = spec.labels.get(method) or (METHODS[method].DISPLAY or method)
+        block = spec.labels.get(method) or (METHODS[method].display or method)
         if varied:
             block += " (" + ", ".join(f"{k}={point[k]:g}" if isinstance(point[k], float) else f"{k}={point[k]}" for k in varied) + ")"
         n_groups = int(full_params(study, method, point, None, None)["n_groups"])

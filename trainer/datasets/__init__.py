@@ -1,14 +1,18 @@
-"""Dataset readers, one module per source, found through the plain dict `DATASETS`.
+"""Dataset readers, one module per source, found through the registry `DATASETS`.
 
 A reader returns a `DataSplit` (full training set, balanced test set, targets, shape facts).
-`DATASET_INFO` holds what validation needs without reading any file (number of classes).
+`DATASET_INFO` holds what validation needs without reading any file (number of classes); neither it
+nor the registry's names import a reader (or PyTorch): a reader's module is imported on first use.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch.utils.data import Dataset
+from trainer.registry import LazyRegistry
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
 
 
 @dataclass
@@ -25,34 +29,28 @@ class DataSplit:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    num_classes: int | None  # None: set by the dataset's options (see `num_classes_of`)
+    num_classes: int | None  # None: set by the dataset's `num_classes` option (see `num_classes_of`)
     in_channels: int
     description: str
+    default_num_classes: int | None = None  # with num_classes None: the option's default
 
 
-from trainer.datasets import (  # noqa: E402  (registry entries below need the modules)
-    cifar,
-    digits,
-    fashion_mnist,
-    imagenet,
-    synthetic,
-    tinyimagenet,
-)
-
-DATASETS: dict[str, Callable[..., DataSplit]] = {
-    "digits": digits.load,
-    "synthetic": synthetic.load,
-    "cifar10": cifar.load_cifar10,
-    "cifar100": cifar.load_cifar100,
-    "tinyimagenet": tinyimagenet.load,
-    "imagenet_lt": imagenet.load_imagenet_lt,
-    "imagenet": imagenet.load_imagenet,
-    "fashion_mnist": fashion_mnist.load,
-}
+# name -> reader(root=..., **options) -> DataSplit
+DATASETS = LazyRegistry({
+    "digits": "trainer.datasets.digits:load",
+    "synthetic": "trainer.datasets.synthetic:load",
+    "cifar10": "trainer.datasets.cifar:load_cifar10",
+    "cifar100": "trainer.datasets.cifar:load_cifar100",
+    "tinyimagenet": "trainer.datasets.tinyimagenet:load",
+    "imagenet_lt": "trainer.datasets.imagenet:load_imagenet_lt",
+    "imagenet": "trainer.datasets.imagenet:load_imagenet",
+    "fashion_mnist": "trainer.datasets.fashion_mnist:load",
+})
 
 DATASET_INFO: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(10, 1, "scikit-learn's 8x8 handwritten digits, offline (1,797 images)"),
-    "synthetic": DatasetInfo(None, 1, "generated in code: learnable class prototypes plus noise, deterministic by seed"),
+    "synthetic": DatasetInfo(None, 1, "generated in code: learnable class prototypes plus noise, deterministic by seed",
+                             default_num_classes=100),
     "cifar10": DatasetInfo(10, 3, "CIFAR-10 via torchvision from <root>/cifar-10-batches-py (50,000 train, 10,000 test, 32x32)"),
     "cifar100": DatasetInfo(100, 3, "CIFAR-100 via torchvision from <root>/cifar-100-python (50,000 train, 10,000 test, 32x32)"),
     "tinyimagenet": DatasetInfo(200, 3, "Tiny ImageNet from <root>/tiny-imagenet-200 (100,000 train, 10,000 val as test, 64x64)"),
@@ -66,7 +64,7 @@ def num_classes_of(name: str, options: dict | None = None) -> int:
     info = DATASET_INFO[name]
     if info.num_classes is not None:
         return info.num_classes
-    return int((options or {}).get("num_classes", synthetic.DEFAULT_NUM_CLASSES))
+    return int((options or {}).get("num_classes", info.default_num_classes))
 
 
 def load_dataset(name: str, root: str | None = None, **options) -> DataSplit:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-if TYPE_CHECKING:  # the registry module imports the readers: import DataSplit for annotations only
+if TYPE_CHECKING:  # annotations only; the readers build DataSplit from a local import
     from trainer.datasets import DataSplit
 
 TEST_PER_CLASS = 30  # 300 balanced test images; the rest (about 150 per class) is the training pool

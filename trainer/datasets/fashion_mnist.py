@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # the registry module imports the readers: import DataSplit for annotations only
+if TYPE_CHECKING:  # annotations only; the readers build DataSplit from a local import
     from trainer.datasets import DataSplit
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from torch.utils.data import Dataset
 
-if TYPE_CHECKING:  # the registry module imports the readers: import DataSplit for annotations only
+if TYPE_CHECKING:  # annotations only; the readers build DataSplit from a local import
     from trainer.datasets import DataSplit
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

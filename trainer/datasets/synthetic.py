@@ -11,10 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-if TYPE_CHECKING:  # the registry module imports the readers: import DataSplit for annotations only
+from trainer.datasets import DATASET_INFO
+
+if TYPE_CHECKING:
     from trainer.datasets import DataSplit
 
-DEFAULT_NUM_CLASSES = 100
+DEFAULT_NUM_CLASSES = DATASET_INFO["synthetic"].default_num_classes  # declared beside the other datasets' facts
 
 
 def _prototypes(num_classes: int, size: int, generator: torch.Generator) -> torch.Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the registry module imports the readers: import DataSplit for annotations only
+if TYPE_CHECKING:  # annotations only; the readers build DataSplit from a local import
     from trainer.datasets import DataSplit
 
 FOLDER = "tiny-imagenet-200"

@@ -1,41 +1,79 @@
-"""Training methods, one file each, found through the plain dict `METHODS`.
+"""Training methods: one file each for the losses, one registry line each for the declaration.
 
 A method turns (student logits, teacher logits, targets, epoch) into named loss terms; the loop
-adds them up. `PARAMS` of each class lists its hyperparameters and defaults, which the study
-validator checks against.
+adds them up. What a method *is* -- its display name, its hyperparameters with their defaults
+(which the study validator checks against), whether it distils from a teacher (and from the
+teacher's features), and the hyperparameters it fixes -- is its `MethodSpec` line in `METHODS`
+below. The declarations import nothing, so validating and planning a study and rebuilding its
+tables load no PyTorch; the class that implements a method (`impl`) is imported on first use and
+takes its declaration from its line here (`Method.__init_subclass__`, by the class's NAME).
 """
 from __future__ import annotations
 
-from trainer.methods.balanced_ce import BalancedSoftmax
-from trainer.methods.base import Method
-from trainer.methods.bkd import BKD
-from trainer.methods.catkd import CATKD
-from trainer.methods.ce import CrossEntropy
-from trainer.methods.dist import DIST
-from trainer.methods.dkd import DKD
-from trainer.methods.kd import KD
-from trainer.methods.ltkd import LTKD
-from trainer.methods.ltkd_variants import LTKDBiased, LTKDContinuous, LTKDCross, LTKDWithin
-from trainer.methods.reviewkd import ReviewKD
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-METHODS: dict[str, type[Method]] = {
-    "ce": CrossEntropy,
-    "kd": KD,
-    "ltkd": LTKD,
-    "dkd": DKD,
-    "dist": DIST,
-    "bkd": BKD,
-    "balanced_softmax": BalancedSoftmax,
-    "ltkd_cross": LTKDCross,
-    "ltkd_within": LTKDWithin,
-    "ltkd_biased": LTKDBiased,
-    "ltkd_continuous": LTKDContinuous,
-    "reviewkd": ReviewKD,
-    "catkd": CATKD,
+from trainer.registry import import_object
+
+if TYPE_CHECKING:
+    from trainer.methods.base import Method
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    impl: str  # "module:Class" that implements it (its NAME is the registry key)
+    display: str  # how tables and run names show it
+    params: dict[str, object]  # hyperparameter -> default
+    needs_teacher: bool = True
+    needs_features: bool = False  # the loop then passes student and teacher features to `losses`
+    # Hyperparameters the method sets itself: not settable (passing one is an error), but written
+    # into the instance's `hparams`, so what was run is recorded.
+    fixed: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def cls(self) -> type[Method]:
+        return import_object(self.impl)
+
+
+LTKD_PARAMS: dict[str, object] = {
+    "ce_weight": 1.0, "alpha": 1.0, "beta": 1.0, "temperature": 4.0, "n_groups": 3, "rebalance": True, "reweight": True,
+}
+
+
+def _ltkd_variant(impl: str, display: str, fixed: dict[str, object] | None = None, drop: tuple[str, ...] = (),
+                  extra: dict[str, object] | None = None) -> MethodSpec:
+    """An LTKD variant: LTKD's hyperparameters less those it fixes or drops, plus its own."""
+    fixed = fixed or {}
+    params = {k: v for k, v in LTKD_PARAMS.items() if k not in fixed and k not in drop}
+    return MethodSpec(impl, display, {**params, **(extra or {})}, fixed=fixed)
+
+
+METHODS: dict[str, MethodSpec] = {
+    "ce": MethodSpec("trainer.methods.ce:CrossEntropy", "CE", {}, needs_teacher=False),
+    "kd": MethodSpec("trainer.methods.kd:KD", "KD", {"ce_weight": 1.0, "alpha": 1.0, "temperature": 4.0}),
+    "ltkd": MethodSpec("trainer.methods.ltkd:LTKD", "LTKD", LTKD_PARAMS),
+    "dkd": MethodSpec("trainer.methods.dkd:DKD", "DKD", {"ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20}),
+    "dist": MethodSpec("trainer.methods.dist:DIST", "DIST", {"ce_weight": 1.0, "beta": 2.0, "gamma": 2.0, "temperature": 4.0}),
+    "bkd": MethodSpec("trainer.methods.bkd:BKD", "BKD",
+                      {"ce_weight": 1.0, "alpha": 1.0, "temperature": 2.0, "beta_cb": 0.9999, "reweight_from": 0}),
+    "balanced_softmax": MethodSpec("trainer.methods.balanced_ce:BalancedSoftmax", "Balanced Softmax", {"tau": 1.0},
+                                   needs_teacher=False),
+    # The paper's ablations (trainer/methods/ltkd_variants.py says what each row is).
+    "ltkd_cross": _ltkd_variant("trainer.methods.ltkd_variants:LTKDCross", "LTKD (cross only)",
+                                fixed={"beta": 0.0, "reweight": True}),
+    "ltkd_within": _ltkd_variant("trainer.methods.ltkd_variants:LTKDWithin", "LTKD (within only)",
+                                 fixed={"alpha": 0.0, "rebalance": True}),
+    "ltkd_biased": _ltkd_variant("trainer.methods.ltkd_variants:LTKDBiased", "LTKD (biased cross)", fixed={"rebalance": False}),
+    "ltkd_continuous": _ltkd_variant("trainer.methods.ltkd_variants:LTKDContinuous", "LTKD (continuous reweighting)",
+                                     drop=("reweight",), extra={"tau": 1.0}),
+    "reviewkd": MethodSpec("trainer.methods.reviewkd:ReviewKD", "ReviewKD",
+                           {"ce_weight": 1.0, "weight": 1.0, "warmup": 20, "mid_channels": 0}, needs_features=True),
+    "catkd": MethodSpec("trainer.methods.catkd:CATKD", "CAT-KD",
+                        {"ce_weight": 1.0, "cat_weight": 15.0, "cam_resolution": 2, "normalize": False}, needs_features=True),
 }
 
 
 def build_method(name: str, params: dict, class_counts: list[int]) -> Method:
     if name not in METHODS:
         raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
-    return METHODS[name](class_counts=class_counts, **params)
+    return METHODS[name].cls(class_counts=class_counts, **params)

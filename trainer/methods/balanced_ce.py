@@ -16,9 +16,6 @@ from trainer.methods.base import Method
 
 class BalancedSoftmax(Method):
     NAME = "balanced_softmax"
-    DISPLAY = "Balanced Softmax"
-    PARAMS = {"tau": 1.0}
-    NEEDS_TEACHER = False
 
     def __init__(self, class_counts, **params):
         super().__init__(class_counts, **params)

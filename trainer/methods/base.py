@@ -7,9 +7,14 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from trainer.methods import METHODS
+
 
 class Method(nn.Module, ABC):
-    """A training objective. Subclasses set NAME, PARAMS (hyperparameter -> default) and NEEDS_TEACHER.
+    """A training objective. Subclasses set NAME (their key in `trainer.methods.METHODS`) and
+    implement `losses`; the rest of the declaration (DISPLAY, PARAMS: hyperparameter -> default,
+    NEEDS_TEACHER, NEEDS_FEATURES, FIXED) comes from that registry line, so it is written once and
+    readable without importing PyTorch. A subclass that is not registered declares them itself.
 
     It is an nn.Module so that methods with learnable parts (feature connectors) hand their
     parameters to the optimizer with the student's.
@@ -22,13 +27,21 @@ class Method(nn.Module, ABC):
     # Feature-based methods set this: the loop then calls `forward_features` on student and teacher
     # and passes the feature lists to `losses`.
     NEEDS_FEATURES: ClassVar[bool] = False
+    FIXED: ClassVar[dict[str, object]] = {}  # set by the method itself, recorded in hparams
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        spec = METHODS.get(cls.__dict__.get("NAME", ""))
+        if spec is not None:
+            cls.DISPLAY, cls.PARAMS, cls.FIXED = spec.display, dict(spec.params), dict(spec.fixed)
+            cls.NEEDS_TEACHER, cls.NEEDS_FEATURES = spec.needs_teacher, spec.needs_features
 
     def __init__(self, class_counts: list[int], **params):
         super().__init__()
         unknown = set(params) - set(self.PARAMS)
         if unknown:
             raise TypeError(f"{self.NAME}: unknown hyperparameters {sorted(unknown)}; allowed: {sorted(self.PARAMS)}")
-        self.hparams = {**self.PARAMS, **params}
+        self.hparams = {**self.PARAMS, **params, **self.FIXED}
         self.class_counts = list(class_counts)
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, sample: torch.Tensor) -> None:

@@ -26,8 +26,6 @@ from trainer.methods.base import Method
 
 class BKD(Method):
     NAME = "bkd"
-    DISPLAY = "BKD"
-    PARAMS = {"ce_weight": 1.0, "alpha": 1.0, "temperature": 2.0, "beta_cb": 0.9999, "reweight_from": 0}
 
     def __init__(self, class_counts, **params):
         super().__init__(class_counts, **params)

@@ -50,9 +50,6 @@ def cam_map_index(feats: list[torch.Tensor], in_features: int) -> int | None:
 
 class CATKD(Method):
     NAME = "catkd"
-    DISPLAY = "CAT-KD"
-    PARAMS = {"ce_weight": 1.0, "cat_weight": 15.0, "cam_resolution": 2, "normalize": False}
-    NEEDS_FEATURES = True
 
     def __init__(self, class_counts, **params):
         super().__init__(class_counts, **params)

@@ -8,9 +8,6 @@ from trainer.methods.base import Method
 
 class CrossEntropy(Method):
     NAME = "ce"
-    DISPLAY = "CE"
-    PARAMS: dict[str, object] = {}
-    NEEDS_TEACHER = False
 
     def losses(self, student_logits, teacher_logits, target, epoch, student_features=None, teacher_features=None):
         return {"ce": F.cross_entropy(student_logits, target)}

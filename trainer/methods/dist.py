@@ -15,8 +15,6 @@ from trainer.methods.base import Method
 
 class DIST(Method):
     NAME = "dist"
-    DISPLAY = "DIST"
-    PARAMS = {"ce_weight": 1.0, "beta": 2.0, "gamma": 2.0, "temperature": 4.0}
 
     def losses(self, student_logits, teacher_logits, target, epoch, student_features=None, teacher_features=None):
         h = self.hparams

@@ -20,8 +20,6 @@ def warmup_factor(epoch: int, warmup: float) -> float:
 
 class DKD(Method):
     NAME = "dkd"
-    DISPLAY = "DKD"
-    PARAMS = {"ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20}
 
     def losses(self, student_logits, teacher_logits, target, epoch, student_features=None, teacher_features=None):
         h = self.hparams

@@ -9,8 +9,6 @@ from trainer.methods.base import Method
 
 class KD(Method):
     NAME = "kd"
-    DISPLAY = "KD"
-    PARAMS = {"ce_weight": 1.0, "alpha": 1.0, "temperature": 4.0}
 
     def losses(self, student_logits, teacher_logits, target, epoch, student_features=None, teacher_features=None):
         h = self.hparams

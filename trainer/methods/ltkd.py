@@ -15,16 +15,6 @@ from trainer.methods.base import Method
 
 class LTKD(Method):
     NAME = "ltkd"
-    DISPLAY = "LTKD"
-    PARAMS = {
-        "ce_weight": 1.0,
-        "alpha": 1.0,
-        "beta": 1.0,
-        "temperature": 4.0,
-        "n_groups": 3,
-        "rebalance": True,
-        "reweight": True,
-    }
 
     def __init__(self, class_counts, **params):
         super().__init__(class_counts, **params)

@@ -7,8 +7,8 @@
   distribution p_G^T instead of the batch-rebalanced one (set beta=0 for the cross-only table row).
 - `ltkd_continuous`: see `LTKDContinuous`.
 
-A variant's fixed hyperparameter is not in its PARAMS (passing it is an error), but it is written
-into `hparams`, so what was run is recorded.
+Each is declared in `trainer.methods.METHODS`: a variant's fixed hyperparameters are not in its
+PARAMS (passing one is an error), but they are written into `hparams`, so what was run is recorded.
 """
 from __future__ import annotations
 
@@ -16,37 +16,16 @@ from trainer.losses import ltkd_continuous_loss
 from trainer.methods.ltkd import LTKD
 
 
-class _FixedLTKD(LTKD):
-    FIXED: dict[str, object] = {}
-
-    def __init__(self, class_counts, **params):
-        super().__init__(class_counts, **params)
-        self.hparams.update(self.FIXED)
-
-
-def _without(*names: str) -> dict[str, object]:
-    return {k: v for k, v in LTKD.PARAMS.items() if k not in names}
-
-
-class LTKDCross(_FixedLTKD):
+class LTKDCross(LTKD):
     NAME = "ltkd_cross"
-    DISPLAY = "LTKD (cross only)"
-    PARAMS = _without("beta", "reweight")
-    FIXED = {"beta": 0.0, "reweight": True}
 
 
-class LTKDWithin(_FixedLTKD):
+class LTKDWithin(LTKD):
     NAME = "ltkd_within"
-    DISPLAY = "LTKD (within only)"
-    PARAMS = _without("alpha", "rebalance")
-    FIXED = {"alpha": 0.0, "rebalance": True}
 
 
-class LTKDBiased(_FixedLTKD):
+class LTKDBiased(LTKD):
     NAME = "ltkd_biased"
-    DISPLAY = "LTKD (biased cross)"
-    PARAMS = _without("rebalance")
-    FIXED = {"rebalance": False}
 
 
 class LTKDContinuous(LTKD):
@@ -69,8 +48,6 @@ class LTKDContinuous(LTKD):
     """
 
     NAME = "ltkd_continuous"
-    DISPLAY = "LTKD (continuous reweighting)"
-    PARAMS = {**_without("reweight"), "tau": 1.0}
 
     def distill_loss(self, student_logits, teacher_logits):
         return ltkd_continuous_loss(student_logits, teacher_logits, tau=float(self.hparams["tau"]), **self.loss_kwargs())

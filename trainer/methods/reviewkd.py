@@ -126,9 +126,6 @@ class ReviewKD(Method):
     maps (and pooled embedding), whereas the authors use the teacher's pre-activation features."""
 
     NAME = "reviewkd"
-    DISPLAY = "ReviewKD"
-    PARAMS = {"ce_weight": 1.0, "weight": 1.0, "warmup": 20, "mid_channels": 0}
-    NEEDS_FEATURES = True
 
     def __init__(self, class_counts, **params):
         super().__init__(class_counts, **params)

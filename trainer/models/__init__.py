@@ -28,43 +28,39 @@ The small `cnn_*` models return only `[block1, block2]` (no pooled vector) and h
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from torch import nn
+from trainer.registry import LazyRegistry
 
-from trainer.models.imagenet import mobilenet_v1, resnet18, resnet34, resnet50
-from trainer.models.mobilenet_v2 import mobilenet_v2
-from trainer.models.resnet_cifar import resnet8x4, resnet20, resnet32x4, resnet56
-from trainer.models.shufflenet_v1 import shufflenet_v1
-from trainer.models.small_cnn import SmallCNN
-from trainer.models.vgg_cifar import vgg8, vgg13
-from trainer.models.wrn import wrn_16_2, wrn_40_1, wrn_40_2
+if TYPE_CHECKING:
+    from torch import nn
 
-# name -> factory(num_classes, in_channels) -> nn.Module
-MODELS: dict[str, Callable[..., nn.Module]] = {
+# name -> factory(num_classes, in_channels) -> nn.Module, each module imported on first use: the
+# names alone (study validation, tables) need no PyTorch.
+MODELS = LazyRegistry({
     # Small CNNs for the offline data (digits, synthetic): a teacher clearly stronger than the student.
-    "cnn_w32": lambda num_classes, in_channels=3: SmallCNN(num_classes, in_channels, width=32),
-    "cnn_w16": lambda num_classes, in_channels=3: SmallCNN(num_classes, in_channels, width=16),
-    "cnn_w8": lambda num_classes, in_channels=3: SmallCNN(num_classes, in_channels, width=8),
-    "cnn_w4": lambda num_classes, in_channels=3: SmallCNN(num_classes, in_channels, width=4),
+    "cnn_w32": "trainer.models.small_cnn:cnn_w32",
+    "cnn_w16": "trainer.models.small_cnn:cnn_w16",
+    "cnn_w8": "trainer.models.small_cnn:cnn_w8",
+    "cnn_w4": "trainer.models.small_cnn:cnn_w4",
     # CIFAR-size zoo of the KD literature (CRD / mdistiller).
-    "resnet20": resnet20,
-    "resnet56": resnet56,
-    "resnet8x4": resnet8x4,
-    "resnet32x4": resnet32x4,
-    "vgg8": vgg8,
-    "vgg13": vgg13,
-    "wrn_16_2": wrn_16_2,
-    "wrn_40_1": wrn_40_1,
-    "wrn_40_2": wrn_40_2,
-    "shufflenet_v1": shufflenet_v1,
-    "mobilenet_v2": mobilenet_v2,
+    "resnet20": "trainer.models.resnet_cifar:resnet20",
+    "resnet56": "trainer.models.resnet_cifar:resnet56",
+    "resnet8x4": "trainer.models.resnet_cifar:resnet8x4",
+    "resnet32x4": "trainer.models.resnet_cifar:resnet32x4",
+    "vgg8": "trainer.models.vgg_cifar:vgg8",
+    "vgg13": "trainer.models.vgg_cifar:vgg13",
+    "wrn_16_2": "trainer.models.wrn:wrn_16_2",
+    "wrn_40_1": "trainer.models.wrn:wrn_40_1",
+    "wrn_40_2": "trainer.models.wrn:wrn_40_2",
+    "shufflenet_v1": "trainer.models.shufflenet_v1:shufflenet_v1",
+    "mobilenet_v2": "trainer.models.mobilenet_v2:mobilenet_v2",
     # ImageNet-size models (random init; nothing is downloaded).
-    "resnet18": resnet18,
-    "resnet34": resnet34,
-    "resnet50": resnet50,
-    "mobilenet_v1": mobilenet_v1,
-}
+    "resnet18": "trainer.models.imagenet:resnet18",
+    "resnet34": "trainer.models.imagenet:resnet34",
+    "resnet50": "trainer.models.imagenet:resnet50",
+    "mobilenet_v1": "trainer.models.imagenet:mobilenet_v1",
+})
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:

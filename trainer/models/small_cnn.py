@@ -25,3 +25,19 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[1]
+
+
+def cnn_w32(num_classes: int, in_channels: int = 3) -> SmallCNN:
+    return SmallCNN(num_classes, in_channels, width=32)
+
+
+def cnn_w16(num_classes: int, in_channels: int = 3) -> SmallCNN:
+    return SmallCNN(num_classes, in_channels, width=16)
+
+
+def cnn_w8(num_classes: int, in_channels: int = 3) -> SmallCNN:
+    return SmallCNN(num_classes, in_channels, width=8)
+
+
+def cnn_w4(num_classes: int, in_channels: int = 3) -> SmallCNN:
+    return SmallCNN(num_classes, in_channels, width=4)
