@@ -114,13 +114,13 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
         study, uri, tracker, exp_id, plan = open_plan(study_path, tracking_uri, create=True)
     try:
         lease = Lease(tracker, exp_id, study.name)
-        lease.acquire()
+        lease.claim()
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - the store went away between the plan and here
         raise UserError(f"--tracking-uri {uri}: cannot use the tracking store ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     try:
-        return _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s)
+        return _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease)
     finally:
         lease.release()
 
@@ -129,10 +129,25 @@ def _has_queued_events(folder: str) -> bool:
     return os.path.isdir(folder) and any(n.endswith(".jsonl") for n in os.listdir(folder))
 
 
-def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s) -> int:
+def _read_state(tracker, exp_id, trials) -> tuple:
+    """What is done, what is left, and which interrupted runs the trials left continue."""
+    plan = make_plan(trials, tracker.final_metrics_by_hash(exp_id, keys=[]))
+    todo = plan.todo_all()
+    hashes = {t.config_hash for t in todo}
+    # Runs that a stopped sweep left RUNNING or KILLED are continued, not duplicated.
+    resumable = {h: ResumableRun(s.run_id, s.last_epoch, s.attempts) for h, s in tracker.run_states(exp_id).items()
+                 if h in hashes and s.status in ("RUNNING", "KILLED")}
+    return plan, todo, resumable
+
+
+def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease) -> int:
     from orchestrator.progress import SweepProgress
     from orchestrator.ray_runner import init_ray, run_trials
 
+    # Ray starts and the store is read (again) while the lease settles: a sweep that ended meanwhile may have finished trials.
+    init_ray(address)
+    plan, todo, resumable = _read_state(tracker, exp_id, plan.trials)
+    lease.confirm()
     print(f"tracking: {uri} (experiment {study.name!r}, id {exp_id}); ray: {address or 'local'}", file=out)
     # The driver's own calls fail fast; the spool's writer retries with backoff and says so.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -149,23 +164,15 @@ def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage,
             print(f"replaying {writer.replayed} run(s) of tracking writes queued by an earlier sweep ({spool})", file=out, flush=True)
             if not writer.flush(give_up=outage_exceeded):
                 raise RunFailure(_outage_line(uri, outage_limit_s, writer, spool))
-        # Planned again now that this sweep holds the lease: a sweep that ended meanwhile may have
-        # finished trials, and the replay may have too.
-        plan = make_plan(plan.trials, tracker.final_metrics_by_hash(exp_id, keys=[]))
-        todo = plan.todo_all()
+            plan, todo, resumable = _read_state(tracker, exp_id, plan.trials)  # the replay may have finished some
         if not todo:
             print("nothing to run: every trial has a FINISHED run", file=out)
             print(browse_hint(uri, study.name, exp_id), file=out)
             return 0
-        hashes = {t.config_hash for t in todo}
-        # Runs that a stopped sweep left RUNNING or KILLED are continued, not duplicated.
-        resumable = {h: ResumableRun(s.run_id, s.last_epoch, s.attempts) for h, s in tracker.run_states(exp_id).items()
-                     if h in hashes and s.status in ("RUNNING", "KILLED")}
         if resumable:
             print(f"continuing {len(resumable)} run(s) of trials that an earlier sweep did not finish", file=out)
         base_tags = {"study": study.name, "git_commit": git_commit(), "study_file": str(Path(study_path))}
         runs = TrialRuns(writer, exp_id, base_tags, resumable)
-        init_ray(address)
         progress = SweepProgress(len(todo), out=out, pending={t.config_hash: (t.run_name, t.config.recipe.epochs) for t in todo})
         last_poll = [0.0]
 

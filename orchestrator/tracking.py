@@ -643,6 +643,7 @@ class Lease:
         self.holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "id": os.urandom(8).hex()}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._claimed_at = 0.0
 
     def _read(self) -> dict | None:
         tags = self.tracker.client.get_experiment(self.experiment_id).tags
@@ -673,14 +674,19 @@ class Lease:
                             f"started {started}) into {self.tracker.uri}; wait for it to end or stop it (its lease expires "
                             f"{self.ttl:.0f} s after it dies)")
 
-    def acquire(self, settle: float = 1.5) -> None:
-        """Take the lease or raise UserError naming its holder. Two sweeps that start together
-        both write; after `settle` seconds only the last writer still reads its own id."""
-        import threading
-
+    def claim(self) -> None:
+        """Write the lease unless another sweep holds it (UserError naming the holder). Two sweeps
+        that start together may both write: `confirm` tells which one keeps it."""
         self._refuse_if_held(self._read())
         self._write()
-        time.sleep(settle)
+        self._claimed_at = time.monotonic()
+
+    def confirm(self, settle: float = 1.5) -> None:
+        """`settle` seconds after the claim (the caller does read-only work meanwhile), only the last
+        writer still reads its own id; the other raises UserError. Then the heartbeat starts."""
+        import threading
+
+        time.sleep(max(0.0, settle - (time.monotonic() - self._claimed_at)))
         self._refuse_if_held(self._read())
         self._thread = threading.Thread(target=self._heartbeat, name="ltkd-lease", daemon=True)
         self._thread.start()

@@ -140,7 +140,8 @@ def test_server_away_past_the_outage_limit_exits_1_and_a_rerun_completes_without
     root.mkdir()
     port = free_port()
     server, url = start_mlflow_server(root, port)
-    study = write_study(tmp_path, "lost_server")
+    # 30 epochs: trials are still training when the server goes
+    study = write_study(tmp_path, "lost_server", TINY.replace("epochs: 3,", "epochs: 30,"))
     ltkd = str(Path(sys.executable).parent / "ltkd")
     env = {**__import__("os").environ, "HOME": str(tmp_path)}
     cmd = [ltkd, "sweep", str(study), "--tracking-uri", url, "--outage-limit", "0.2"]
