@@ -171,7 +171,7 @@ def test_status_and_tables_import_no_torch(tmp_path):
     study_path = write_study(tmp_path, "states")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     populate(uri, study_path)
-    heavy = ("torch", "torchvision", "matplotlib", "ray", "optuna")
+    heavy = ("torch", "torchvision", "matplotlib", "ray", "optuna", "scipy.stats")
     for command in (["status", str(study_path)], ["tables", str(study_path)]):
         code = (f"import sys\nfrom orchestrator.cli import main\nrc = main({command + ['--tracking-uri', uri]!r})\n"
                 f"print('LOADED', [m for m in {heavy!r} if m in sys.modules])\nsys.exit(rc)")

@@ -5,6 +5,7 @@ tables read (tags config_hash / role / row / study from expand() of the study, f
 """
 from __future__ import annotations
 
+import math
 import statistics
 import textwrap
 import time
@@ -541,3 +542,21 @@ def test_smallest_smoke_twin_end_to_end_writes_pngs(ray_local, tmp_path, monkeyp
     # the tables run is not a trial: a rerun of the sweep still finds nothing to do
     assert main(["sweep", study, "--tracking-uri", uri]) == 0
     assert "nothing to run" in capsys.readouterr().out
+
+
+def test_paired_t_pvalue_equals_scipy_ttest_rel():
+    import random
+    import warnings
+
+    from orchestrator.tables.core import paired_t_pvalue
+
+    rng = random.Random(0)
+    for n in (2, 3, 5, 10):
+        for _ in range(50):
+            a = [rng.uniform(0, 100) for _ in range(n)]
+            b = [x + rng.gauss(rng.uniform(-5, 5), 3) for x in a]
+            assert paired_t_pvalue([x - y for x, y in zip(a, b)]) == pytest.approx(ttest_rel(a, b).pvalue, rel=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert paired_t_pvalue([1.0, 1.0, 1.0]) == ttest_rel([2, 3, 4], [1, 2, 3]).pvalue == 0.0
+        assert math.isnan(paired_t_pvalue([0.0, 0.0])) and math.isnan(ttest_rel([1, 2], [1, 2]).pvalue)
