@@ -121,6 +121,12 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
         raise UserError(f"--tracking-uri {uri}: cannot use the tracking store ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     try:
         return _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease)
+    except Exception as exc:  # noqa: BLE001 - the driver's own store calls (plan, run states): one line
+        if not is_transient_failure(exc):
+            raise
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise RunFailure(f"the tracking store at {uri} failed while the sweep ran ({first}); what was queued is kept in "
+                         f"{spool}: rerun the same command once it is back") from None
     finally:
         lease.release()
 

@@ -52,21 +52,6 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise UserError(f"--tracking-uri {uri}: not a tracking URI; allowed: http(s)://HOST:PORT, sqlite:///PATH, postgresql://..., file:PATH")
 
 
-def is_tracking_failure(exc: BaseException) -> bool:
-    """Whether an exception raised while a sweep runs comes from the tracking store (a server that
-    went away, a store that refuses writes) rather than from ltkd itself."""
-    import requests
-    from mlflow.exceptions import MlflowException
-
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:  # Tune may wrap the callback's exception
-        if isinstance(exc, (MlflowException, requests.exceptions.RequestException)):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
 # MLflow error codes of a store that is down or overloaded (worth retrying), as opposed to one that
 # refuses the request itself (a bad value, a deleted run).
 _TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED",
@@ -230,8 +215,6 @@ class Tracker:
         items = [Param(k, _param_str(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):  # log_batch takes at most 100 params a call
             self.client.log_batch(run_id, params=items[i:i + 100], synchronous=True)
-
-    start_run = create_run
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         """One call for all keys of a step (never one HTTP call per key)."""
@@ -616,8 +599,6 @@ class TrialRuns:
             self.writer.set_tags(key, {"error": error[:4000]})
         self.writer.end_run(key, status)
 
-    def open_trials(self) -> list[str]:
-        return list(self.key_of)
 
 
 # ---------------------------------------------------------------------------------------------
