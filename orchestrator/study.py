@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, StrictInt, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
 from orchestrator.errors import UserError
 from trainer.config import Recipe, TrialConfig
@@ -30,6 +30,12 @@ from trainer.methods import METHODS
 from trainer.models import MODELS
 
 _STRICT = ConfigDict(extra="forbid")
+MAX_NAME_CHARS = 100
+# Limits on what a study file may ask for, refused with one line before anything grows; each can be
+# raised through its environment variable by a user who really needs more.
+MAX_STUDY_BYTES = int(os.environ.get("LTKD_MAX_STUDY_BYTES", 1_000_000))
+MAX_YAML_NODES = int(os.environ.get("LTKD_MAX_YAML_NODES", 100_000))  # counted with every alias expanded
+MAX_TRIALS = int(os.environ.get("LTKD_MAX_TRIALS", 100_000))
 
 # The recipe's schema is derived from the trainer's dataclass, so the two cannot drift apart:
 # every field is optional (None = the preset's value), plus `preset`, a name from trainer.recipes.
@@ -65,11 +71,18 @@ class RecipeSpec(_RecipeFields):  # type: ignore[misc, valid-type]
             raise ValueError("must be >= 0")
         return v
 
-    @field_validator("lr", "weight_decay", "momentum")
+    @field_validator("lr", "weight_decay", "momentum", "lr_decay")
     @classmethod
     def _non_negative(cls, v: float | None) -> float | None:
         if v is not None and v < 0:
             raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing_epochs(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and (any(m < 1 for m in v) or list(v) != sorted(set(v))):
+            raise ValueError("milestones must be epochs >= 1 in increasing order")
         return v
 
     def overrides(self) -> dict[str, Any]:
@@ -260,17 +273,48 @@ POSITIVE_PARAMS = {"temperature"}
 
 class StudySpec(BaseModel):
     model_config = _STRICT
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     description: str = ""
     dataset: DatasetSpec
     pairs: list[PairSpec] = Field(min_length=1)
     methods: dict[str, dict[str, ParamValue | list[ParamValue]]] = {}
     student_baseline: bool = True  # the Student (CE) row
-    seeds: list[int] = Field(default=[0], min_length=1)
+    seeds: list[StrictInt] = Field(default=[0], min_length=1)
     recipe: RecipeSpec = RecipeSpec()  # type: ignore[valid-type]
     teacher_recipe: dict[str, Any] = {}  # overrides of `recipe` for teacher trials
     resources: ResourcesSpec = ResourcesSpec()
     tables: typing.Annotated[list[TableSpec], AfterValidator(_check_tables)] = [TableSpec()]
+
+    @field_validator("name")
+    @classmethod
+    def _usable_name(cls, v: str) -> str:
+        # The name is an MLflow experiment, a folder (Tune's experiment, the spool) and the start of
+        # the table files' names: it must be all three, on every filesystem.
+        if any(c in v for c in "/\\") or v.startswith(".") or any(ord(c) < 32 or ord(c) == 127 for c in v) or v != v.strip():
+            raise ValueError("the study name names an experiment, a folder and files: no '/', '\\', control characters, "
+                             "leading '.' or surrounding spaces")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _usable_seeds(cls, v: list[int]) -> list[int]:
+        for seed in v:
+            if not 0 <= seed < 2**32:
+                raise ValueError(f"seed {seed} is not allowed: seeds are whole numbers from 0 to 2**32 - 1 (what the RNGs accept)")
+        if len(set(v)) != len(v):
+            raise ValueError(f"seed {next(x for x in v if v.count(x) > 1)} is listed twice")
+        return v
+
+    @field_validator("teacher_recipe")
+    @classmethod
+    def _teacher_recipe_valid(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            RecipeSpec.model_validate({k: val for k, val in v.items() if k in RecipeSpec.model_fields})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise UserError(f"teacher_recipe.{loc} = {err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}") from None
+        return v
 
     @field_validator("methods")
     @classmethod
@@ -346,18 +390,106 @@ def parse_study(data: Any, source: str = "study") -> StudySpec:
         raise UserError(_format_validation_error(exc, source)) from None
 
 
+class _StudyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses what a user did not mean: a key given twice in one mapping
+    (PyYAML keeps the last silently), and a document that grows past MAX_YAML_NODES once its
+    aliases are expanded (an alias bomb: a few lines that expand to billions of nodes)."""
+
+    def get_single_data(self):
+        node = self.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"the document expands to more than {MAX_YAML_NODES:,} values once its aliases (*name) are "
+                                 "expanded; set LTKD_MAX_YAML_NODES to allow more")
+        return self.construct_document(node)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(node, memo: dict[int, int]) -> int:
+    """Values in a composed YAML node with every alias expanded, each shared node counted once
+    per use (memoised, so a bomb is measured without being expanded); stops past the limit."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = MAX_YAML_NODES + 1  # a node that contains itself is refused as too large
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    total = 1
+    for child in children:
+        total += _expanded_size(child, memo)
+        if total > MAX_YAML_NODES:
+            break
+    memo[id(node)] = total
+    return total
+
+
+def _non_finite(data: Any, path: str = "") -> str | None:
+    """The path of the first NaN or infinite number in the parsed study, if any."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return f"{path or '(top level)'} = {data}"
+    if isinstance(data, dict):
+        items = data.items()
+    elif isinstance(data, list):
+        items = enumerate(data)
+    else:
+        return None
+    for key, value in items:
+        found = _non_finite(value, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
+
+
+def trial_count(study: StudySpec) -> int:
+    """How many trials the study expands into (before sharing teachers), without expanding it."""
+    grid = sum(math.prod(len(v) if isinstance(v, list) else 1 for v in params.values()) for params in study.methods.values())
+    return len(study.dataset.gammas) * len(study.seeds) * len(study.pairs) * (grid + 1 + int(study.student_baseline))
+
+
 def load_study(path: str | Path) -> StudySpec:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such study file")
+    size = path.stat().st_size
+    if size > MAX_STUDY_BYTES:
+        raise UserError(f"{path}: {size:,} bytes; a study file may have at most {MAX_STUDY_BYTES:,} (set LTKD_MAX_STUDY_BYTES to allow more)")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); save the study as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the study file ({exc.strerror or exc})") from None
+    try:
+        data = yaml.load(text, Loader=_StudyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise UserError(f"{path}: not valid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
-    return parse_study(data, str(path))
+    bad = _non_finite(data)
+    if bad:
+        raise UserError(f"{path}: {bad}: NaN or infinite numbers are not allowed")
+    study = parse_study(data, str(path))
+    count = trial_count(study)
+    if count > MAX_TRIALS:
+        raise UserError(f"{path}: the study expands into {count:,} trials; at most {MAX_TRIALS:,} are allowed "
+                        "(set LTKD_MAX_TRIALS to allow more)")
+    return study
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,29 @@ recipe: {epochs: 1}
 CASES = [
     # (replace this, with this, expected fragments of the one error line)
     ("gammas: [10]", "gammas: [0.5]", ["dataset.gammas", "0.5", ">= 1"]),
-    ("gammas: [10]", "gammas: [.nan]", ["dataset.gammas", "nan", ">= 1"]),
+    ("gammas: [10]", "gammas: [.nan]", ["dataset.gammas.0 = nan", "NaN or infinite numbers are not allowed"]),
+    # issue 9, first step: non-finite numbers anywhere, impossible recipe values, seeds, names, YAML
+    ("beta: 1.0", "beta: .inf", ["methods.ltkd.beta = inf", "NaN or infinite"]),
+    ("alpha: 1.0", "alpha: [1.0, .nan]", ["methods.ltkd.alpha.1 = nan", "NaN or infinite"]),
+    ("epochs: 1", "epochs: 1, lr: -.inf", ["recipe.lr = -inf", "NaN or infinite"]),
+    ("epochs: 1", "epochs: 1, lr_decay: -0.1", ["recipe.lr_decay", "-0.1", "must be >= 0"]),
+    ("epochs: 1", "epochs: 4, milestones: [3, 2]", ["recipe.milestones", "increasing order"]),
+    ("epochs: 1", "epochs: 4, milestones: [-1]", ["recipe.milestones", "epochs >= 1"]),
+    ("seeds: [0]", "seeds: [0]\nteacher_recipe: {epochs: 0}", ["teacher_recipe.epochs = 0", ">= 1"]),
+    ("seeds: [0]", "seeds: [0]\nteacher_recipe: {lr_decay: -1}", ["teacher_recipe.lr_decay = -1", ">= 0"]),
+    ("seeds: [0]", "seeds: [true]", ["seeds.0", "True", "valid integer"]),
+    ("seeds: [0]", "seeds: [-1]", ["seeds", "seed -1 is not allowed", "2**32 - 1"]),
+    ("seeds: [0]", "seeds: [4294967296]", ["seeds", "seed 4294967296 is not allowed"]),
+    ("seeds: [0]", "seeds: [1, 2, 1]", ["seeds", "seed 1 is listed twice"]),
+    ("seeds: [0]", "seeds: [1.5]", ["seeds.0", "1.5", "valid integer"]),
+    ("seeds: [0]", "seeds: [0]\nseeds: [1]", ["not valid YAML at line", "key 'seeds' is given twice"]),
+    ("n_groups: 3", "n_groups: 3, beta: 2.0", ["not valid YAML at line", "key 'beta' is given twice"]),
+    ("name: bad_input_probe", "name: a/b", ["name = 'a/b'", "no '/'"]),
+    ("name: bad_input_probe", "name: ../up", ["name = '../up'", "no '/'"]),
+    ("name: bad_input_probe", 'name: "tab\\there"', ["name = 'tab\\there'", "control characters"]),  # YAML's \\t: a tab
+    ("name: bad_input_probe", 'name: "back\\\\slash"', ["name = 'back\\\\slash'", "'\\'"]),
+    ("name: bad_input_probe", "name: .hidden", ["name = '.hidden'", "leading '.'"]),
+    ("name: bad_input_probe", "name: " + "x" * 101, ["name", "at most 100 characters"]),
     ("gammas: [10]", "gammas: ten", ["dataset.gammas", "'ten'", "valid list"]),
     ("n_groups: 3", "n_groups: 11", ["methods.ltkd.n_groups = 11", "between 1 and the number of classes (10)"]),
     ("beta: 1.0", "beta: -2", ["methods.ltkd.beta = -2", "must be >= 0"]),
@@ -164,4 +186,43 @@ def test_unknown_dataset_option_is_bad_input(tmp_path, capsys):
     study.write_text(textwrap.dedent(GOOD.replace("name: digits, gammas: [10]", "name: digits, gammas: [10], options: {colour: red}")))
     code, _, err = run_cli(["sweep", str(study)], tmp_path, capsys)
     assert code == 2 and err.count("\n") == 1 and "dataset.options {'colour': 'red'}" in err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+BOMB = "name: bomb\n" + "l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 9)) + "dataset: {name: digits, gammas: *l8}\n"
+HUGE_GRID = GOOD.replace("ltkd: {alpha: 1.0, beta: 1.0, n_groups: 3}",
+                         "ltkd: {alpha: [%s], beta: [%s], temperature: [%s]}" % ((", ".join(str(1 + i / 100) for i in range(100)),) * 3))
+DEEP = "name: deep\nx: " + "[" * 5000 + "]" * 5000 + "\n"
+
+
+@pytest.mark.parametrize("body,fragments", [
+    (BOMB, ["not valid YAML", "more than 100,000 values once its aliases", "LTKD_MAX_YAML_NODES"]),
+    (HUGE_GRID, ["expands into 1,000,002 trials", "at most 100,000", "LTKD_MAX_TRIALS"]),
+    (DEEP, ["not valid YAML", "nested too deeply"]),
+    ("x" * 1_000_001, ["1,000,001 bytes", "at most 1,000,000", "LTKD_MAX_STUDY_BYTES"]),
+    (b"name: caf\xe9\n", ["not UTF-8 text (byte 9)"]),
+], ids=["alias bomb", "million-trial grid", "deep nesting", "huge file", "not utf-8"])
+def test_hostile_study_is_refused_in_seconds_and_bounded_memory(tmp_path, body, fragments):
+    """A real process under a 1.5 GB address-space limit: one line, exit 2, within 20 s, no store."""
+    import resource
+    import time
+
+    study = tmp_path / "hostile.yaml"
+    study.write_bytes(body if isinstance(body, bytes) else body.encode())
+    limit = 1536 * 2**20
+
+    def cap_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    started = time.monotonic()
+    proc = subprocess.run([str(Path(sys.executable).parent / "ltkd"), "sweep", str(study)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, preexec_fn=cap_memory)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert elapsed < 20, f"took {elapsed:.1f} s"
     assert not (tmp_path / "mlflow.db").exists()
