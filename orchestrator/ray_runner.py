@@ -12,6 +12,7 @@ the progress view. A teacher trained in this sweep reaches its students through 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -332,15 +333,10 @@ class SweepCallback(Callback):
             return
         payload = final[FINAL_KEY]
         summary = {k: final[k] for k in final if k.startswith(("acc_", "best_", "pg_")) or k == "train_seconds"}
-        checkpoint_dir = None
-        if trial.checkpoint is not None:
-            with trial.checkpoint.as_directory() as local:
-                checkpoint_dir = local
-                self.runs.finished(t, summary, int(final["epoch"]), payload["per_class"], payload["best_per_class"],
-                                   payload["class_counts"], checkpoint_dir)
-        else:
+        # the checkpoint is copied into the spool while it is a local folder (a download for remote storage)
+        with trial.checkpoint.as_directory() if trial.checkpoint is not None else contextlib.nullcontext() as local:
             self.runs.finished(t, summary, int(final["epoch"]), payload["per_class"], payload["best_per_class"],
-                               payload["class_counts"], None)
+                               payload["class_counts"], local)
         self.schedule.teacher_done(t, trial.checkpoint)
         detail = f"all {summary.get('acc_all', math.nan):5.1f}  tail {summary.get('acc_tail', math.nan):5.1f}  ({summary.get('train_seconds', 0):.1f} s)"
         self._record(Outcome(t, FINISHED, summary), detail)
