@@ -26,7 +26,7 @@ from orchestrator.errors import UserError
 from trainer.config import Recipe, TrialConfig
 from trainer.recipes import RECIPES, method_defaults, resolve_recipe
 from trainer.datasets import DATASET_INFO, num_classes_of
-from trainer.methods import METHODS
+from trainer.methods import IDENTITY_NEUTRAL, METHODS, PARAM_CHOICES, SUPERVISED_LOSSES
 from trainer.models import MODELS
 
 _STRICT = ConfigDict(extra="forbid")
@@ -346,6 +346,8 @@ class StudySpec(BaseModel):
 
 def _check_param(field: str, key: str, value: Any, default: Any, num_classes: int) -> None:
     expected = type(default)
+    if key in PARAM_CHOICES and value not in PARAM_CHOICES[key]:
+        raise UserError(f"{field} = {value!r}: allowed: {', '.join(PARAM_CHOICES[key])}")
     if expected is bool and not isinstance(value, bool):
         raise UserError(f"{field} = {value!r}: must be true or false")
     if expected in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -522,6 +524,8 @@ def config_hash(config: TrialConfig, teacher_hash: str | None = None) -> str:
         ident.pop(key)
     for key in _RECIPE_NOT_IDENTITY:
         ident["recipe"].pop(key)
+    ident["method_params"] = {k: v for k, v in ident["method_params"].items()
+                              if not (k in IDENTITY_NEUTRAL and v == IDENTITY_NEUTRAL[k])}
     ident["teacher_hash"] = teacher_hash
     blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -540,19 +544,27 @@ def _fmt(v: Any) -> str:
 def method_rows(study: StudySpec) -> list[tuple[str, str, dict[str, Any]]]:
     """(row label, method, the study's hyperparameters) for every grid point of every method.
 
-    A method with a single grid point is labelled by its name; grid points add the varied values.
-    The full hyperparameters also take the method's and the recipe's defaults (`full_params`).
+    A method with a single grid point is labelled by its name; grid points add the varied values
+    (`row_label`). The full hyperparameters also take the method's and the recipe's defaults (`full_params`).
     """
     rows = []
     for name, params in study.methods.items():
         spec = METHODS[name]
         varied = [k for k, v in params.items() if isinstance(v, list) and len(v) > 1]
         for point in _grid(params):
-            label = spec.display or name
-            if varied:
-                label += " (" + ", ".join(f"{k}={_fmt(point[k])}" for k in varied) + ")"
-            rows.append((label, name, point))
+            rows.append((row_label(spec.display or name, point, varied), name, point))
     return rows
+
+
+def row_label(display: str, point: dict[str, Any], varied: list[str]) -> str:
+    """A grid point's row label: the method's name, " + BalSoftmax" when its supervised term is not
+    plain CE (`ce`, varied or not), then the other varied values: "LTKD + BalSoftmax (beta=2)"."""
+    shown = SUPERVISED_LOSSES.get(point.get("ce", "standard"), "")
+    label = display + (f" + {shown}" if shown else "")
+    others = [k for k in varied if k != "ce"]
+    if others:
+        label += " (" + ", ".join(f"{k}={_fmt(point[k])}" for k in others) + ")"
+    return label
 
 
 def full_params(study: StudySpec, method: str, point: dict[str, Any], teacher: str | None, student: str | None) -> dict[str, Any]:

@@ -218,6 +218,13 @@ def balanced_kd_loss(
     return F.kl_div(log_p_s, log_q, log_target=True, reduction="batchmean") * temperature**2
 
 
+def log_class_prior(class_counts) -> torch.Tensor:
+    """log pi_c = log(n_c / sum_c' n_c'), the training class prior of `balanced_softmax_loss`, [C]
+    float32 (computed in float64). A class with no training image counts as one (its log stays finite)."""
+    counts = torch.as_tensor(list(class_counts), dtype=torch.float64).clamp_min(1.0)
+    return torch.log(counts / counts.sum()).float()
+
+
 def balanced_softmax_loss(
     logits: torch.Tensor, target: torch.Tensor, log_prior: torch.Tensor, tau: float = 1.0
 ) -> torch.Tensor:

@@ -19,6 +19,18 @@ if TYPE_CHECKING:
     from trainer.methods.base import Method
 
 
+# The supervised term of a distillation method, chosen by its `ce` hyperparameter: name -> how a row
+# label shows it ("" for the default; "KD + BalSoftmax"). `balanced_softmax` is the logit-adjusted
+# CE of the `balanced_softmax` Student row (tau = 1) with the trial's own class counts.
+SUPERVISED_LOSSES: dict[str, str] = {"standard": "", "balanced_softmax": "BalSoftmax"}
+# Allowed values of string hyperparameters (the study validator checks them).
+PARAM_CHOICES: dict[str, tuple[str, ...]] = {"ce": tuple(SUPERVISED_LOSSES)}
+# Hyperparameters added after studies had been run, with the value that reproduces what ran before:
+# at that value they are left out of a trial's identity (`orchestrator.study.config_hash`), so adding
+# one changed no existing trial's config_hash and reruns nothing.
+IDENTITY_NEUTRAL: dict[str, object] = {"ce": "standard"}
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     impl: str  # "module:Class" that implements it (its NAME is the registry key)
@@ -29,6 +41,11 @@ class MethodSpec:
     # Hyperparameters the method sets itself: not settable (passing one is an error), but written
     # into the instance's `hparams`, so what was run is recorded.
     fixed: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self):
+        # Every distillation method takes `ce`, the loss of its supervised term (SUPERVISED_LOSSES).
+        if self.needs_teacher and "ce" not in self.params and "ce" not in self.fixed:
+            object.__setattr__(self, "params", {**self.params, "ce": "standard"})
 
     @property
     def cls(self) -> type[Method]:

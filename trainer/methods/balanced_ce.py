@@ -5,12 +5,12 @@
 tau = 1 is Balanced Softmax (Ren et al., NeurIPS 2020), i.e. the logit-adjusted loss of Menon et
 al. (ICLR 2021) with its default tau. The adjustment is in the loss only: the model predicts with
 its plain logits, which then estimate the balanced (test) distribution. Equal counts: plain CE.
+Distillation methods take the same loss (tau = 1) for their supervised term with `ce: balanced_softmax`
+(`Method.supervised_loss`).
 """
 from __future__ import annotations
 
-import torch
-
-from trainer.losses import balanced_softmax_loss
+from trainer.losses import balanced_softmax_loss, log_class_prior
 from trainer.methods.base import Method
 
 
@@ -19,8 +19,7 @@ class BalancedSoftmax(Method):
 
     def __init__(self, class_counts, **params):
         super().__init__(class_counts, **params)
-        counts = torch.tensor(self.class_counts, dtype=torch.float64).clamp_min(1.0)  # an empty class counts as one
-        self.register_buffer("log_prior", torch.log(counts / counts.sum()).float(), persistent=False)
+        self.register_buffer("log_prior", log_class_prior(self.class_counts), persistent=False)
 
     def losses(self, student_logits, teacher_logits, target, epoch, student_features=None, teacher_features=None):
         return {"ce": balanced_softmax_loss(student_logits, target, self.log_prior, self.hparams["tau"])}

@@ -5,9 +5,11 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from trainer.methods import METHODS
+from trainer.losses import balanced_softmax_loss, log_class_prior
+from trainer.methods import METHODS, PARAM_CHOICES
 
 
 class Method(nn.Module, ABC):
@@ -42,7 +44,20 @@ class Method(nn.Module, ABC):
         if unknown:
             raise TypeError(f"{self.NAME}: unknown hyperparameters {sorted(unknown)}; allowed: {sorted(self.PARAMS)}")
         self.hparams = {**self.PARAMS, **params, **self.FIXED}
+        for key, allowed in PARAM_CHOICES.items():
+            if key in self.hparams and self.hparams[key] not in allowed:
+                raise ValueError(f"{self.NAME}: {key} = {self.hparams[key]!r}; allowed: {', '.join(allowed)}")
         self.class_counts = list(class_counts)
+        if self.hparams.get("ce") == "balanced_softmax":
+            self.register_buffer("log_prior", log_class_prior(self.class_counts), persistent=False)
+
+    def supervised_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """A distillation method's supervised term (before its ce_weight), as its `ce` option says:
+        plain cross-entropy, or the balanced-softmax Student row's logit-adjusted CE with this
+        trial's class counts (tau = 1). Equal counts make the two the same."""
+        if self.hparams.get("ce", "standard") == "balanced_softmax":
+            return balanced_softmax_loss(logits, target, self.log_prior)
+        return F.cross_entropy(logits, target)
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, sample: torch.Tensor) -> None:
         """Called once before the optimizer is built, with one input batch: methods with learnable

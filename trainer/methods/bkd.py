@@ -18,8 +18,6 @@ Equal class counts give w = 1, i.e. exactly KD + CE.
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from trainer.losses import balanced_kd_loss, class_balanced_weights
 from trainer.methods.base import Method
 
@@ -36,6 +34,6 @@ class BKD(Method):
         h = self.hparams
         weights = self.class_weights if epoch >= int(h["reweight_from"]) else None
         return {
-            "ce": h["ce_weight"] * F.cross_entropy(student_logits, target),
+            "ce": h["ce_weight"] * self.supervised_loss(student_logits, target),
             "bkd": h["alpha"] * balanced_kd_loss(student_logits, teacher_logits, weights, h["temperature"]),
         }

@@ -24,7 +24,6 @@ it per pair in the study.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from trainer.losses import cat_loss, class_activation_maps
@@ -97,6 +96,6 @@ class CATKD(Method):
             t_cams = class_activation_maps(t_map.float(), t_fc.weight.detach().float())
             cat = cat_loss(s_cams, t_cams, int(h["cam_resolution"]), bool(h["normalize"]))
         return {
-            "ce": h["ce_weight"] * F.cross_entropy(student_logits, target),
+            "ce": h["ce_weight"] * self.supervised_loss(student_logits, target),
             "cat": h["cat_weight"] * cat,
         }

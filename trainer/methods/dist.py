@@ -7,8 +7,6 @@ setting is beta = gamma = 1, T = 1), with CE weight 1.
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from trainer.losses import dist_loss
 from trainer.methods.base import Method
 
@@ -19,6 +17,6 @@ class DIST(Method):
     def losses(self, student_logits, teacher_logits, target, epoch, student_features=None, teacher_features=None):
         h = self.hparams
         return {
-            "ce": h["ce_weight"] * F.cross_entropy(student_logits, target),
+            "ce": h["ce_weight"] * self.supervised_loss(student_logits, target),
             "dist": dist_loss(student_logits, teacher_logits, h["beta"], h["gamma"], h["temperature"]),
         }

@@ -5,8 +5,6 @@ are the paper's CIFAR-100 setting: alpha = 1, beta = 8, T = 4, a 20-epoch warm-u
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from trainer.losses import dkd_loss
 from trainer.methods.base import Method
 
@@ -24,7 +22,7 @@ class DKD(Method):
     def losses(self, student_logits, teacher_logits, target, epoch, student_features=None, teacher_features=None):
         h = self.hparams
         return {
-            "ce": h["ce_weight"] * F.cross_entropy(student_logits, target),
+            "ce": h["ce_weight"] * self.supervised_loss(student_logits, target),
             "dkd": warmup_factor(epoch, h["warmup"])
             * dkd_loss(student_logits, teacher_logits, target, h["alpha"], h["beta"], h["temperature"]),
         }

@@ -6,8 +6,6 @@ within-group terms by the teacher's group probability (plain KD's decomposition)
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from trainer.groups import partition_groups
 from trainer.losses import ltkd_loss
 from trainer.methods.base import Method
@@ -23,7 +21,7 @@ class LTKD(Method):
 
     def losses(self, student_logits, teacher_logits, target, epoch, student_features=None, teacher_features=None):
         return {
-            "ce": self.hparams["ce_weight"] * F.cross_entropy(student_logits, target),
+            "ce": self.hparams["ce_weight"] * self.supervised_loss(student_logits, target),
             "ltkd": self.distill_loss(student_logits, teacher_logits),
         }
 

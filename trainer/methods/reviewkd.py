@@ -165,6 +165,6 @@ class ReviewKD(Method):
             out, deeper = self.fusions[level](s_maps[level], deeper, t_maps[level].shape[-2:])
             total = total + hcl_loss(out, t_maps[level])  # float32, autocast off inside
         return {
-            "ce": h["ce_weight"] * F.cross_entropy(student_logits, target),
+            "ce": h["ce_weight"] * self.supervised_loss(student_logits, target),
             "reviewkd": warmup_factor(epoch, h["warmup"]) * h["weight"] * total,
         }
