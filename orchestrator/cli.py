@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and what is already done; run nothing")
     p.add_argument("--storage", help="Ray Tune storage path (shared storage on a cluster; default: a temporary folder)")
+    p.add_argument("--ship", choices=("code", "deps", "none"),
+                   help="with --address, what the workers get through Ray's runtime environment: code (default: the trainer "
+                        "and orchestrator packages), deps (also the pinned dependencies, pip-installed once per node), none")
     p.add_argument("--outage-limit", type=float, default=30.0, metavar="MINUTES",
                    help="how long the tracking store may stay unreachable before the sweep stops (default 30; "
                         "meanwhile trials go on and their writes wait on disk)")
@@ -67,9 +70,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SIGTERM_SEEN: list[int] = []
+
+
+def _stop_on_sigterm_as_on_ctrl_c() -> None:
+    """SIGTERM (`kill`, SLURM's warning before the time limit, `docker stop`, a pod's deletion) stops a
+    sweep the way Ctrl-C does: Tune's SIGINT handler while trials run, else a KeyboardInterrupt."""
+    import signal
+    import threading
+
+    def on_sigterm(signum, frame):
+        _SIGTERM_SEEN.append(signum)
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:  # SIGINT ignored (a background job of a script) or left to the system
+            raise KeyboardInterrupt
+
+    _SIGTERM_SEEN.clear()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def cmd_sweep(args) -> int:
     from orchestrator.sweep import run_sweep
 
+    _stop_on_sigterm_as_on_ctrl_c()
+    if args.ship:
+        os.environ["LTKD_SHIP"] = args.ship  # read where Ray is joined (orchestrator.runtime_env)
     if not args.outage_limit > 0:
         raise UserError(f"--outage-limit {args.outage_limit:g}: must be > 0 minutes")
     return run_sweep(args.study, args.tracking_uri, args.address, args.dry_run, args.storage, outage_limit_s=args.outage_limit * 60)
@@ -221,9 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except KeyboardInterrupt:
-        print("ltkd: interrupted: runs in flight were marked KILLED; run the same command again to go on "
+        how = "interrupted (SIGTERM)" if _SIGTERM_SEEN else "interrupted"
+        print(f"ltkd: {how}: runs in flight were marked KILLED; run the same command again to go on "
               "(finished trials are skipped, trials with checkpoint_every resume from their last state)", file=sys.stderr)
-        return 130
+        return 143 if _SIGTERM_SEEN else 130
     finally:
         if argv is None and sys.argv[1:2] in (["status"], ["tables"]):  # run as the program: it ends next
             import gc

@@ -362,14 +362,23 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    import signal
+    import threading
+
+    from orchestrator.runtime_env import cluster_runtime_env
+
+    sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with an immediate exit; restored below
     if address:
         # Workers fetch teacher checkpoints from MLflow: hand them the driver's MLflow credentials.
         env_vars = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_TRACKING_") and k != "MLFLOW_TRACKING_URI"}
+        # ... and the project's code (workers may not have it), see orchestrator.runtime_env.
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
-                 runtime_env={"env_vars": env_vars} if env_vars else None)
+                 runtime_env=cluster_runtime_env(env_vars))
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    if callable(sigterm) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, sigterm)  # `ltkd sweep`'s: SIGTERM stops the sweep as Ctrl-C does
 
 
 def cluster_slots(cpu: float, gpu: float) -> int:
