@@ -58,6 +58,9 @@ CASES = [
     ("pairs: [{teacher: cnn_w16, student: cnn_w4}]", "pairs: []", ["pairs", "at least 1"]),
     ("n_groups: 3", "n_groups: 2.5", ["methods.ltkd.n_groups = 2.5", "whole number"]),
     ("alpha: 1.0", "alpha: yes", ["methods.ltkd.alpha = True", "must be a number"]),
+    # issue 17: the supervised term of a distillation method
+    ("alpha: 1.0", "alpha: 1.0, ce: focal", ["methods.ltkd.ce = 'focal'", "allowed: standard, balanced_softmax"]),
+    ("alpha: 1.0", "alpha: 1.0, ce: [standard, Balanced_Softmax]", ["methods.ltkd.ce = 'Balanced_Softmax'", "allowed: standard, balanced_softmax"]),
 ]
 
 

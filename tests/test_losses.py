@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.losses import kd_loss, ltkd_loss
+from trainer.losses import balanced_softmax_loss, kd_loss, log_class_prior, ltkd_loss
 
 RTOL = 1e-10
 ATOL = 1e-12
@@ -340,3 +340,20 @@ def test_ltkd_cost_does_not_grow_with_n_groups():
             t3 = min(t3, _best_time(step(g3, 3)))
             t100 = min(t100, _best_time(step(g100, 100)))
     assert t100 <= 5 * t3, f"n(G)=100 took {t100 / t3:.1f}x the time of n(G)=3"
+
+
+def test_balanced_softmax_loss_with_the_class_prior():
+    """The supervised term of `ce: balanced_softmax` (issue 17): CE(z + log pi, y), pi the training prior;
+    uniform counts give plain CE; a class without images counts as one."""
+    counts = [400, 100, 20, 0]
+    prior = log_class_prior(counts)
+    assert prior.dtype == torch.float32
+    np.testing.assert_allclose(prior.double().numpy(), np.log(np.array([400, 100, 20, 1]) / 521), rtol=1e-6)
+    rng = np.random.default_rng(3)
+    z, y = rng.normal(0, 3, (12, 4)), rng.integers(0, 4, 12)
+    adjusted = z + np.log(np.array([400, 100, 20, 1]) / 521)
+    ref = np.mean(np.log(np.exp(adjusted).sum(1)) - adjusted[np.arange(12), y])
+    got = balanced_softmax_loss(torch.tensor(z), torch.tensor(y), prior)
+    assert float(got) == pytest.approx(ref, rel=1e-6)
+    plain = torch.nn.functional.cross_entropy(torch.tensor(z), torch.tensor(y))
+    assert float(balanced_softmax_loss(torch.tensor(z), torch.tensor(y), log_class_prior([7] * 4))) == pytest.approx(float(plain), rel=1e-12)

@@ -26,7 +26,7 @@ from trainer.losses import (
     ltkd_continuous_loss,
     ltkd_loss,
 )
-from trainer.methods import METHODS, build_method
+from trainer.methods import METHODS, PARAM_CHOICES, build_method
 from trainer.methods.reviewkd import review_levels
 from trainer.models import build_model
 
@@ -448,6 +448,67 @@ def test_catkd_and_hcl_are_float32_under_bf16_autocast():
     assert terms["reviewkd"].dtype == torch.float32 and torch.isfinite(terms["reviewkd"])
 
 
+# ---------------------------------------------------------------- the `ce` option (issue 17)
+DISTILLERS = sorted(name for name, spec in METHODS.items() if spec.needs_teacher)
+LT_COUNTS = [500, 300, 180, 100, 60, 35, 20, 12, 7, 4]
+
+
+def _terms(name, params, counts, seed=21):
+    """One batch's loss terms of `name` on a small CNN pair (logits and features), epoch 5."""
+    torch.manual_seed(seed)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    student, teacher = _pair(seed)
+    method = build_method(name, params, counts)
+    torch.manual_seed(seed + 1)  # connectors built in setup() start the same whatever `ce` is
+    method.setup(student, teacher, x[:2])
+    s_feats, s_logits = student.forward_features(x)
+    with torch.no_grad():
+        t_feats, t_logits = teacher.forward_features(x)
+    terms = method.losses(s_logits, t_logits, y, 5, s_feats, t_feats)
+    return {k: v.detach() for k, v in terms.items()}, s_logits.detach(), y
+
+
+def test_every_distiller_takes_the_ce_option_and_checks_it():
+    for name, spec in METHODS.items():
+        assert ("ce" in spec.params) == spec.needs_teacher, name
+        if spec.needs_teacher:
+            assert spec.params["ce"] == "standard" and spec.params["ce_weight"] == 1.0, name
+    assert PARAM_CHOICES["ce"] == ("standard", "balanced_softmax")
+    with pytest.raises(ValueError, match="ltkd: ce = 'focal'; allowed: standard, balanced_softmax"):
+        build_method("ltkd", {"ce": "focal"}, LT_COUNTS)
+
+
+@pytest.mark.parametrize("name", DISTILLERS)
+def test_ce_option_changes_only_the_supervised_term(name):
+    std, logits, y = _terms(name, {}, LT_COUNTS)
+    bal, _, _ = _terms(name, {"ce": "balanced_softmax"}, LT_COUNTS)
+    assert std.keys() == bal.keys() and "ce" in std and len(std) == 2
+    for key in std.keys() - {"ce"}:
+        assert torch.equal(std[key], bal[key]), key  # the distillation term's value is unchanged
+    assert float(std["ce"]) == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-6)
+    # balanced_softmax: the balanced-softmax Student row's loss with the trial's class counts
+    student_row = build_method("balanced_softmax", {}, LT_COUNTS).losses(logits, None, y, 5)["ce"]
+    assert float(bal["ce"]) == pytest.approx(float(student_row), rel=1e-6)
+    adjusted = logits.double().numpy() + np.log(np.array(LT_COUNTS) / sum(LT_COUNTS))
+    ref = np.mean(-np.log(np_softmax(adjusted)[np.arange(len(y)), y.numpy()]))
+    assert float(bal["ce"]) == pytest.approx(ref, rel=1e-5) and abs(float(bal["ce"]) - float(std["ce"])) > 0.1
+
+
+@pytest.mark.parametrize("name", DISTILLERS)
+def test_ce_balanced_softmax_with_uniform_counts_is_standard(name):
+    std, _, _ = _terms(name, {}, [30] * 10)
+    bal, _, _ = _terms(name, {"ce": "balanced_softmax"}, [30] * 10)
+    for key in std:
+        assert float(bal[key]) == pytest.approx(float(std[key]), rel=1e-6), key
+
+
+def test_ce_weight_scales_the_balanced_supervised_term():
+    one, _, _ = _terms("kd", {"ce": "balanced_softmax"}, LT_COUNTS)
+    tenth, _, _ = _terms("kd", {"ce": "balanced_softmax", "ce_weight": 0.1}, LT_COUNTS)
+    assert float(tenth["ce"]) == pytest.approx(0.1 * float(one["ce"]), rel=1e-6)
+    assert torch.equal(tenth["kd"], one["kd"])
+
+
 # ---------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def teacher_checkpoint(tmp_path_factory):
@@ -468,6 +529,18 @@ def test_every_method_runs_end_to_end(name, teacher_checkpoint):
     assert len(reports) == 2 and all(math.isfinite(r.loss) for r in reports)
     assert all(math.isfinite(v) for r in reports for v in r.terms.values())
     assert math.isfinite(result.final.acc_all) and 0.0 <= result.final.acc_all <= 100.0
+
+
+def test_balanced_ce_distillation_runs_end_to_end(teacher_checkpoint):
+    config = TrialConfig(
+        role="distill", dataset="digits", gamma=10, model="cnn_w8", teacher="cnn_w32", method="ltkd", seed=0,
+        method_params={"ce": "balanced_softmax"}, recipe=Recipe(epochs=2), device="cpu",
+    )
+    reports = []
+    result = run_trial(config, report=reports.append, teacher_checkpoint=teacher_checkpoint)
+    assert len(reports) == 2 and set(reports[-1].terms) == {"ce", "ltkd"}
+    assert all(math.isfinite(v) for r in reports for v in r.terms.values())
+    assert 0.0 <= result.final.acc_all <= 100.0
 
 
 def test_each_method_class_takes_its_declaration_from_its_registry_line():
