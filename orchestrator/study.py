@@ -135,6 +135,33 @@ class ResourcesSpec(BaseModel):
     max_retries: int = Field(default=2, ge=0, le=100)
 
 
+BEST_OTHER = "best_other"
+
+
+class DeltaSpec(BaseModel):
+    """One Δ row of a main or ablation table (`TableSpec.delta`)."""
+
+    model_config = _STRICT
+    row: str | None = None  # the row Δ is computed for (method name or row label); default: the table's `reference`
+    # best_other: the best other method row of each column; a row (method name: all its rows) or a
+    # list of rows: the best of those in each column.
+    versus: str | list[str] = BEST_OTHER
+    label: str | None = None  # default "Δ"; "Δ vs KD + BalSoftmax" against named rows; "Δ LTKD" when rows differ
+
+    @field_validator("versus")
+    @classmethod
+    def _rows_or_best_other(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and (not v or BEST_OTHER in v):
+            raise ValueError("a row, a non-empty list of rows, or best_other (alone)")
+        return v
+
+
+class DeltaRow(typing.NamedTuple):
+    label: str  # the Δ row's label as shown
+    row: str  # the row label Δ is computed for
+    versus: list[str] | None  # the row labels compared against (the best of them); None: every other method row
+
+
 class TableSpec(BaseModel):
     """One table of the study, rebuilt from the tracked runs by `ltkd tables` (orchestrator/tables).
 
@@ -146,10 +173,14 @@ class TableSpec(BaseModel):
               "LTKD (n_groups=4)", or "Teacher" / "Student". Default: main every row; ablation every
               method row; ngroups every method with an n_groups hyperparameter.
     labels    display names: {method name or row label: shown label} (ngroups: {method: block name}).
-    delta     main / ablation: a Δ row = `reference` minus the best other method row in each column,
-              with a paired t-test over seeds (default: main on when the study has an ltkd row;
-              ablation off unless `reference` is set).
-    reference the row Δ is computed for (method name or row label; default ltkd).
+    delta     main / ablation: true gives a Δ row = `reference` minus the best other method row in
+              each column, with a paired t-test over seeds (default: main on when the study has an
+              LTKD row; ablation off unless `reference` is set). A mapping {row, versus, label} or a
+              list of them gives one Δ row each (`DeltaSpec`): `row` minus `versus`, which is
+              best_other (the default), a row, or a list of rows (the best of them in each column).
+    reference the row Δ is computed for (method name or row label; default ltkd). A method name
+              with several rows stands for its plain row (labelled by its name alone, e.g. "LTKD"
+              beside "LTKD + BalSoftmax") when the table shows one.
     metric    ngroups only: which final metric the cells hold (default acc_tail: the paper's n(G)
               table is on the tail group's scale).
     """
@@ -160,7 +191,7 @@ class TableSpec(BaseModel):
     title: str | None = None
     rows: list[str] | None = Field(default=None, min_length=1)
     labels: dict[str, str] = {}
-    delta: bool | None = None
+    delta: bool | list[DeltaSpec] | None = None
     reference: str | None = None
     metric: Literal["acc_tail", "acc_all", "acc_head", "acc_medium"] | None = None
 
@@ -170,6 +201,23 @@ class TableSpec(BaseModel):
         if v is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
             raise ValueError("allowed: letters, digits, '_', '.', '-' (it names the output files)")
         return v
+
+    @field_validator("delta", mode="before")
+    @classmethod
+    def _delta_entries(cls, v: Any) -> Any:
+        """One Δ row may be written as a mapping; a list gives one Δ row per entry."""
+        if v is None or isinstance(v, bool):
+            return v
+        entries = v if isinstance(v, list) else [v]
+        if not entries:
+            raise ValueError("give true, false, or at least one {row, versus} entry")
+        out = []
+        for i, entry in enumerate(entries):
+            try:
+                out.append(DeltaSpec.model_validate(entry))
+            except ValidationError as exc:
+                raise ValueError(_format_validation_error(exc, f"entry {i}")) from None
+        return out
 
     @model_validator(mode="after")
     def _kind_fields(self) -> "TableSpec":
@@ -226,30 +274,81 @@ class TableSpec(BaseModel):
             clash = sorted({x for x in shown if shown.count(x) > 1})
             if clash:
                 raise ValueError(f"labels: two rows would show as {clash[0]!r}")
-        self.delta_reference(rows)
+            deltas = [d.label for d in self.deltas(rows)]
+            for label in deltas:
+                if label in shown or deltas.count(label) > 1:
+                    raise ValueError(f"delta: two rows would show as {label!r}; give the Δ row a label")
 
-    def delta_reference(self, rows: list[tuple[str, str | None]]) -> str | None:
-        """The row label Δ is computed for, or None for no Δ row. A main table asks for none of
-        delta / reference gets Δ when the study has an `ltkd` row (and another method row)."""
-        if self.kind == "ngroups" or self.delta is False or (self.kind == "ablation" and not self.delta and self.reference is None):
-            return None
-        if self.kind == "main" and self.delta is None and self.reference is None:
+    def shown_label(self, label: str, method: str | None) -> str:
+        """How a row shows in this table (`labels` applied)."""
+        return self.labels.get(label) or (self.labels.get(method) if method else None) or label
+
+    def deltas(self, rows: list[tuple[str, str | None]]) -> list[DeltaRow]:
+        """The table's Δ rows, resolved against its rows (ValueError naming the problem). A main table
+        that asks for none of delta / reference gets one when it has an LTKD row (and another method row)."""
+        if self.kind == "ngroups" or self.delta is False:
+            return []
+        if isinstance(self.delta, list):
+            return self._resolve_deltas(self.delta, rows)
+        if self.delta or self.reference is not None:
+            return self._resolve_deltas([DeltaSpec()], rows)
+        if self.kind == "main":
             try:
-                return self.reference_row(rows)
+                return self._resolve_deltas([DeltaSpec()], rows)
             except ValueError:
-                return None
-        return self.reference_row(rows)
+                return []
+        return []
 
-    def reference_row(self, rows: list[tuple[str, str | None]]) -> str:
-        ref = self.reference or "ltkd"
-        match = [lb for lb, m in rows if m is not None and ref in (lb, m)]
+    def _resolve_deltas(self, entries: list[DeltaSpec], rows: list[tuple[str, str | None]]) -> list[DeltaRow]:
+        method_of = dict(rows)
+        refs = [self.reference_row(rows, d.row) for d in entries]
+        out = []
+        for d, ref in zip(entries, refs):
+            if d.versus == BEST_OTHER:
+                if len([lb for lb, m in rows if m is not None]) < 2:
+                    raise ValueError(f"delta needs a method row besides the reference {ref!r} to compare against")
+                versus = None
+            else:
+                versus = []
+                for name in [d.versus] if isinstance(d.versus, str) else d.versus:
+                    match = [lb for lb in _rows_named(name, rows) if lb != ref]
+                    if not match:
+                        allowed = ", ".join(lb for lb, _ in rows if lb != ref)
+                        raise ValueError(f"delta: versus {name!r} matches no row of this table besides {ref!r} "
+                                         f"(the row Δ is computed for); allowed: best_other, {allowed}")
+                    versus += [lb for lb in match if lb not in versus]
+            label = d.label
+            if label is None:
+                label = "Δ"
+                if len(set(refs)) > 1:
+                    label += " " + self.shown_label(ref, method_of[ref])
+                if versus is not None:
+                    label += " vs " + versus_text([self.shown_label(v, method_of[v]) for v in versus])
+            out.append(DeltaRow(label, ref, versus))
+        return out
+
+    def reference_row(self, rows: list[tuple[str, str | None]], name: str | None = None) -> str:
+        """The one method row that `name` (else `reference`, else ltkd) names: a row label, or a method
+        name with one row, or with several its plain row (labelled by the method's name alone)."""
+        ref = name or self.reference or "ltkd"
+        match = _rows_named(ref, [(lb, m) for lb, m in rows if m is not None])
+        if len(match) > 1 and ref in METHODS:
+            match = [lb for lb in match if lb == METHODS[ref].display] or match
         if len(match) != 1:
             shown = ", ".join(lb for lb, m in rows if m is not None)
             problem = "matches no method row" if not match else f"matches {len(match)} rows; name one row label"
             raise ValueError(f"reference {ref!r} (the row Δ is computed for) {problem}; method rows: {shown}")
-        if len([lb for lb, m in rows if m is not None]) < 2:
-            raise ValueError(f"delta needs a method row besides the reference {ref!r} to compare against")
         return match[0]
+
+
+def _rows_named(name: str, rows: list[tuple[str, str | None]]) -> list[str]:
+    """The row labels `name` names: the row with that label, else every row of the method of that name."""
+    return [lb for lb, _ in rows if lb == name] or [lb for lb, m in rows if m == name]
+
+
+def versus_text(shown: list[str]) -> str:
+    """What a Δ row is compared against, in words: one row's label, or "best of A, B"."""
+    return shown[0] if len(shown) == 1 else "best of " + ", ".join(shown)
 
 
 def _check_tables(tables: list[TableSpec], info: ValidationInfo) -> list[TableSpec]:

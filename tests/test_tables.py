@@ -492,6 +492,104 @@ def test_tables_without_runs_exit_2_with_one_line(store, tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
+BALSOFT = """
+name: golden_balsoftmax
+dataset: {name: digits, gammas: [10]}
+pairs: [{teacher: cnn_w16, student: cnn_w4}]
+methods:
+  balanced_softmax: {}
+  kd: {ce: [standard, balanced_softmax]}
+  ltkd: {ce: [standard, balanced_softmax]}
+seeds: [0, 1, 2]
+tables:
+  - {kind: main, name: main}
+  - kind: main
+    name: balsoftmax
+    rows: [Student, balanced_softmax, KD + BalSoftmax, LTKD, LTKD + BalSoftmax]
+    delta:
+      - {row: LTKD + BalSoftmax}
+      - {row: LTKD + BalSoftmax, versus: balanced_softmax}
+      - {row: LTKD + BalSoftmax, versus: KD + BalSoftmax}
+"""
+BALSOFT_VALUES = {  # row -> [(acc_tail, acc_all) of seed 0, 1, 2]
+    "Teacher": [(60, 80), (61, 81), (62, 82)],
+    "Student": [(20, 60), (22, 61), (21, 62)],
+    "Balanced Softmax": [(40, 68), (42, 68.5), (41, 69)],
+    "KD": [(25, 63), (27, 64), (26, 62)],
+    "KD + BalSoftmax": [(43, 67), (44, 68), (45, 66)],
+    "LTKD": [(38, 65), (39, 66), (40, 64)],
+    "LTKD + BalSoftmax": [(46, 68), (45, 69.5), (47, 67)],
+}
+# Checked by hand: Δ = LTKD + BalSoftmax − the best other method row (Tail: KD + BalSoftmax 44.00;
+# All: Balanced Softmax 68.50); † against Balanced Softmax on Tail (diffs 6, 3, 6: p = 0.038) and
+# against KD + BalSoftmax on All (diffs 1, 1.5, 1: p = 0.020), not on Tail (diffs 3, 1, 2: p = 0.074).
+BALSOFT_MD = '''\
+|                       |  cnn_w16→cnn_w4 γ=10 Tail  |  cnn_w16→cnn_w4 γ=10 All  |
+|:---------------------:|:--------------------------:|:-------------------------:|
+|        Student        |        21.00 ± 1.00        |       61.00 ± 1.00        |
+|   Balanced Softmax    |        41.00 ± 1.00        |     **68.50 ± 0.50**      |
+|    KD + BalSoftmax    |    <u>44.00 ± 1.00</u>     |       67.00 ± 1.00        |
+|         LTKD          |        39.00 ± 1.00        |       65.00 ± 1.00        |
+|   LTKD + BalSoftmax   |      **46.00 ± 1.00**      |    <u>68.17 ± 1.26</u>    |
+|           Δ           |           +2.00            |           -0.33           |
+| Δ vs Balanced Softmax |           +5.00†           |           -0.33           |
+| Δ vs KD + BalSoftmax  |           +2.00            |          +1.17†           |
+'''
+
+
+def test_ce_grid_gives_readable_rows_and_is_part_of_the_identity():
+    trials = expand(parse_study(yaml.safe_load(BALSOFT)))
+    assert list(dict.fromkeys(t.row for t in trials)) == list(BALSOFT_VALUES)
+    by = {(t.row, t.config.seed): t for t in trials}
+    kd, kd_bal = by[("KD", 0)], by[("KD + BalSoftmax", 0)]
+    assert (kd.config.method, kd_bal.config.method) == ("kd", "kd")
+    assert (kd.config.method_params["ce"], kd_bal.config.method_params["ce"]) == ("standard", "balanced_softmax")
+    assert kd.config_hash != kd_bal.config_hash and kd.teacher_hash == kd_bal.teacher_hash
+    assert kd_bal.run_name == "kd + BalSoftmax cnn_w16>cnn_w4 g10 s0"
+    # `ce: standard`, given or left out, keeps the identity trials had before the option existed (pinned
+    # from the code before it), so rerunning an older study finds its runs; any other value is new.
+    plain = "name: ident\ndataset: {name: digits, gammas: [10]}\npairs: [{teacher: cnn_w16, student: cnn_w4}]\nseeds: [0]\n"
+    before = {"KD": "2b4b41542074e4bb", "LTKD": "e44dea446d24785c", "DKD": "c98ee64da3fce1f1", "BKD": "46362dfea8e2bb5b"}
+    for ce in (None, "standard", "balanced_softmax"):
+        params = {} if ce is None else {"ce": ce}
+        study = yaml.safe_load(plain) | {"methods": {m: dict(params) for m in ("kd", "ltkd", "dkd", "bkd")}}
+        hashes = {t.row.removesuffix(" + BalSoftmax"): t.config_hash for t in expand(parse_study(study)) if t.role == "distill"}
+        assert (hashes == before) == (ce != "balanced_softmax") and not set(hashes.values()) & (set(before.values()) if ce == "balanced_softmax" else set())
+
+
+def test_delta_against_a_named_reference(store):
+    uri, folder = store
+
+    def values(t):
+        v = BALSOFT_VALUES[t.row][t.config.seed]
+        return {"acc_tail": v[0], "acc_all": v[1]}
+
+    path, _ = fill(uri, folder, BALSOFT, values)
+    main_table, table = tables_of(uri, path)
+    assert render(table, "md") + "\n" == BALSOFT_MD
+    assert table.title.endswith("; Δ = LTKD + BalSoftmax − best other row; Δ vs Balanced Softmax = LTKD + BalSoftmax − "
+                                "Balanced Softmax; Δ vs KD + BalSoftmax = LTKD + BalSoftmax − KD + BalSoftmax, "
+                                "† p < 0.05 (paired t-test over seeds)")
+    ref = BALSOFT_VALUES["LTKD + BalSoftmax"]
+    for label, group, idx, versus in (("Δ", "Tail", 0, "KD + BalSoftmax"), ("Δ", "All", 1, "Balanced Softmax"),
+                                      ("Δ vs Balanced Softmax", "Tail", 0, "Balanced Softmax"),
+                                      ("Δ vs Balanced Softmax", "All", 1, "Balanced Softmax"),
+                                      ("Δ vs KD + BalSoftmax", "Tail", 0, "KD + BalSoftmax"),
+                                      ("Δ vs KD + BalSoftmax", "All", 1, "KD + BalSoftmax")):
+        cell = table.cell(label, ("cnn_w16→cnn_w4", "γ=10", group))
+        a, b = [v[idx] for v in ref], [v[idx] for v in BALSOFT_VALUES[versus]]
+        assert cell.versus == versus and cell.n == 3 and cell.is_delta
+        assert cell.delta == pytest.approx(statistics.mean(a) - statistics.mean(b), abs=1e-12)
+        assert cell.p_value == pytest.approx(ttest_rel(a, b).pvalue, rel=1e-12)
+    frame = table.frame()
+    assert list(frame[frame["versus"] != ""]["row"].unique()) == ["Δ", "Δ vs Balanced Softmax", "Δ vs KD + BalSoftmax"]
+    assert table.missing() == []
+    # The default main table: every row, and Δ for the plain LTKD row ("ltkd" names it beside LTKD + BalSoftmax).
+    assert main_table.rows == ["Teacher", *list(BALSOFT_VALUES)[1:], "Δ"]
+    assert "Δ = LTKD − best other row" in main_table.title
+    assert main_table.cell("Δ", ("cnn_w16→cnn_w4", "γ=10", "Tail")).versus == "LTKD + BalSoftmax"
+
+
 @pytest.mark.parametrize("tables, message", [
     ([{"kind": "ablation", "rows": ["bkd"]}], "tables.0 (ablation): rows: 'bkd' is not one of this study's methods and rows"),
     ([{"kind": "main", "metric": "acc_all"}], "tables.0: metric is for ngroups tables"),
@@ -501,6 +599,13 @@ def test_tables_without_runs_exit_2_with_one_line(store, tmp_path, capsys):
     ([{"name": "t"}, {"name": "t"}], "tables.1.name = 't': two tables with one name"),
     ([{"kind": "main", "colour": "red"}], "tables.0.colour: unknown key"),
     ([{"kind": "ngroups", "delta": True}], "delta and reference are for main and ablation tables"),
+    ([{"kind": "main", "delta": {"row": "LTKD", "versus": "bkd"}}],
+     "tables.0 (main): delta: versus 'bkd' matches no row of this table besides 'LTKD' (the row Δ is computed for); "
+     "allowed: best_other, Teacher, Student, KD, DKD"),
+    ([{"kind": "main", "delta": [{"row": "ltkd"}, {"row": "ltkd", "versus": "kd", "label": "Δ"}]}],
+     "tables.0 (main): delta: two rows would show as 'Δ'; give the Δ row a label"),
+    ([{"kind": "main", "delta": {"row": "ltkd", "versis": "kd"}}], "tables.0.delta: entry 0: versis: unknown key"),
+    ([{"kind": "main", "delta": {"row": "kdd"}}], "reference 'kdd' (the row Δ is computed for) matches no method row"),
 ])
 def test_bad_table_specs_are_refused_in_one_line(tables, message, tmp_path, capsys):
     data = yaml.safe_load(MAIN)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
-from orchestrator.study import StudySpec, TableSpec, Trial, full_params, method_rows
+from orchestrator.study import StudySpec, TableSpec, Trial, full_params, method_rows, row_label, versus_text
 from orchestrator.tables.core import (
-    DELTA_ROW, GROUP_COLUMNS, METRIC_NAMES, Cell, Table, delta_cell, gamma_label, mark_best, pair_label,
+    GROUP_COLUMNS, METRIC_NAMES, Cell, Table, delta_cell, gamma_label, mark_best, pair_label,
 )
 from orchestrator.tracking import RunRecord
 from trainer.methods import METHODS
@@ -56,10 +56,6 @@ def _cell(row: str, col: tuple[str, ...], trials: list[Trial], finished: Mapping
     return Cell(row, col, values, len(trials), run_ids, {**info, "metric": key}, rankable=rankable)
 
 
-def _shown_label(spec: TableSpec, label: str, method: str | None) -> str:
-    return spec.labels.get(label) or (spec.labels.get(method) if method else None) or label
-
-
 def _seeds_text(study: StudySpec) -> str:
     k = len(study.seeds)
     return f"mean ± std over {k} seeds" if k > 1 else "one seed"
@@ -78,7 +74,7 @@ def build_tables(study: StudySpec, trials: list[Trial], finished: Mapping[str, R
 
 def _group_table(study: StudySpec, spec: TableSpec, planned, finished: Mapping[str, RunRecord]) -> Table:
     rows = spec.shown_rows(study.methods, study.student_baseline)
-    shown = {label: _shown_label(spec, label, method) for label, method in rows}
+    shown = {label: spec.shown_label(label, method) for label, method in rows}
     several_gammas = spec.kind == "main" or len(study.dataset.gammas) > 1
     cols, where = [], {}
     for pair in study_pairs(study):
@@ -102,21 +98,24 @@ def _group_table(study: StudySpec, spec: TableSpec, planned, finished: Mapping[s
     first_method = next((r for r in table_rows if r in method_rows_shown), None)
     if first_method and first_method != table_rows[0]:
         rules.append(first_method)
-    reference = spec.delta_reference(rows)
-    if reference is not None:
-        reference = shown[reference]
+    deltas = spec.deltas(rows)
+    explained = []
+    for d in deltas:
+        reference = shown[d.row]
+        versus = [shown[v] for v in d.versus] if d.versus is not None else [r for r in method_rows_shown if r != reference]
         for col in cols:
             ref = cells[(reference, col)]
-            others = [cells[(r, col)] for r in method_rows_shown if r != reference]
-            cells[(DELTA_ROW, col)] = delta_cell(ref, others, col, dict(ref.info))
-        table_rows.append(DELTA_ROW)
-        rules.append(DELTA_ROW)
+            cells[(d.label, col)] = delta_cell(ref, [cells[(v, col)] for v in versus], col, dict(ref.info), d.label)
+        table_rows.append(d.label)
+        explained.append(f"{d.label} = {reference} − " + ("best other row" if d.versus is None else versus_text(versus)))
+    if deltas:
+        rules.append(deltas[0].label)
     gammas = ", ".join(f"{g:g}" for g in study.dataset.gammas)
     what = "top-1 accuracy (%)" + (f" at γ = {gammas}" if not several_gammas else "")
     title = spec.title or (
         f"{study.name}: {spec.name} — {what} on {study.dataset.name} (long-tailed), {_seeds_text(study)}; "
         "Tail = tail group, All = all classes"
-        + (f"; Δ = {reference} − best other row, † p < 0.05 (paired t-test over seeds)" if reference else "")
+        + (f"; {'; '.join(explained)}, † p < 0.05 (paired t-test over seeds)" if explained else "")
     )
     return Table(spec, study.name, title, table_rows, cols, cells, rules)
 
@@ -131,9 +130,7 @@ def _ngroups_table(study: StudySpec, spec: TableSpec, planned, finished: Mapping
             continue
         params = study.methods[method]
         varied = [k for k, v in params.items() if isinstance(v, list) and len(v) > 1 and k != "n_groups"]
-        block = spec.labels.get(method) or (METHODS[method].display or method)
-        if varied:
-            block += " (" + ", ".join(f"{k}={point[k]:g}" if isinstance(point[k], float) else f"{k}={point[k]}" for k in varied) + ")"
+        block = row_label(spec.labels.get(method) or (METHODS[method].display or method), point, varied)
         n_groups = int(full_params(study, method, point, None, None)["n_groups"])
         blocks.setdefault(block, []).append((n_groups, label))
     several_gammas = len(study.dataset.gammas) > 1

@@ -10,7 +10,8 @@ compared as shown (two decimals), so values that print the same are tied and all
 Teacher, Student and Δ rows are never marked.
 
 Δ (main, ablation): the reference row (LTKD) minus the best other method row of the column (the
-highest mean; on a tie the row with more seeds, then the first), as the difference of the two cells'
+highest mean; on a tie the row with more seeds, then the first), or minus the best of the rows the
+table names (`delta: {row, versus}`, one Δ row per entry), as the difference of the two cells'
 means; the paired t-test (as scipy.stats.ttest_rel) compares the two rows' runs matched by seed (two
 or more needed), and † marks p < 0.05. The Δ cell's n counts the matched seeds.
 """
@@ -70,6 +71,7 @@ class Cell:
     delta: float | None = None  # Δ cells: reference mean minus the best other row's mean
     p_value: float = math.nan
     versus: str = ""  # Δ cells: the row compared against
+    is_delta: bool = False
 
     @property
     def n(self) -> int:
@@ -88,10 +90,6 @@ class Cell:
     @property
     def std(self) -> float:
         return _std([self.values[s] for s in self.seeds])
-
-    @property
-    def is_delta(self) -> bool:
-        return self.row == DELTA_ROW
 
     def text(self) -> str:
         """The cell as shown (marks are added per format by the renderers)."""
@@ -156,11 +154,9 @@ class Table:
         """One line per planned cell that has fewer seeds than planned (Tail and All counted once)."""
         lines: dict[str, None] = {}
         for r in self.rows:
-            if r == DELTA_ROW:
-                continue
             for c in self.cols:
                 cell = self.cells[(r, c)]
-                if cell.n < cell.expected:
+                if not cell.is_delta and cell.n < cell.expected:
                     info = cell.info
                     where = [info["row"], info["pair"], gamma_label(info["gamma"])]
                     if info.get("n_groups") is not None:
@@ -198,15 +194,15 @@ def paired_t_pvalue(diffs: list[float]) -> float:
     return float(2 * stdtr(n - 1, -abs(t)))
 
 
-def delta_cell(ref: Cell, others: list[Cell], col: tuple[str, ...], info: dict) -> Cell:
-    """Δ = ref − the best of `others` with a paired t-test over the matched seeds."""
+def delta_cell(ref: Cell, others: list[Cell], col: tuple[str, ...], info: dict, label: str = DELTA_ROW) -> Cell:
+    """Δ = ref − the best of `others` with a paired t-test over the matched seeds (row `label`)."""
     present = [c for c in others if c.n > 0]
     if ref.n == 0 or not present:
-        return Cell(DELTA_ROW, col, {}, ref.expected, [], info)
+        return Cell(label, col, {}, ref.expected, [], {**info, "row": label}, is_delta=True)
     # the highest mean; on a tie the row with more seeds (a better-supported comparison), then the first
     best = max(present, key=lambda c: (c.mean, c.n))
     seeds = [s for s in ref.seeds if s in best.values]
     diffs = {s: ref.values[s] - best.values[s] for s in seeds}
     p = paired_t_pvalue(list(diffs.values())) if len(seeds) >= 2 else math.nan
-    return Cell(DELTA_ROW, col, diffs, ref.expected, ref.run_ids + best.run_ids,
-                {**info, "row": DELTA_ROW}, delta=ref.mean - best.mean, p_value=p, versus=best.row)
+    return Cell(label, col, diffs, ref.expected, ref.run_ids + best.run_ids,
+                {**info, "row": label}, delta=ref.mean - best.mean, p_value=p, versus=best.row, is_delta=True)

@@ -101,8 +101,9 @@ def per_class_plot(table: Table, study: StudySpec, trials: list[Trial], finished
 
     planned = planned_by_cell(study, trials)
     labels = {m: lb for lb, m, _ in reversed(method_rows(study))}  # each method's first row
+    deltas = table.spec.deltas(table.spec.shown_rows(study.methods, study.student_baseline))
     ref_method = table.spec.reference or "ltkd"
-    ref_label = next((lb for lb, m, _ in method_rows(study) if ref_method in (lb, m)), None)
+    ref_label = deltas[0].row if deltas else next((lb for lb, m, _ in method_rows(study) if ref_method in (lb, m)), None)
     series = [("Teacher", "Teacher"), ("KD student", labels.get("kd")), (f"{ref_label or 'LTKD'} student", ref_label)]
     series = [(name, row) for name, row in series if row]
     panels = [(pair, g) for pair in study_pairs(study) for g in study.dataset.gammas]
