@@ -38,7 +38,7 @@ dataset:
   options: {{check_md5: false}}
 pairs: [{{teacher: resnet32x4, student: resnet8x4}}]
 methods:
-  kd: {{}}
+  kd: {{ce: [standard, balanced_softmax]}}
   dkd: {{}}
   dist: {{}}
   reviewkd: {{}}
@@ -60,7 +60,7 @@ def test_paper_pair_with_every_baseline_on_fake_cifar100(ray_local, tmp_path, ca
     code = main(["sweep", str(study), "--tracking-uri", uri])
     assert code == 0, capsys.readouterr().out
     out = capsys.readouterr().out
-    assert "10 trials: 1 teacher (0 done), 2 student (0 done), 7 distillation (0 done)" in out
+    assert "11 trials: 1 teacher (0 done), 2 student (0 done), 8 distillation (0 done)" in out
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("paper_pair_fake_cifar")
@@ -73,6 +73,10 @@ def test_paper_pair_with_every_baseline_on_fake_cifar100(ray_local, tmp_path, ca
     dkd = runs["dkd resnet32x4>resnet8x4 g4 s0"].data.params
     assert (dkd["beta"], dkd["warmup"]) == ("8.0", "20")
     assert runs["balanced_softmax resnet8x4 g4 s0"].data.params["role"] == "student"
+    # The balanced supervised term (issue 17): the preset's KD weights, its own row, recorded as a param.
+    kd_bal = runs["kd + BalSoftmax resnet32x4>resnet8x4 g4 s0"].data
+    assert (kd_bal.params["ce"], kd_bal.params["ce_weight"], kd["ce"]) == ("balanced_softmax", "0.1", "standard")
+    assert kd_bal.tags["row"] == "KD + BalSoftmax" and "loss_ce" in kd_bal.metrics
     # The long-tailed profile of the fake copy: class i keeps int(4 * (1/4) ** (i / 99)) images.
     counts = [int(4 * (1 / 4) ** (i / 99)) for i in range(100)]
     local = client.download_artifacts(runs["ltkd resnet32x4>resnet8x4 g4 s0"].info.run_id, "per_class_accuracy.json", str(tmp_path))
@@ -84,5 +88,5 @@ def test_paper_pair_with_every_baseline_on_fake_cifar100(ray_local, tmp_path, ca
 
     cells = pd.concat(pd.read_csv(f) for f in out_dir.glob("*.csv"))
     cells = cells[cells["row"] != "Δ"]
-    assert set(cells["row"]) == {"Teacher", "Student", "Balanced Softmax", "KD", "DKD", "DIST", "ReviewKD", "CAT-KD", "BKD", "LTKD"}
+    assert set(cells["row"]) == {"Teacher", "Student", "Balanced Softmax", "KD", "KD + BalSoftmax", "DKD", "DIST", "ReviewKD", "CAT-KD", "BKD", "LTKD"}
     assert (cells["n"] == 1).all() and cells["mean"].between(0, 100).all()

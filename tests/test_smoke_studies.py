@@ -29,9 +29,11 @@ def test_smoke_twin_sweeps_and_regenerates_its_tables(ray_local, tmp_path, capsy
         for ext in ("md", "tex", "csv", "html"):
             assert (out_dir / f"{stem}.{ext}").stat().st_size > 100, (stem, ext)
         cells = pd.read_csv(out_dir / f"{stem}.csv")
-        measured = cells[cells["row"] != "Δ"]
+        measured = cells[~cells["row"].str.startswith("Δ")]  # Δ, "Δ vs KD + BalSoftmax", ...
         assert len(measured) and (measured["n"] == measured["expected"]).all()
         assert measured["mean"].between(0, 100).all()
+        deltas = cells[cells["row"].str.startswith("Δ")]
+        assert (deltas["versus"].notna() & (deltas["n"] == deltas["expected"])).all()  # every Δ cell computed
     pngs = list(out_dir.glob("*.png"))
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     for table in study.tables:  # main tables plot per-class accuracy, n(G) tables the n(G) curve
