@@ -1,6 +1,7 @@
 """Build a study's tables from its planned trials and their FINISHED runs (config_hash -> run).
 
-- main: rows Teacher, Student, every method row, then Δ; columns pair × γ × {Tail, All}.
+- main: rows Teacher, Student, every method row, then the Δ rows (`TableSpec.deltas`: the reference
+  minus the best other row, or minus named rows); columns pair × γ × {Tail, All}.
 - ablation: the chosen method rows (Teacher / Student only when named); columns pair × {Tail, All},
   with γ as a column level only when the study has several.
 - ngroups: rows = pairs; columns = the n(G) values of each LTKD-family method's grid, one block per
