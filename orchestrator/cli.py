@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
 from orchestrator.errors import RunFailure, UserError
+from orchestrator.paths import disk_full_error, os_reason, writable_folder
 
 FORMATS = ("md", "latex", "csv", "html")
 EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv", "html": "html"}
@@ -40,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outage-limit", type=float, default=30.0, metavar="MINUTES",
                    help="how long the tracking store may stay unreachable before the sweep stops (default 30; "
                         "meanwhile trials go on and their writes wait on disk)")
+    p.add_argument("--retrain-teacher", action="append", default=[], metavar="HASH",
+                   help="train this teacher again (its config hash, as `--dry-run` and a corrupt-checkpoint error show it): "
+                        "its FINISHED run goes to the experiment's trash; repeatable")
+    p.add_argument("--wait-for-resources", type=float, default=0.0, metavar="MINUTES",
+                   help="when no alive node can hold one trial (an autoscaling cluster still scaling up), wait this long "
+                        "for one before refusing (default 0: refuse at once)")
 
     p = sub.add_parser("tables", help="regenerate the study's tables from what is tracked")
     p.add_argument("study")
@@ -100,11 +108,15 @@ def cmd_sweep(args) -> int:
         os.environ["LTKD_SHIP"] = args.ship  # read where Ray is joined (orchestrator.runtime_env)
     if not args.outage_limit > 0:
         raise UserError(f"--outage-limit {args.outage_limit:g}: must be > 0 minutes")
-    return run_sweep(args.study, args.tracking_uri, args.address, args.dry_run, args.storage, outage_limit_s=args.outage_limit * 60)
+    if not args.wait_for_resources >= 0:
+        raise UserError(f"--wait-for-resources {args.wait_for_resources:g}: must be >= 0 minutes")
+    return run_sweep(args.study, args.tracking_uri, args.address, args.dry_run, args.storage, outage_limit_s=args.outage_limit * 60,
+                     resource_wait_s=args.wait_for_resources * 60, retrain_teachers=args.retrain_teacher)
 
 
 def cmd_tables(args) -> int:
     from orchestrator.study import expand, load_study
+    from orchestrator.paths import file_inside, writable_folder, write_text
     from orchestrator.tables import FORMATS as TABLE_FORMATS, build_tables, render
     from orchestrator.tables.plots import write_plots
     from orchestrator.tables.render import EXTENSIONS as TABLE_EXTENSIONS, render_csv
@@ -112,6 +124,8 @@ def cmd_tables(args) -> int:
 
     study = load_study(args.study)
     trials = expand(study)
+    if args.out:
+        writable_folder(args.out, "--out")  # before the store is read: a bad folder is found in a second
     uri = resolve_tracking_uri(args.tracking_uri)
     check_reachable(uri)
     no_runs = UserError(f"{args.study}: no runs of study {study.name!r} to tabulate in {uri} (no FINISHED run of its trials); "
@@ -150,14 +164,13 @@ def cmd_tables(args) -> int:
                 print(f"  {g}", file=sys.stderr)
     if not args.out:
         return 0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(args.out, "--out")
     files: list[Path] = []
     for table in tables:
         for fmt in TABLE_FORMATS:
-            path = out / f"{study.name}_{table.name}.{TABLE_EXTENSIONS[fmt]}"
+            path = file_inside(out, f"{study.name}_{table.name}.{TABLE_EXTENSIONS[fmt]}")
             text = render(table, fmt)
-            path.write_text(f"{table.title}\n\n{text}\n" if fmt == "md" else text)
+            write_text(path, f"{table.title}\n\n{text}\n" if fmt == "md" else text)
             files.append(path)
     plots, notes = write_plots(tables, study, trials, finished, tracker.read_json_artifact, out)
     files += plots
@@ -200,8 +213,7 @@ def cmd_train(args) -> int:
                          method=args.method, method_params=params, recipe=Recipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
                          data_root=args.root, device=args.device)
     _check_train_config(config)
-    if args.teacher_checkpoint and not os.path.exists(args.teacher_checkpoint):
-        raise UserError(f"--teacher-checkpoint {args.teacher_checkpoint}: no such file or folder (save one with `ltkd train --save DIR`)")
+    _check_train_paths(args, config)
 
     def report(ep) -> None:
         accuracy = f"  all {ep.eval.acc_all:5.1f}  tail {ep.eval.acc_tail:5.1f}" if ep.eval else ""
@@ -223,12 +235,78 @@ def _check_train_config(config) -> None:
         raise UserError(f"--model {config.model}: unknown; allowed: {', '.join(sorted(MODELS))}")
     if config.method not in METHODS:
         raise UserError(f"--method {config.method}: unknown; allowed: {', '.join(sorted(METHODS))}")
-    if not config.gamma >= 1:
-        raise UserError(f"--gamma {config.gamma:g}: the imbalance factor must be >= 1")
+    if not (config.gamma >= 1 and math.isfinite(config.gamma)):
+        raise UserError(f"--gamma {config.gamma:g}: the imbalance factor must be a finite number >= 1")
+    recipe = config.recipe
+    for option, value in (("--epochs", recipe.epochs), ("--batch-size", recipe.batch_size)):
+        if value < 1:
+            raise UserError(f"{option} {value}: must be >= 1")
+    if not (recipe.lr > 0 and math.isfinite(recipe.lr)):
+        raise UserError(f"--lr {recipe.lr:g}: the learning rate must be a finite number > 0")
+    if not 0 <= config.seed < 2**32:
+        raise UserError(f"--seed {config.seed}: must be between 0 and 2**32 - 1")
+    _check_device(config.device)
+    from orchestrator.study import _check_param
+    from trainer.datasets import num_classes_of
+
     allowed = METHODS[config.method].params
-    for key in config.method_params:
+    for key, value in config.method_params.items():
         if key not in allowed:
             raise UserError(f"--param {key}: unknown hyperparameter of {config.method}; allowed: {', '.join(allowed) or 'none'}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--param {key}={value}: NaN or infinite numbers are not allowed")
+        _check_param(f"--param {key}", key, value, allowed[key], num_classes_of(config.dataset))
+
+
+def _check_device(name: str) -> None:
+    import torch
+
+    if name in ("auto", "cpu"):
+        return
+    kind, _, index = name.partition(":")
+    if kind not in ("cuda", "mps") or (index and not index.isdigit()):
+        raise UserError(f"--device {name}: allowed: auto, cpu, cuda, cuda:N, mps")
+    if kind == "cuda" and (not torch.cuda.is_available() or int(index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {name}: PyTorch sees {torch.cuda.device_count() if torch.cuda.is_available() else 'no'} CUDA "
+                        "device(s) here; use --device auto or cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: no MPS device here; use --device auto or cpu")
+
+
+def _check_train_paths(args, config) -> None:
+    """The data, the teacher and the output folder, before any training."""
+    from trainer.datasets import load_dataset
+    from trainer.loop import CHECKPOINT_FILE
+
+    if args.teacher_checkpoint:
+        file = os.path.join(args.teacher_checkpoint, CHECKPOINT_FILE) if os.path.isdir(args.teacher_checkpoint) else args.teacher_checkpoint
+        if not os.path.isfile(file):
+            raise UserError(f"--teacher-checkpoint {args.teacher_checkpoint}: no {CHECKPOINT_FILE} there (save one with `ltkd train --save DIR`)")
+    if args.save:
+        writable_folder(args.save, "--save")
+    try:
+        load_dataset(config.dataset, root=config.data_root)
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+        raise UserError(f"--dataset {config.dataset}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+
+
+def _disk_full(exc: OSError) -> int:
+    where = f" writing {exc.filename}" if exc.filename else ""
+    print(f"ltkd: failed: {os_reason(exc)}{where}: free space there (or point --out/--storage elsewhere) and run the same "
+          "command again; what is already tracked is kept", file=sys.stderr)
+    return 1
+
+
+def _unexpected(exc: BaseException) -> int:
+    """A failure no check foresaw: its own one line, and the traceback only when asked for."""
+    if os.environ.get("LTKD_DEBUG"):
+        import traceback
+
+        traceback.print_exception(exc)
+    first = (str(exc).strip().splitlines() or [""])[0][:500]
+    print(f"ltkd: failed: {type(exc).__name__}: {first} (LTKD_DEBUG=1 shows where; please report it if the input was valid)",
+          file=sys.stderr)
+    return 1
 
 
 COMMANDS = {"sweep": cmd_sweep, "tables": cmd_tables, "status": cmd_status, "train": cmd_train}
@@ -253,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ltkd: {how}: runs in flight were marked KILLED; run the same command again to go on "
               "(finished trials are skipped, trials with checkpoint_every resume from their last state)", file=sys.stderr)
         return 143 if _SIGTERM_SEEN else 130
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, the traceback on request
+        full = disk_full_error(exc)
+        return _unexpected(exc) if full is None else _disk_full(full)
     finally:
         if argv is None and sys.argv[1:2] in (["status"], ["tables"]):  # run as the program: it ends next
             import gc

@@ -47,7 +47,7 @@ def _train_one(tune_config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from orchestrator.tracking import fetch_checkpoint
+    from orchestrator.tracking import fetch_checkpoint, write_manifest
     from trainer.config import TrialConfig
     from trainer.loop import run_trial
 
@@ -81,7 +81,7 @@ def _train_one(tune_config: dict[str, Any]) -> None:
         if payload.get("teacher_checkpoint") is not None:
             teacher_dir = _local_checkpoint(payload["teacher_checkpoint"], payload["config_hash"])
         elif payload.get("teacher_artifact"):
-            teacher_dir = fetch_checkpoint(payload["teacher_artifact"], payload["tracking_uri"])
+            teacher_dir = fetch_checkpoint(payload["teacher_artifact"], payload["tracking_uri"], teacher_hash=payload.get("teacher_hash"))
         with tempfile.TemporaryDirectory(prefix="ltkd-ckpt-") as ckpt:
             result = run_trial(config, report=report_epoch, teacher_checkpoint=teacher_dir, checkpoint_dir=ckpt, resume_dir=resume_dir,
                                saved_report=report_saved_epoch)
@@ -102,6 +102,7 @@ def _train_one(tune_config: dict[str, Any]) -> None:
             with open(os.path.join(ckpt, "long_tailed_split.json"), "w") as f:
                 json.dump({"dataset": config.dataset, "gamma": config.gamma, "split_seed": config.split_seed,
                            "class_counts": result.class_counts, "train_indices": result.train_indices}, f)
+            write_manifest(ckpt)
             tune.report(final, checkpoint=tune.Checkpoint.from_directory(ckpt))
     except DETERMINISTIC_ERRORS as exc:
         # Reported, not raised: Tune retries what raises, and this would fail the same way again.
@@ -159,7 +160,7 @@ class Schedule:
         self.pending = sorted(trials, key=lambda t: rank[t.role])
         self.payload = payload
         self.on_skip = on_skip
-        self.teacher_sources: dict[str, dict] = {h: {"teacher_artifact": uri} for h, uri in teacher_artifacts.items()}
+        self.teacher_sources: dict[str, dict] = {h: {"teacher_artifact": uri, "teacher_hash": h} for h, uri in teacher_artifacts.items()}
         self.failed: set[str] = set()
         self.by_trial_id: dict[str, Trial] = {}
 
@@ -375,8 +376,12 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
                  runtime_env=cluster_runtime_env(env_vars))
     else:
+        from orchestrator import leftovers
+
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        context = ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        # This Ray is ours: should the sweep be SIGKILLed, the next one stops what is left of it.
+        leftovers.record(session_dir=context.address_info.get("session_dir") or "")
     if callable(sigterm) and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, sigterm)  # `ltkd sweep`'s: SIGTERM stops the sweep as Ctrl-C does
 
@@ -395,6 +400,26 @@ def cluster_slots(cpu: float, gpu: float) -> int:
             fit = min(fit, math.floor(res.get("GPU", 0) / gpu + 1e-9))
         slots += fit
     return slots
+
+
+def largest_nodes() -> list[dict[str, float]]:
+    """CPU and GPU count of each alive node, largest first."""
+    import ray
+
+    sizes = [{"cpu": float(n.get("Resources", {}).get("CPU", 0)), "gpu": float(n.get("Resources", {}).get("GPU", 0))}
+             for n in ray.nodes() if n.get("Alive")]
+    return sorted(sizes, key=lambda r: (r["gpu"], r["cpu"]), reverse=True)
+
+
+def unsatisfiable(cpu: float, gpu: float) -> str | None:
+    """Why no alive node can run a trial of this size (a trial runs on one node), or None if one can."""
+    if cluster_slots(cpu, gpu) > 0:
+        return None
+    nodes = largest_nodes()
+    if not nodes:
+        return "the cluster has no alive node"
+    have = ", ".join(f"{n['cpu']:g} CPU / {n['gpu']:g} GPU" for n in nodes[:4]) + (f" and {len(nodes) - 4} more" if len(nodes) > 4 else "")
+    return f"no node of the cluster has that much (its nodes: {have})"
 
 
 def run_trials(
@@ -441,6 +466,10 @@ def run_trials(
     slots = max(1, cluster_slots(cpu, gpu))
     own_storage = storage_path is None
     storage = storage_path or tempfile.mkdtemp(prefix="ltkd-tune-")
+    if own_storage:
+        from orchestrator import leftovers
+
+        leftovers.record(tune_dir=storage)
     tuner = tune.Tuner(
         tune.with_resources(_train_one, {"cpu": cpu, "gpu": gpu}),
         tune_config=tune.TuneConfig(search_alg=DependencySearcher(schedule), num_samples=-1, reuse_actors=True,

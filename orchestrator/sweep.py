@@ -6,7 +6,9 @@ import sys
 import time
 from pathlib import Path
 
+from orchestrator import leftovers
 from orchestrator.errors import RunFailure, UserError
+from orchestrator.paths import writable_folder
 from orchestrator.plan import make_plan
 from orchestrator.study import expand, load_study
 from orchestrator.spool import SpooledWriter
@@ -87,9 +89,10 @@ def spool_folder(storage: str | None, uri: str, study: str) -> str:
 
 
 def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dry_run: bool, storage: str | None, out=None,
-              outage_limit_s: float = DEFAULT_OUTAGE_LIMIT_S) -> int:
+              outage_limit_s: float = DEFAULT_OUTAGE_LIMIT_S, resource_wait_s: float = 0.0, retrain_teachers: list[str] | None = None) -> int:
     out = out or sys.stdout
     study, uri, tracker, exp_id, plan = open_plan(study_path, tracking_uri, create=False)
+    retrain = teachers_to_retrain(plan.trials, retrain_teachers or [])
     address = address or os.environ.get("RAY_ADDRESS")
     if address and not storage:
         # Trials on other nodes persist their checkpoints to Tune's storage: a temporary folder on
@@ -103,13 +106,20 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
             print(f"  {t.role:8s} {t.run_name:48s} {t.config_hash}  {state}", file=out)
         return 0
     spool = spool_folder(storage, uri, study.name)
-    if not plan.todo_all() and not _has_queued_events(spool):
+    if not plan.todo_all() and not _has_queued_events(spool) and not retrain:
         print("nothing to run: every trial has a FINISHED run", file=out)
         if exp_id is not None:
+            _close_orphans_alone(tracker, exp_id, study.name, out)
             print(browse_hint(uri, study.name, exp_id), file=out)
         return 0
     if not address:
         check_data(plan.trials)
+    if storage and "://" not in storage:
+        writable_folder(storage, "--storage")
+    writable_folder(spool, "--storage" if storage and "://" not in storage else "the tracking spool folder (under ~/.cache/ltkd)")
+    for line in leftovers.clean_after_killed_sweeps():
+        print(line, file=out, flush=True)
+    start_ray(address, study.resources.cpu, study.resources.gpu, resource_wait_s, out)
     if tracker is None or exp_id is None:
         study, uri, tracker, exp_id, plan = open_plan(study_path, tracking_uri, create=True)
     try:
@@ -120,13 +130,67 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
     except Exception as exc:  # noqa: BLE001 - the store went away between the plan and here
         raise UserError(f"--tracking-uri {uri}: cannot use the tracking store ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     try:
-        return _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease)
+        return _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease, retrain)
     except Exception as exc:  # noqa: BLE001 - the driver's own store calls (plan, run states): one line
         if not is_transient_failure(exc):
             raise
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise RunFailure(f"the tracking store at {uri} failed while the sweep ran ({first}); what was queued is kept in "
                          f"{spool}: rerun the same command once it is back") from None
+    finally:
+        lease.release()
+        leftovers.forget()  # Ray stops with this process; its folder was removed by run_trials
+
+
+def teachers_to_retrain(trials, given: list[str]) -> list:
+    """The teacher trials that --retrain-teacher names (a config hash, or a unique start of one)."""
+    teachers = [t for t in trials if t.role == "teacher"]
+    chosen = []
+    for prefix in given:
+        match = [t for t in teachers if t.config_hash.startswith(prefix)] if len(prefix) >= 6 else []
+        if len(match) != 1:
+            shown = ", ".join(f"{t.config_hash} ({t.run_name})" for t in teachers[:6]) + (" …" if len(teachers) > 6 else "")
+            problem = "names no teacher of this study" if not match else f"matches {len(match)} teachers; give more of the hash"
+            raise UserError(f"--retrain-teacher {prefix}: {problem} (a config hash, at least 6 characters); its teachers: {shown or 'none'}")
+        chosen += [t for t in match if t not in chosen]
+    return chosen
+
+
+def start_ray(address: str | None, cpu: float, gpu: float, wait_s: float, out) -> None:
+    """Start or join Ray and make sure some node can run a trial of the study's size, before the
+    store is written: a trial no node can hold would wait in Tune's queue forever."""
+    from orchestrator.ray_runner import init_ray, unsatisfiable
+
+    try:
+        init_ray(address)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UserError(f"--address {address or '(local)'}: cannot start or join Ray ({first})") from None
+    why = unsatisfiable(cpu, gpu)
+    if why and wait_s > 0:
+        print(f"waiting up to {wait_s / 60:g} min for a node with {cpu:g} CPU / {gpu:g} GPU ({why})", file=out, flush=True)
+        deadline = time.monotonic() + wait_s
+        while why and time.monotonic() < deadline:
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+            why = unsatisfiable(cpu, gpu)
+    if why:
+        raise UserError(f"resources: a trial asks for {cpu:g} CPU and {gpu:g} GPU on one node, and {why}; lower resources.cpu/gpu "
+                        "in the study, add a node that size, or pass --wait-for-resources MINUTES to an autoscaling cluster")
+
+
+def _close_orphans_alone(tracker, exp_id: str, study: str, out) -> None:
+    """Every planned trial is done, yet a dead sweep of an earlier version of the study may have
+    left runs RUNNING: close them under the study's lease (a live sweep's runs are its own)."""
+    if not tracker.has_running(exp_id):
+        return
+    lease = Lease(tracker, exp_id, study)
+    lease.claim()
+    try:
+        lease.confirm()
+        closed = tracker.close_orphans(exp_id, keep=set())
+        if closed:
+            print(f"closed {len(closed)} run(s) that a sweep which died left RUNNING (now KILLED): "
+                  f"{', '.join(closed[:5])}{' …' if len(closed) > 5 else ''}", file=out)
     finally:
         lease.release()
 
@@ -146,14 +210,19 @@ def _read_state(tracker, exp_id, trials) -> tuple:
     return plan, todo, resumable
 
 
-def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease) -> int:
+def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease, retrain=()) -> int:
     from orchestrator.progress import SweepProgress
-    from orchestrator.ray_runner import init_ray, run_trials
+    from orchestrator.ray_runner import run_trials
 
-    # Ray starts and the store is read (again) while the lease settles: a sweep that ended meanwhile may have finished trials.
-    init_ray(address)
+    # The store is read (again) while the lease settles: a sweep that ended meanwhile may have finished trials.
     plan, todo, resumable = _read_state(tracker, exp_id, plan.trials)
     lease.confirm()
+    if retrain:
+        for t in retrain:
+            deleted = tracker.retire_finished(exp_id, t.config_hash)
+            what = f"its run(s) {', '.join(deleted)} moved to the experiment's trash" if deleted else "it had no FINISHED run"
+            print(f"retraining teacher {t.run_name} ({t.config_hash}): {what}", file=out)
+        plan, todo, resumable = _read_state(tracker, exp_id, plan.trials)
     print(f"tracking: {uri} (experiment {study.name!r}, id {exp_id}); ray: {address or 'local'}", file=out)
     # The driver's own calls fail fast; the spool's writer retries with backoff and says so.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -171,6 +240,10 @@ def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage,
             if not writer.flush(give_up=outage_exceeded):
                 raise RunFailure(_outage_line(uri, outage_limit_s, writer, spool))
             plan, todo, resumable = _read_state(tracker, exp_id, plan.trials)  # the replay may have finished some
+        closed = tracker.close_orphans(exp_id, keep={r.run_id for r in resumable.values()})
+        if closed:
+            print(f"closed {len(closed)} run(s) that a sweep which died left RUNNING and that this study no longer continues "
+                  f"(now KILLED): {', '.join(closed[:5])}{' …' if len(closed) > 5 else ''}", file=out)
         if not todo:
             print("nothing to run: every trial has a FINISHED run", file=out)
             print(browse_hint(uri, study.name, exp_id), file=out)

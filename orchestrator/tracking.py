@@ -6,6 +6,7 @@ driver), so a local SQLite store never sees concurrent writers ("database is loc
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -45,11 +46,53 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             reason = getattr(exc, "reason", exc)
             raise UserError(f"--tracking-uri {uri}: MLflow server not reachable ({reason}); start it or pass a reachable URI") from None
     elif uri.startswith("sqlite:///"):
+        if "?" in uri or "#" in uri:
+            raise UserError(f"--tracking-uri {uri}: a SQLite store is a plain file path (no ?query or #fragment), e.g. sqlite:///PATH/mlflow.db")
         folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
         if not folder.is_dir():
             raise UserError(f"--tracking-uri {uri}: folder {folder} does not exist")
-    elif "://" not in uri and not uri.startswith(("databricks", "file:")):
-        raise UserError(f"--tracking-uri {uri}: not a tracking URI; allowed: http(s)://HOST:PORT, sqlite:///PATH, postgresql://..., file:PATH")
+    elif uri.startswith("databricks"):
+        pass  # credentials come from the Databricks config; the first store call says what is wrong
+    elif uri.startswith("file:") or "://" not in uri:
+        # MLflow 3.17 refuses its file store (a file: URI or a bare path) unless asked.
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+            raise UserError(f"--tracking-uri {uri}: MLflow's file store is retired; use sqlite:///PATH/mlflow.db or a server "
+                            "(or set MLFLOW_ALLOW_FILE_STORE=true to use it anyway)")
+    else:
+        _check_database_uri(uri)
+
+
+_DATABASE_SCHEMES = ("postgresql", "postgres", "mysql", "mssql")
+ALLOWED_URIS = "http(s)://HOST:PORT (an MLflow server), sqlite:///PATH, postgresql://..., mysql://..., mssql://..., databricks"
+
+
+def _check_database_uri(uri: str, timeout: float = 5.0) -> None:
+    """A database URI: a scheme MLflow can store in, its Python driver installed, its server listening."""
+    import socket
+
+    scheme = uri.split("://", 1)[0]
+    if scheme.split("+", 1)[0] not in _DATABASE_SCHEMES:
+        raise UserError(f"--tracking-uri {uri}: unknown scheme {scheme!r}; allowed: {ALLOWED_URIS}")
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(uri)
+        dialect = url.get_dialect()
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's own words name what is wrong with the URI
+        raise UserError(f"--tracking-uri {uri}: not a database URI SQLAlchemy can use ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        module = getattr(exc, "name", None) or ""
+        package = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}.get(module, module)
+        raise UserError(f"--tracking-uri {uri}: its database driver is not installed ({exc}); "
+                        f"`pip install '{package}'` into this environment" + (" or name another driver (e.g. mysql+pymysql://)" if scheme.startswith("mysql") else "")) from None
+    if url.host:
+        port = url.port or {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}[scheme.split("+", 1)[0]]
+        try:
+            socket.create_connection((url.host, port), timeout=timeout).close()
+        except OSError as exc:
+            raise UserError(f"--tracking-uri {uri}: database server {url.host}:{port} not reachable ({exc}); start it or pass a reachable URI") from None
 
 
 # MLflow error codes of a store that is down or overloaded (worth retrying), as opposed to one that
@@ -143,6 +186,10 @@ class Tracker:
 
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
+        if not os.environ.get("LTKD_DEBUG"):
+            # MLflow's SQL store logs every failed statement with its traceback before raising;
+            # ltkd reports the failure itself in one line.
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
     # -- experiments ---------------------------------------------------------------------------
     def experiment_id(self, name: str, create: bool = False) -> str | None:
@@ -186,6 +233,33 @@ class Tracker:
             token = page.token
             if not token:
                 return
+
+    def has_running(self, experiment_id: str) -> bool:
+        return next(iter(self._search(experiment_id, status="RUNNING")), None) is not None
+
+    def retire_finished(self, experiment_id: str, config_hash: str) -> list[str]:
+        """Delete (MLflow's soft delete: the run stays in the experiment's trash until `mlflow gc`)
+        the FINISHED runs of a trial, so the plan runs it again; returns their ids."""
+        ids = [r.info.run_id for r in self._search(experiment_id, status=FINISHED) if r.data.tags.get("config_hash") == config_hash]
+        for run_id in ids:
+            self.client.delete_run(run_id)
+        return ids
+
+    def close_orphans(self, experiment_id: str, keep: set[str]) -> list[str]:
+        """End KILLED every trial run left RUNNING that is not in `keep` (the runs this sweep
+        continues): runs of a sweep that died, whose trials an edited study no longer plans or that
+        a newer run replaced. Only a sweep holding the study's lease calls this, so no live sweep
+        owns them. Returns their names."""
+        closed = []
+        for run in list(self._search(experiment_id, status="RUNNING")):
+            if run.info.run_id in keep:
+                continue
+            reason = ("left RUNNING by a sweep that ended without closing it; its trial is no longer in the study"
+                      " or has a newer run (closed by a later sweep)")
+            self.set_tags(run.info.run_id, {"error": run.data.tags.get("error") or reason})
+            self.end_run(run.info.run_id, "KILLED")
+            closed.append(run.info.run_name or run.info.run_id)
+        return closed
 
     def runs(self, experiment_id: str, status: str | None = None) -> list[RunRecord]:
         """Every run of the experiment that carries a config_hash (optionally of one status), paged."""
@@ -237,7 +311,7 @@ class Tracker:
     def find_run_by_tag(self, experiment_id: str, key: str, value: str) -> str | None:
         from mlflow.entities import ViewType
 
-        found = self.client.search_runs([experiment_id], f"tags.`{key}` = '{value}'", run_view_type=ViewType.ALL, max_results=1)
+        found = self.client.search_runs([experiment_id], f"tags.`{key}` = {filter_literal(value)}", run_view_type=ViewType.ALL, max_results=1)
         return found[0].info.run_id if found else None
 
     def log_json(self, run_id: str, data: Any, artifact_file: str) -> None:
@@ -401,11 +475,12 @@ class Tracker:
         from mlflow.entities import ViewType
 
         name = f"tables {study}"
-        quoted = f'"{study}"' if "'" in study else f"'{study}'"
-        found = self.client.search_runs(
-            [experiment_id], f"tags.role = 'tables' and tags.study = {quoted}",
-            run_view_type=ViewType.ACTIVE_ONLY, max_results=1, order_by=["attributes.start_time DESC"],
-        )
+        # The study is matched here, not in the filter: a name may hold both quote kinds, which no
+        # MLflow filter literal can carry.
+        found = [r for r in self.client.search_runs(
+            [experiment_id], "tags.role = 'tables'", run_view_type=ViewType.ACTIVE_ONLY, max_results=100,
+            order_by=["attributes.start_time DESC"],
+        ) if r.data.tags.get("study") == study]
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -418,6 +493,16 @@ class Tracker:
             self.client.log_artifact(run_id, f, artifact_path)
 
 
+def filter_literal(value: str) -> str:
+    """`value` quoted for an MLflow search filter. The filter grammar has no escape for a quote
+    inside a literal, so a value holding both kinds is refused here rather than misparsed."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r}: an MLflow filter cannot hold a value with both quote kinds")
+
+
 def _param_str(value: Any) -> str:
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value)
@@ -426,12 +511,86 @@ def _param_str(value: Any) -> str:
     return str(value)
 
 
-def fetch_checkpoint(artifact_uri: str, tracking_uri: str, cache_root: str | None = None) -> str:
+MANIFEST_FILE = "MANIFEST.json"  # in a checkpoint folder: each file's size and sha256
+
+
+class CorruptCheckpoint(ValueError):
+    """A teacher checkpoint whose stored copy does not match its manifest (a ValueError: retrying
+    the trial would meet the same bytes, so it fails at once with this one line)."""
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: str) -> None:
+    """Record the size and sha256 of every file of a checkpoint folder, so that each copy of it
+    (the artifact, a node's cache) can be checked before a student trusts it."""
+    files = {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name != MANIFEST_FILE and os.path.isfile(path):
+            files[name] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+    with open(os.path.join(folder, MANIFEST_FILE), "w") as f:
+        json.dump({"files": files}, f, indent=1)
+
+
+def checkpoint_problem(folder: str, manifest: dict | None) -> str | None:
+    """What is wrong with a local checkpoint folder, or None. With a manifest: each file's size and
+    sha256. Without one (checkpoints of earlier versions): the weights file's zip CRCs."""
+    import zipfile
+
+    if not os.path.isdir(folder):
+        return "missing"
+    if manifest is not None:
+        for name, want in manifest.get("files", {}).items():
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path):
+                return f"{name} is missing"
+            if os.path.getsize(path) != want["bytes"]:
+                return f"{name} has {os.path.getsize(path)} bytes, its manifest says {want['bytes']}"
+            if _sha256(path) != want["sha256"]:
+                return f"{name}'s sha256 differs from its manifest"
+        return None
+    weights = os.path.join(folder, "model.pt")
+    try:
+        with zipfile.ZipFile(weights) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile) as exc:
+        return f"model.pt is unreadable ({exc})"
+    return None if bad is None else f"model.pt: {bad} fails its CRC check"
+
+
+def _read_manifest(artifact_uri: str) -> dict | None:
+    """The checkpoint artifact's manifest (a few hundred bytes), or None when it has none or the
+    store cannot be reached (the cached copy is then checked by its CRCs)."""
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    with tempfile.TemporaryDirectory(prefix="ltkd-manifest-") as tmp:
+        try:
+            local = download_artifacts(artifact_uri=f"{artifact_uri.rstrip('/')}/{MANIFEST_FILE}", dst_path=tmp)
+            with open(local) as f:
+                return json.load(f)
+        except Exception:  # noqa: BLE001 - absent (an older checkpoint) or unreachable: checked by CRC
+            return None
+
+
+def fetch_checkpoint(artifact_uri: str, tracking_uri: str, cache_root: str | None = None, teacher_hash: str | None = None) -> str:
     """Local folder holding a run's checkpoint artifact, downloaded once per node and cached.
 
     Called inside Ray trials: works with a local store (file copy) and with a server
     (mlflow-artifacts:/ URIs resolved through the tracking server), so workers on other machines
-    get the teacher the same way.
+    get the teacher the same way. The cached copy is checked against the artifact's manifest on
+    every use and fetched again when it differs (a fetch cut short, a disk error); an artifact
+    that is itself corrupt fails the trial with one line saying how to retrain its teacher.
     """
     import mlflow
     from mlflow.artifacts import download_artifacts
@@ -439,14 +598,29 @@ def fetch_checkpoint(artifact_uri: str, tracking_uri: str, cache_root: str | Non
     cache_root = cache_root or os.path.join(os.path.expanduser("~"), ".cache", "ltkd", "checkpoints")
     key = artifact_uri.replace("://", "_").replace(":", "_").replace("/", "_")[-180:]
     target = os.path.join(cache_root, key)
-    if os.path.isdir(target) and os.listdir(target):
-        return target
     mlflow.set_tracking_uri(tracking_uri)
+    manifest = _read_manifest(artifact_uri)
+    if os.path.isdir(target) and os.listdir(target) and checkpoint_problem(target, manifest) is None:
+        return target
     tmp = target + f".tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp, exist_ok=True)
     local = download_artifacts(artifact_uri=artifact_uri, dst_path=tmp)
-    # Atomic publish: concurrent trials on one node never see a half-written cache entry.
+    problem = checkpoint_problem(local, manifest)
+    if problem is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        retrain = f"`ltkd sweep STUDY --retrain-teacher {teacher_hash}`" if teacher_hash else "`ltkd sweep STUDY --retrain-teacher HASH`"
+        raise CorruptCheckpoint(f"the teacher checkpoint {artifact_uri} is corrupt in the tracking store ({problem}); "
+                                f"retrain that teacher with {retrain}")
+    # Atomic publish: concurrent trials on one node never see a half-written cache entry; a bad
+    # entry is moved aside first (os.replace cannot overwrite a non-empty folder).
+    if os.path.isdir(target):
+        stale = target + f".stale{os.getpid()}"
+        try:
+            os.replace(target, stale)
+        except OSError:
+            pass
+        shutil.rmtree(stale, ignore_errors=True)
     try:
         os.replace(local, target)
     except OSError:

@@ -147,9 +147,9 @@ def test_train_rejects_unknown_model_and_bad_gamma(tmp_path, capsys):
     code, _, err = run_cli(["train", "--model", "nope"], tmp_path, capsys)
     assert code == 2 and "--model nope: unknown; allowed:" in err
     code, _, err = run_cli(["train", "--gamma", "0.2"], tmp_path, capsys)
-    assert code == 2 and "--gamma 0.2: the imbalance factor must be >= 1" in err
+    assert code == 2 and "--gamma 0.2: the imbalance factor must be a finite number >= 1" in err
     code, _, err = run_cli(["train", "--method", "ltkd", "--teacher-checkpoint", "nowhere"], tmp_path, capsys)
-    assert code == 2 and "--teacher-checkpoint nowhere: no such file or folder" in err and err.count("\n") == 1
+    assert code == 2 and "--teacher-checkpoint nowhere: no model.pt there" in err and err.count("\n") == 1
     code, _, err = run_cli(["train", "--method", "ltkd", "--teacher-checkpoint", ".", "--param", "bta=2"], tmp_path, capsys)
     assert code == 2 and "--param bta: unknown hyperparameter of ltkd; allowed: ce_weight, alpha, beta" in err
 
@@ -229,3 +229,54 @@ def test_hostile_study_is_refused_in_seconds_and_bounded_memory(tmp_path, body, 
         assert fragment in lines[0], (fragment, lines[0])
     assert elapsed < 20, f"took {elapsed:.1f} s"
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# Issue 9, second step: options and environments that cannot work. Each case: the command line
+# ({study}, {tmp} filled in) and fragments of the one line; a tuple holds alternatives.
+COMMAND_CASES = [
+    (["sweep", "{study}", "--tracking-uri", "foo://x"], ["--tracking-uri foo://x", "unknown scheme 'foo'", "allowed:", "sqlite:///PATH"]),
+    (["sweep", "{study}", "--tracking-uri", "file://{tmp}/fs"], ["file store is retired", "sqlite:///PATH/mlflow.db"]),
+    (["sweep", "{study}", "--tracking-uri", "{tmp}/mlruns"], ["file store is retired"]),
+    (["sweep", "{study}", "--tracking-uri", "postgresql://u:p@127.0.0.1:9/db"],
+     ["--tracking-uri postgresql://u:p@127.0.0.1:9/db: ", ("database driver is not installed", "127.0.0.1:9 not reachable")]),
+    (["sweep", "{study}", "--tracking-uri", "sqlite:///{tmp}/m.db?mode=ro"], ["plain file path (no ?query"]),
+    (["sweep", "{study}", "--storage", "{tmp}/a_file/sub"], ["--storage {tmp}/a_file/sub: cannot write there (Not a directory)"]),
+    (["sweep", "{study}", "--wait-for-resources", "-1"], ["--wait-for-resources -1: must be >= 0 minutes"]),
+    (["sweep", "{study}", "--outage-limit", "0"], ["--outage-limit 0: must be > 0 minutes"]),
+    (["sweep", "{study}", "--retrain-teacher", "abc"], ["--retrain-teacher abc: names no teacher of this study", "its teachers:"]),
+    (["sweep", "{tmp}"], ["no such study file"]),
+    (["tables", "{study}", "--out", "{tmp}/a_file/sub"], ["--out {tmp}/a_file/sub: cannot write there (Not a directory)"]),
+    (["status", "{study}", "--tracking-uri", "foo://x"], ["unknown scheme 'foo'"]),
+    (["train", "--epochs", "0"], ["--epochs 0: must be >= 1"]),
+    (["train", "--batch-size", "-1"], ["--batch-size -1: must be >= 1"]),
+    (["train", "--lr", "nan"], ["--lr nan: the learning rate must be a finite number > 0"]),
+    (["train", "--lr", "-1"], ["--lr -1: the learning rate must be a finite number > 0"]),
+    (["train", "--gamma", "inf"], ["--gamma inf: the imbalance factor must be a finite number >= 1"]),
+    (["train", "--seed", "-1"], ["--seed -1: must be between 0 and 2**32 - 1"]),
+    (["train", "--device", "tpu"], ["--device tpu: allowed: auto, cpu, cuda, cuda:N, mps"]),
+    (["train", "--device", "cuda:99"], ["--device cuda:99: PyTorch sees", "use --device auto or cpu"]),
+    (["train", "--epochs", "x"], ["argument --epochs: invalid int value: 'x'"]),
+    (["train", "--dataset", "cifar10", "--root", "{tmp}/none"], ["--dataset cifar10: cifar10: no CIFAR-10 files under {tmp}/none"]),
+    (["train", "--method", "kd", "--teacher-checkpoint", "{tmp}", "--param", "alpha=oops"], ["--param alpha = 'oops': must be a number"]),
+    (["train", "--method", "ltkd", "--teacher-checkpoint", "{tmp}", "--param", "n_groups=11"], ["--param n_groups = 11", "between 1 and"]),
+    (["train", "--method", "kd", "--teacher-checkpoint", "{tmp}", "--param", "alpha=.nan"], ["--param alpha=nan: NaN or infinite"]),
+    (["train", "--method", "kd", "--teacher-checkpoint", "{tmp}"], [f"--teacher-checkpoint {{tmp}}: no model.pt there"]),
+    (["train", "--save", "{tmp}/a_file/x"], ["--save {tmp}/a_file/x: cannot write there (Not a directory)"]),
+]
+
+
+@pytest.mark.parametrize("args,fragments", COMMAND_CASES, ids=[" ".join(c[0])[:40] for c in COMMAND_CASES])
+def test_bad_option_or_environment_is_refused_with_one_line(tmp_path, capsys, monkeypatch, args, fragments):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    study = tmp_path / "study.yaml"
+    study.write_text(textwrap.dedent(GOOD))
+    (tmp_path / "a_file").write_text("")
+    filled = [a.format(study=study, tmp=tmp_path) for a in args]
+    code, out, err = run_cli(filled, tmp_path, capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ltkd: error: "), err
+    for fragment in fragments:
+        options = fragment if isinstance(fragment, tuple) else (fragment,)
+        assert any(f.format(tmp=tmp_path) in lines[0] for f in options), (fragment, lines[0])
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists() and not (tmp_path / "m.db").exists()
