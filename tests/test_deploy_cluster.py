@@ -181,7 +181,7 @@ methods: {kd: {alpha: 1.0, temperature: 4.0}}
 student_baseline: false
 seeds: [0]
 recipe: {epochs: 5000, batch_size: 64, lr: 0.05, checkpoint_every: 1}
-teacher_recipe: {epochs: 2}
+teacher_recipe: {epochs: 1}
 resources: {cpu: 1}
 """
 
@@ -204,15 +204,15 @@ def test_a_sweep_on_the_cluster_finishes_the_shipped_trial_and_stops_on_sigterm_
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", creds[-1])
     client = MlflowClient(tracking_uri=stack["url"])
 
-    def student_training():
+    def student_started():
         if sweep.poll() is not None:
             return True
         exp = client.get_experiment_by_name("deploy_cluster")
         runs = [] if exp is None else client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
-        return any(r.data.params.get("role") == "distill" and "loss" in r.data.metrics for r in runs)
+        return any(r.data.params.get("role") == "distill" for r in runs)
 
     try:
-        wait_for(student_training, 150, "epoch of the student (after the teacher FINISHED)", lines)
+        wait_for(student_started, 150, "student's run (after the teacher FINISHED)", lines)
         assert sweep.poll() is None, "".join(lines)
         sweep.send_signal(signal.SIGTERM)
         sweep.wait(timeout=90)
