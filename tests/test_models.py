@@ -130,3 +130,90 @@ def test_every_registry_entry_builds_its_model():
         assert isinstance(model, torch.nn.Module) and count_parameters(model) > 0, name
     assert [count_parameters(build_model(f"cnn_w{w}", 10)) for w in (4, 8, 16, 32)] == sorted(
         count_parameters(build_model(f"cnn_w{w}", 10)) for w in (4, 8, 16, 32))
+
+
+# ---------------------------------------------------------------- pre-activation features (issue 13)
+# Per model: the entries of forward_features whose pre-activation differs from the default map, and
+# those where relu(pre-activation) gives the default map back (WRN: its stages 1-2 are raw residual
+# sums, their pre-activation is the next BN's output, as in the standard CIFAR zoo's `preact` features).
+PREACT = {
+    "resnet8x4": ([1, 2, 3], [1, 2, 3]), "resnet32x4": ([1, 2, 3], [1, 2, 3]), "resnet20": ([1, 2, 3], [1, 2, 3]),
+    "vgg8": ([1, 2, 3, 4], [1, 2, 3, 4]), "vgg13": ([1, 2, 3, 4], [1, 2, 3, 4]), "shufflenet_v1": ([1, 2, 3], [1, 2, 3]),
+    "wrn_40_2": ([1, 2, 3], [3]), "wrn_16_2": ([1, 2, 3], [3]),
+    "mobilenet_v2": ([5], [5]),  # linear bottleneck stages: only the head conv map has a ReLU
+    "resnet18": ([1, 2, 3, 4], [1, 2, 3, 4]), "resnet50": ([1, 2, 3, 4], [1, 2, 3, 4]),
+    "mobilenet_v1": ([1, 2, 3, 4], [1, 2, 3, 4]), "cnn_w8": ([0, 1], [0, 1]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PREACT))
+@pytest.mark.parametrize("training", [False, True])
+def test_preact_features(name, training):
+    size = 64 if name in IMAGENET else 8 if name.startswith("cnn") else 32
+    model = build_model(name, 10).train(training)
+    x = torch.randn(4, 3, size, size)
+    feats, logits = model.forward_features(x)
+    pre, pre_logits = model.forward_features(x, preact=True)
+    torch.testing.assert_close(pre_logits, logits, rtol=0, atol=0)  # the same network, other taps
+    differs, relu_gives_post = PREACT[name]
+    assert [i for i, (a, b) in enumerate(zip(feats, pre)) if not torch.equal(a, b)] == differs
+    assert [tuple(a.shape) for a in feats] == [tuple(b.shape) for b in pre]
+    for i in differs:
+        assert (pre[i] < 0).any()  # before a ReLU
+        assert torch.equal(torch.relu(pre[i]), feats[i]) == (i in relu_gives_post)
+
+
+@pytest.mark.parametrize("name", ["wrn_40_2", "resnet8x4", "vgg8", "mobilenet_v1"])
+def test_preact_forward_updates_bn_statistics_once(name):
+    size = 64 if name in IMAGENET else 32
+    x = torch.randn(4, 3, size, size)
+    a, b = build_model(name, 10), build_model(name, 10)
+    b.load_state_dict(a.state_dict())
+    a.forward_features(x)
+    b.forward_features(x, preact=True)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(va, vb, msg=ka)
+
+
+def test_wrn_preact_is_the_next_bn_output():
+    model = build_model("wrn_40_1", 10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    feats, _ = model.forward_features(x)
+    pre, _ = model.forward_features(x, preact=True)
+    torch.testing.assert_close(pre[1], model.block2[0].bn1(feats[1]))
+    torch.testing.assert_close(pre[2], model.block3[0].bn1(feats[2]))
+    torch.testing.assert_close(torch.relu(pre[3]), feats[3])
+
+
+def test_mobilenet_v2_stage_indices_leave_out_the_head_map():
+    model = build_model("mobilenet_v2", 100)
+    feats, _ = model.forward_features(torch.randn(2, 3, 32, 32))
+    assert [tuple(feats[i].shape[1:]) for i in model.stage_indices()] == [(12, 16, 16), (16, 8, 8), (48, 4, 4), (160, 2, 2)]
+
+
+@pytest.mark.parametrize("name", ["vgg8", "vgg13", "mobilenet_v2"])
+def test_vgg_and_mobilenet_v2_use_the_shared_initialisation(name):
+    """He-normal (fan_out) convolutions, zero conv biases (VGG), BN 1/0, classifier N(0, 0.01^2) with zero bias:
+    drawn by `init_conv_bn`, in the same order as the helper draws them for a fresh copy."""
+    import importlib
+
+    from trainer.models import common
+
+    module = importlib.import_module({"mobilenet_v2": "trainer.models.mobilenet_v2"}.get(name, "trainer.models.vgg_cifar"))
+    calls = []
+
+    def spy(model, **kwargs):
+        calls.append((type(model).__name__, kwargs))
+        common.init_conv_bn(model, **kwargs)
+
+    original = module.init_conv_bn
+    module.init_conv_bn = spy
+    try:
+        model = build_model(name, 100)
+    finally:
+        module.init_conv_bn = original
+    assert len(calls) == 1 and calls[0][1]["linear_std"] == 0.01 and calls[0][1]["zero_linear_bias"]
+    fc = model.classifier
+    assert float(fc.bias.abs().sum()) == 0 and abs(float(fc.weight.std()) - 0.01) < 0.001
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.bias is None or float(m.bias.abs().sum()) == 0 for m in convs)

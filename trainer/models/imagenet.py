@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from trainer.models.common import init_conv_bn
+from trainer.models.common import init_conv_bn, sequential_preact
 
 
 class TorchvisionResNet(ResNet):
@@ -28,6 +28,7 @@ class TorchvisionResNet(ResNet):
         64/128/256/512 channels (BasicBlock) or 256/512/1024/2048 (Bottleneck); `layer4` is the last
         conv feature map before pooling;
       - `pooled` : globally average-pooled `layer4`, the classifier's input.
+    With `preact=True` the four stage maps are the last block's sums before its ReLU.
     `feature_channels()` lists the channel count of each entry. `forward` is torchvision's own.
     """
 
@@ -43,14 +44,31 @@ class TorchvisionResNet(ResNet):
         """Channels of each entry of `forward_features(x)[0]`: stem, four stages, pooled vector."""
         return list(self._channels)
 
-    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
         stem = self.relu(self.bn1(self.conv1(x)))
-        f1 = self.layer1(self.maxpool(stem))
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        f4 = self.layer4(f3)
-        pooled = torch.flatten(self.avgpool(f4), 1)
-        return [stem, f1, f2, f3, f4, pooled], self.fc(pooled)
+        feats, out = [stem], self.maxpool(stem)
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            if preact:
+                for block in list(layer)[:-1]:
+                    out = block(out)
+                out, pre = _block_preact(layer[-1], out)
+                feats.append(pre)
+            else:
+                out = layer(out)
+                feats.append(out)
+        pooled = torch.flatten(self.avgpool(out), 1)
+        return [*feats, pooled], self.fc(pooled)
+
+
+def _block_preact(block: BasicBlock | Bottleneck, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's BasicBlock / Bottleneck forward, returning (output, the sum before its last ReLU)."""
+    identity = x if block.downsample is None else block.downsample(x)
+    out = block.relu(block.bn1(block.conv1(x)))
+    out = block.bn2(block.conv2(out))
+    if isinstance(block, Bottleneck):
+        out = block.bn3(block.conv3(block.relu(out)))
+    pre = out + identity
+    return torch.relu(pre), pre
 
 
 def resnet18(num_classes: int, in_channels: int = 3) -> TorchvisionResNet:
@@ -91,7 +109,8 @@ class MobileNetV1(nn.Module):
       - `stage1`..`stage4` : 128 / 256 / 512 / 1024 channels at 1/4, 1/8, 1/16, 1/32 resolution;
         `stage4` is the last conv feature map before pooling;
       - `pooled` : globally average-pooled `stage4`, shape (N, 1024), the classifier's input.
-    All maps are post-ReLU. `feature_channels()` lists the channel count of each entry.
+    All maps are post-ReLU; with `preact=True` the four stage maps are taken before their final ReLU.
+    `feature_channels()` lists the channel count of each entry.
     """
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3):
@@ -114,14 +133,18 @@ class MobileNetV1(nn.Module):
         """Channels of each entry of `forward_features(x)[0]`: stem, four stages, pooled vector."""
         return list(self._channels)
 
-    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
         f0 = self.stem(x)
-        f1 = self.stage1(f0)
-        f2 = self.stage2(f1)
-        f3 = self.stage3(f2)
-        f4 = self.stage4(f3)
-        pooled = torch.flatten(self.pool(f4), 1)
-        return [f0, f1, f2, f3, f4, pooled], self.fc(pooled)
+        feats, out = [f0], f0
+        for stage in (self.stage1, self.stage2, self.stage3, self.stage4):
+            if preact:
+                out, pre = sequential_preact(stage, out)
+                feats.append(pre)
+            else:
+                out = stage(out)
+                feats.append(out)
+        pooled = torch.flatten(self.pool(out), 1)
+        return [*feats, pooled], self.fc(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stage4(self.stage3(self.stage2(self.stage1(self.stem(x)))))

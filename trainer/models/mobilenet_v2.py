@@ -12,10 +12,10 @@ global average pooling and a linear classifier finish it.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+
+from trainer.models.common import init_conv_bn, sequential_preact
 
 # t = expansion ("T" placeholder resolved at construction), c = width, n = repeats, s = first stride
 _SETTINGS = [(1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2), (None, 96, 3, 1), (None, 160, 3, 2), (None, 320, 1, 1)]
@@ -56,6 +56,8 @@ class MobileNetV2(nn.Module):
       - `stage4` : after groups 6-7, 160 channels, 2x2 (linear bottleneck output, no ReLU);
       - `head`   : the 1x1 conv + BN + ReLU, 1280 channels, 2x2 -- the last conv feature map before pooling;
       - `pooled` : globally average-pooled `head`, shape (N, 1280), the classifier's input.
+    The stage maps have no final ReLU (linear bottlenecks), so `preact=True` changes only `head`
+    (taken before its ReLU). `stage_indices()` says which entries are stages.
     `feature_channels()` lists the channel count of each entry.
     """
 
@@ -78,30 +80,27 @@ class MobileNetV2(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(self.last_channel, num_classes)
         self._channels = [stem_c] + [int(_SETTINGS[idx[-1]][1] * width_mult) for idx in _STAGES] + [self.last_channel] * 2
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self, zero_linear_bias=True, linear_std=0.01)
 
     def feature_channels(self) -> list[int]:
         """Channels of each entry of `forward_features(x)[0]`: stem, four stages, head map, pooled vector."""
         return list(self._channels)
 
-    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def stage_indices(self) -> list[int]:
+        """Positions in `forward_features(x)[0]` of the four stage maps: the head conv map is not a
+        stage (feature methods pair levels by these; ReviewKD's authors leave the head map out)."""
+        return [1, 2, 3, 4]
+
+    def forward_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
         feats = [self.stem(x)]
         for idx in _STAGES:
             f = feats[-1]
             for g in idx:
                 f = self.blocks[g](f)
-            feats.append(f)
-        feats.append(self.head(feats[-1]))
-        pooled = torch.flatten(self.pool(feats[-1]), 1)
+            feats.append(f)  # linear bottleneck output: pre-activation already
+        head, head_pre = sequential_preact(self.head, feats[-1])
+        feats.append(head_pre if preact else head)
+        pooled = torch.flatten(self.pool(head), 1)
         feats.append(pooled)
         return feats, self.classifier(pooled)
 

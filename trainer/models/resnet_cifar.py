@@ -33,6 +33,12 @@ class BasicBlock(nn.Module):
                 nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
             )
 
+    def forward_preact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output, the sum before the final ReLU)."""
+        out = self.relu(self.bn1(self.conv1(x)))
+        pre = self.bn2(self.conv2(out)) + self.shortcut(x)
+        return torch.relu(pre), pre
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -50,7 +56,8 @@ class CifarResNet(ThreeStageNet):
       - `stage2` : `widths[2]` channels, 1/2 resolution;
       - `stage3` : `widths[3]` channels, 1/4 resolution -- the last conv feature map before pooling;
       - `pooled` : the globally average-pooled `stage3`, shape (N, widths[3]), the classifier's input.
-    All maps are post-ReLU block outputs. `feature_channels()` lists the channel count of each entry.
+    All maps are post-ReLU block outputs; with `preact=True` the three stage maps are the last
+    block's sums before its ReLU. `feature_channels()` lists the channel count of each entry.
     """
 
     def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int = 100, in_channels: int = 3):

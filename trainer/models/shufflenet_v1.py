@@ -41,16 +41,20 @@ class ShuffleUnit(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_planes)
         self.avgpool = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_preact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output, the unit's result before the final ReLU)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = channel_shuffle(out, self.first_group)
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.avgpool is not None:
-            out = torch.cat([out, self.avgpool(x)], 1)
+            pre = torch.cat([out, self.avgpool(x)], 1)
         else:
-            out = out + x
-        return F.relu(out)
+            pre = out + x
+        return F.relu(pre), pre
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_preact(x)[0]
 
 
 class ShuffleNetV1(ThreeStageNet):
@@ -62,7 +66,8 @@ class ShuffleNetV1(ThreeStageNet):
       - `stage2` : 480 channels, 1/4 resolution;
       - `stage3` : 960 channels, 1/8 resolution -- the last conv feature map before pooling;
       - `pooled` : globally average-pooled `stage3`, shape (N, 960), the classifier's input.
-    All maps are post-ReLU unit outputs. `feature_channels()` lists the channel count of each entry.
+    All maps are post-ReLU unit outputs; with `preact=True` the three stage maps are the last unit's
+    result before its ReLU. `feature_channels()` lists the channel count of each entry.
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class ShuffleNetV1(ThreeStageNet):
         self.layer1, self.layer2, self.layer3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(out_planes[2], num_classes)
+        # PyTorch's default initialisation, as the CIFAR zoo's ShuffleNetV1.
 
     def feature_channels(self) -> list[int]:
         """Channels of each entry of `forward_features(x)[0]`: stem, three stages, pooled vector."""

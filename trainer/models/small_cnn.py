@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trainer.models.common import sequential_preact
+
 
 class SmallCNN(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 1, width: int = 16):
@@ -17,11 +19,16 @@ class SmallCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(2 * width, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        f1 = self.block1(x)
-        f2 = self.block2(f1)
-        logits = self.fc(torch.flatten(self.pool(f2), 1))
-        return [f1, f2], logits
+    def forward_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """([block1, block2], logits); with preact=True both maps are taken before their ReLU."""
+        if not preact:
+            f1 = self.block1(x)
+            f2 = self.block2(f1)
+            logits = self.fc(torch.flatten(self.pool(f2), 1))
+            return [f1, f2], logits
+        f1, pre1 = sequential_preact(self.block1, x)
+        f2, pre2 = sequential_preact(self.block2, f1)
+        return [pre1, pre2], self.fc(torch.flatten(self.pool(f2), 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[1]

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.models.common import init_conv_bn
+
 VGG_CONFIGS: dict[str, list[list[int]]] = {
     "vgg8": [[64], [128], [256], [512], [512]],
     "vgg13": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
@@ -36,6 +38,7 @@ class CifarVGG(nn.Module):
         channels `cfg[i][-1]` (64, 128, 256, 512, 512) at resolutions 1, 1/2, 1/4, 1/8, 1/8 of a 32x32
         input; `b4` is the last conv feature map before pooling;
       - `pooled`   : globally average-pooled `b4`, shape (N, 512), the classifier's input.
+    With `preact=True`, `b1`..`b4` are taken before their ReLU (the blocks' BN outputs).
     `feature_channels()` lists the channel count of each entry.
     """
 
@@ -50,30 +53,22 @@ class CifarVGG(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=2, stride=2)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cfg[4][-1], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self, zero_linear_bias=True, zero_conv_bias=True, linear_std=0.01)
 
     def feature_channels(self) -> list[int]:
         """Channels of each entry of `forward_features(x)[0]`: five blocks, pooled vector."""
         return [c[-1] for c in self.cfg] + [self.cfg[4][-1]]
 
-    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
         big = x.shape[2] >= 64
         f0 = F.relu(self.block0(x))
-        f1 = F.relu(self.block1(self.maxpool(f0)))
-        f2 = F.relu(self.block2(self.maxpool(f1)))
-        f3 = F.relu(self.block3(self.maxpool(f2)))
-        f4 = F.relu(self.block4(self.maxpool(f3) if big else f3))
-        pooled = torch.flatten(self.pool(f4), 1)
-        return [f0, f1, f2, f3, f4, pooled], self.classifier(pooled)
+        feats, out = [f0], f0
+        for i, block in enumerate((self.block1, self.block2, self.block3, self.block4)):
+            pre = block(out if i == 3 and not big else self.maxpool(out))  # each block ends at its BN
+            out = F.relu(pre)
+            feats.append(pre if preact else out)
+        pooled = torch.flatten(self.pool(out), 1)
+        return [*feats, pooled], self.classifier(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         big = x.shape[2] >= 64

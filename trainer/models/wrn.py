@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.models.common import init_conv_bn
+from trainer.models.common import batch_norm_no_update, init_conv_bn
 
 
 class WideBasicBlock(nn.Module):
@@ -48,7 +48,9 @@ class WideResNet(nn.Module):
       - `stage3` : stage 3 after the final BN + ReLU, 64k channels, 1/4 resolution -- the last conv
         feature map before pooling;
       - `pooled` : globally average-pooled `stage3`, shape (N, 64k), the classifier's input.
-    `feature_channels()` lists the channel count of each entry.
+    With `preact=True` each stage map is the input of the ReLU that follows it: stages 1 and 2
+    through the next stage's first BN (read without updating its statistics), stage 3 the final BN's
+    output. `feature_channels()` lists the channel count of each entry.
     """
 
     def __init__(self, depth: int, widen: int, num_classes: int = 100, in_channels: int = 3, drop_rate: float = 0.0):
@@ -78,12 +80,15 @@ class WideResNet(nn.Module):
         """Channels of each entry of `forward_features(x)[0]`: stem, three stages, pooled vector."""
         return [*self.channels, self.channels[3]]
 
-    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
         f0 = self.conv1(x)
         f1 = self.block1(f0)
         f2 = self.block2(f1)
-        f3 = self.relu(self.bn(self.block3(f2)))
+        pre3 = self.bn(self.block3(f2))
+        f3 = torch.relu(pre3)
         pooled = torch.flatten(self.pool(f3), 1)
+        if preact:
+            f1, f2, f3 = batch_norm_no_update(self.block2[0].bn1, f1), batch_norm_no_update(self.block3[0].bn1, f2), pre3
         return [f0, f1, f2, f3, pooled], self.fc(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
