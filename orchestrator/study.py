@@ -26,7 +26,7 @@ from orchestrator.errors import UserError
 from trainer.config import Recipe, TrialConfig
 from trainer.recipes import RECIPES, method_defaults, resolve_recipe
 from trainer.datasets import DATASET_INFO, num_classes_of
-from trainer.methods import IDENTITY_NEUTRAL, METHODS, PARAM_CHOICES, SUPERVISED_LOSSES
+from trainer.methods import METHODS, PARAM_CHOICES, SUPERVISED_LOSSES
 from trainer.models import MODELS
 
 _STRICT = ConfigDict(extra="forbid")
@@ -612,19 +612,9 @@ class Trial:
         return self.config.role
 
 
-_NOT_IDENTITY = ("data_root", "device")
-_RECIPE_NOT_IDENTITY = ("num_workers", "checkpoint_every", "eval_every")  # how, not what, a trial computes
-
-
 def config_hash(config: TrialConfig, teacher_hash: str | None = None) -> str:
-    """Identity of a trial: sha256 over what decides its result (not paths, devices or workers)."""
-    ident = config.to_dict()
-    for key in _NOT_IDENTITY:
-        ident.pop(key)
-    for key in _RECIPE_NOT_IDENTITY:
-        ident["recipe"].pop(key)
-    ident["method_params"] = {k: v for k, v in ident["method_params"].items()
-                              if not (k in IDENTITY_NEUTRAL and v == IDENTITY_NEUTRAL[k])}
+    """Identity of a trial: sha256 over what decides its result (`TrialConfig.identity`) and its teacher's."""
+    ident = config.identity()
     ident["teacher_hash"] = teacher_hash
     blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 Role = Literal["teacher", "student", "distill"]
+
+# Fields that say where and how a trial runs, not what it computes: left out of its identity.
+NOT_IDENTITY = ("data_root", "device")
+RECIPE_NOT_IDENTITY = ("num_workers", "checkpoint_every", "eval_every")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,29 @@ class TrialConfig:
         data["method_params"] = copy.deepcopy(self.method_params)
         data["dataset_options"] = copy.deepcopy(self.dataset_options)
         return data
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the trial's result, as plain JSON values: the one definition behind both the
+        config hash (`orchestrator.study.config_hash`) and the resume check (`trainer.loop`).
+
+        Left out: where and how it runs (NOT_IDENTITY, RECIPE_NOT_IDENTITY) and hyperparameters at the
+        value that reproduces what ran before they existed (`trainer.methods.IDENTITY_NEUTRAL`).
+        A method whose implementation was corrected after studies had run adds its `revision`
+        (`MethodSpec.revision`), so its old runs are not taken for the corrected ones; revision 0
+        adds nothing, so no other trial's identity moved."""
+        from trainer.methods import IDENTITY_NEUTRAL, METHODS  # declarations only: no PyTorch
+
+        ident = self.to_dict()
+        for key in NOT_IDENTITY:
+            ident.pop(key)
+        for key in RECIPE_NOT_IDENTITY:
+            ident["recipe"].pop(key)
+        ident["method_params"] = {k: v for k, v in ident["method_params"].items()
+                                  if not (k in IDENTITY_NEUTRAL and v == IDENTITY_NEUTRAL[k])}
+        spec = METHODS.get(self.method)
+        if spec is not None and spec.revision:
+            ident["method_revision"] = spec.revision
+        return json.loads(json.dumps(ident, sort_keys=True, default=str))  # tuples -> lists, as stored
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrialConfig":

@@ -1,7 +1,6 @@
 """Train one configuration: the only training loop. It reports each epoch through a callback."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -16,14 +15,12 @@ import torch
 from trainer.config import TrialConfig
 from trainer.data import build_long_tailed, make_loader, without_augmentation
 from trainer.evaluate import EvalResult, evaluate, group_probability
-from trainer.methods import METHODS, build_method
+from trainer.methods import IDENTITY_NEUTRAL, METHODS, build_method
+from trainer.methods.base import features_of
 from trainer.models import build_model
 
 CHECKPOINT_FILE = "model.pt"
 RESUME_FILE = "state.pt"  # in run_trial's resume_dir: everything needed to continue a stopped trial
-# Config fields that do not decide what a trial computes, so a resume may differ in them.
-_RESUME_NOT_IDENTITY = ("data_root", "device")
-_RESUME_RECIPE_NOT_IDENTITY = ("num_workers", "checkpoint_every", "eval_every")
 
 
 @dataclass
@@ -99,16 +96,6 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu", expecte
     return model
 
 
-def _resume_identity(config: TrialConfig) -> dict[str, Any]:
-    """The config as plain JSON values, without the fields that do not decide the result."""
-    ident = config.to_dict()
-    for key in _RESUME_NOT_IDENTITY:
-        ident.pop(key, None)
-    for key in _RESUME_RECIPE_NOT_IDENTITY:
-        ident["recipe"].pop(key, None)
-    return json.loads(json.dumps(ident, sort_keys=True, default=str))  # tuples -> lists, as stored
-
-
 def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
     if isinstance(stored, dict) and isinstance(current, dict):
         out = []
@@ -178,18 +165,105 @@ def _write_resume_state(resume_dir: str, state: dict[str, Any]) -> None:
         raise
 
 
+def _stored_identity(stored: dict[str, Any]) -> dict[str, Any]:
+    """A saved state's identity as `TrialConfig.identity` writes it today: states written before the
+    identity was defined once kept identity-neutral hyperparameters (`ce: standard`) in it."""
+    stored = dict(stored)
+    if isinstance(stored.get("method_params"), dict):
+        stored["method_params"] = {k: v for k, v in stored["method_params"].items()
+                                   if not (k in IDENTITY_NEUTRAL and v == IDENTITY_NEUTRAL[k])}
+    return stored
+
+
 def _read_resume_state(resume_dir: str, config: TrialConfig) -> dict[str, Any] | None:
     """The saved state of this trial, or None when there is none; ValueError when it is another trial's."""
     file = os.path.join(resume_dir, RESUME_FILE)
     if not os.path.isfile(file):
         return None
     state = torch.load(file, map_location="cpu", weights_only=True)
-    diffs = _differences(state["config"], _resume_identity(config))
+    diffs = _differences(_stored_identity(state["config"]), config.identity())
     if diffs:
         raise ValueError(f"{file} belongs to another trial config, not resuming it: " + "; ".join(diffs))
     if not 1 <= state["epoch"] <= config.recipe.epochs:
         raise ValueError(f"{file}: saved epoch {state['epoch']} is outside 1..{config.recipe.epochs}")
     return state
+
+
+@dataclass
+class _Progress:
+    """Where a trial stands: the epochs done, the evaluation results so far and the epoch reports."""
+
+    start_epoch: int = 0
+    final: EvalResult | None = None
+    best: EvalResult | None = None
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # kept in the resume state
+
+
+def _restore(saved: dict[str, Any], model, method, optimizer, train_loader,
+             saved_report: Callable[[EpochReport], None] | None) -> _Progress:
+    """Put a saved state back into the freshly built trial and hand its reports to `saved_report`."""
+    model.load_state_dict(saved["model"])
+    method.load_state_dict(saved["method"])
+    optimizer.load_state_dict(saved["optimizer"])
+    progress = _Progress(
+        start_epoch=saved["epoch"],
+        final=EvalResult(**saved["final"]) if saved["final"] is not None else None,
+        best=EvalResult(**saved["best"]) if saved["best"] is not None else None,
+        best_epoch=saved["best_epoch"],
+        history=list(saved.get("reports", [])),
+    )
+    _set_rng_states(saved["rng"], train_loader)  # last: the set-up above drew from the same streams
+    if saved_report is not None:
+        for item in progress.history:
+            saved_report(_report_from_dict(item))
+    return progress
+
+
+def _forward(model, teacher, method, x, y, epoch: int, autocast: bool) -> dict[str, torch.Tensor]:
+    """One batch through student (and teacher) and the method: its named loss terms."""
+    needs_features = method.NEEDS_FEATURES
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        student_features, student_logits = (features_of(model, x, method.student_preact) if needs_features
+                                            else (None, model(x)))
+        teacher_features = teacher_logits = None
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_features, teacher_logits = (features_of(teacher, x, method.teacher_preact) if needs_features
+                                                    else (None, teacher(x)))
+        # Logit losses in float32: softmax at temperature T and KL terms lose too much in bf16.
+        return method.losses(
+            student_logits.float(),
+            None if teacher_logits is None else teacher_logits.float(),
+            y,
+            epoch,
+            student_features=student_features,
+            teacher_features=teacher_features,
+        )
+
+
+def _train_epoch(model, teacher, method, optimizer, train_loader, epoch: int, device, autocast: bool
+                 ) -> tuple[float, dict[str, float]]:
+    """One pass over the training set: the mean loss and the mean of each loss term."""
+    model.train()
+    method.train()
+    loss_sum = torch.zeros((), device=device)
+    term_sums: dict[str, torch.Tensor] = {}
+    seen = 0
+    for x, y in train_loader:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        terms = _forward(model, teacher, method, x, y, epoch, autocast)
+        loss = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = y.shape[0]
+        seen += n
+        loss_sum += loss.detach() * n
+        for k, v in terms.items():
+            term_sums[k] = term_sums.get(k, torch.zeros((), device=device)) + v.detach() * n
+    return float(loss_sum) / max(seen, 1), {k: float(v) / max(seen, 1) for k, v in term_sums.items()}
 
 
 def run_trial(
@@ -248,99 +322,47 @@ def run_trial(
     params = list(model.parameters()) + list(method.parameters())
     optimizer = torch.optim.SGD(params, lr=config.recipe.lr, momentum=config.recipe.momentum, weight_decay=config.recipe.weight_decay)
 
-    best: EvalResult | None = None
-    best_epoch = 0
-    final: EvalResult | None = None
-    start_epoch = 0
-    history: list[dict[str, Any]] = []  # the reports of the epochs run so far (kept in the resume state)
+    progress = _Progress()
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        method.load_state_dict(saved["method"])
-        optimizer.load_state_dict(saved["optimizer"])
-        final = EvalResult(**saved["final"]) if saved["final"] is not None else None
-        best = EvalResult(**saved["best"]) if saved["best"] is not None else None
-        best_epoch = saved["best_epoch"]
-        start_epoch = saved["epoch"]
-        _set_rng_states(saved["rng"], train_loader)  # last: the set-up above drew from the same streams
-        history = list(saved.get("reports", []))
+        progress = _restore(saved, model, method, optimizer, train_loader, saved_report)
         del saved
-        if saved_report is not None:
-            for item in history:
-                saved_report(_report_from_dict(item))
 
     def save_resume_state(epochs_done: int) -> None:
         _write_resume_state(resume_dir, {
             "epoch": epochs_done,
-            "config": _resume_identity(config),
+            "config": config.identity(),
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "method": {k: v.detach().cpu() for k, v in method.state_dict().items()},
             "optimizer": optimizer.state_dict(),
-            "final": asdict(final) if final is not None else None,
-            "best": asdict(best) if best is not None else None,
-            "best_epoch": best_epoch,
+            "final": asdict(progress.final) if progress.final is not None else None,
+            "best": asdict(progress.best) if progress.best is not None else None,
+            "best_epoch": progress.best_epoch,
             "rng": _rng_states(train_loader),
-            "reports": history,
+            "reports": progress.history,
         })
 
     every = config.recipe.checkpoint_every
-    for epoch in range(start_epoch, config.recipe.epochs):
+    for epoch in range(progress.start_epoch, config.recipe.epochs):
         lr = lr_at(config.recipe, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        model.train()
-        method.train()
-        loss_sum = torch.zeros((), device=device)
-        term_sums: dict[str, torch.Tensor] = {}
-        seen = 0
-        for x, y in train_loader:
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            student_features = teacher_features = teacher_logits = None
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                if spec.needs_features:
-                    student_features, student_logits = model.forward_features(x)
-                else:
-                    student_logits = model(x)
-                if teacher is not None:
-                    with torch.no_grad():
-                        if spec.needs_features:
-                            teacher_features, teacher_logits = teacher.forward_features(x)
-                        else:
-                            teacher_logits = teacher(x)
-                # Logit losses in float32: softmax at temperature T and KL terms lose too much in bf16.
-                terms = method.losses(
-                    student_logits.float(),
-                    None if teacher_logits is None else teacher_logits.float(),
-                    y,
-                    epoch,
-                    student_features=student_features,
-                    teacher_features=teacher_features,
-                )
-            loss = sum(terms.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n = y.shape[0]
-            seen += n
-            loss_sum += loss.detach() * n
-            for k, v in terms.items():
-                term_sums[k] = term_sums.get(k, torch.zeros((), device=device)) + v.detach() * n
+        epoch_loss, terms = _train_epoch(model, teacher, method, optimizer, train_loader, epoch, device, autocast)
         evaluated = None
         if (epoch + 1) % max(1, config.recipe.eval_every) == 0 or epoch + 1 == config.recipe.epochs:
             # In float32, also on a GPU: bf16 logits tie often enough to bias argmax toward low class ids (the head).
-            final = evaluated = evaluate(model, test_loader, data.class_counts, device)
-            if best is None or final.acc_all > best.acc_all:
-                best, best_epoch = final, epoch + 1
-        epoch_loss = float(loss_sum) / max(seen, 1)
+            progress.final = evaluated = evaluate(model, test_loader, data.class_counts, device)
+            if progress.best is None or evaluated.acc_all > progress.best.acc_all:
+                progress.best, progress.best_epoch = evaluated, epoch + 1
         if not math.isfinite(epoch_loss):
             raise FloatingPointError(f"training loss is {epoch_loss} at epoch {epoch + 1}: lower the lr or the loss weights")
-        epoch_report = EpochReport(epoch + 1, epoch_loss, lr, evaluated, {k: float(v) / max(seen, 1) for k, v in term_sums.items()})
-        history.append(_report_to_dict(epoch_report))
+        epoch_report = EpochReport(epoch + 1, epoch_loss, lr, evaluated, terms)
+        progress.history.append(_report_to_dict(epoch_report))
         if resume_dir is not None and (epoch + 1 == config.recipe.epochs or (every and (epoch + 1) % every == 0)):
             save_resume_state(epoch + 1)  # before the report, so a report that stops the run keeps this epoch
         if report is not None:
             report(epoch_report)
 
+    final, best = progress.final, progress.best
     assert final is not None and best is not None, "recipe.epochs must be >= 1"
     if checkpoint_dir is not None:
         save_checkpoint(checkpoint_dir, model, config, data.num_classes, data.in_channels)
@@ -351,4 +373,4 @@ def run_trial(
         "test": group_probability(model, test_loader, data.class_counts, device),
         "train": group_probability(model, train_eval_loader, data.class_counts, device),
     }
-    return TrialResult(final, best, best_epoch, data.class_counts, data.train_indices, config.recipe.epochs, group_prob)
+    return TrialResult(final, best, progress.best_epoch, data.class_counts, data.train_indices, config.recipe.epochs, group_prob)

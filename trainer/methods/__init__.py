@@ -41,6 +41,9 @@ class MethodSpec:
     # Hyperparameters the method sets itself: not settable (passing one is an error), but written
     # into the instance's `hparams`, so what was run is recorded.
     fixed: dict[str, object] = field(default_factory=dict)
+    # Bumped when a correction changes what the method computes for the same hyperparameters: it
+    # enters the trial identity (`TrialConfig.identity`) when > 0, so runs of the old code are rerun.
+    revision: int = 0
 
     def __post_init__(self):
         # Every distillation method takes `ce`, the loss of its supervised term (SUPERVISED_LOSSES).
@@ -58,11 +61,11 @@ LTKD_PARAMS: dict[str, object] = {
 
 
 def _ltkd_variant(impl: str, display: str, fixed: dict[str, object] | None = None, drop: tuple[str, ...] = (),
-                  extra: dict[str, object] | None = None) -> MethodSpec:
+                  extra: dict[str, object] | None = None, revision: int = 0) -> MethodSpec:
     """An LTKD variant: LTKD's hyperparameters less those it fixes or drops, plus its own."""
     fixed = fixed or {}
     params = {k: v for k, v in LTKD_PARAMS.items() if k not in fixed and k not in drop}
-    return MethodSpec(impl, display, {**params, **(extra or {})}, fixed=fixed)
+    return MethodSpec(impl, display, {**params, **(extra or {})}, fixed=fixed, revision=revision)
 
 
 METHODS: dict[str, MethodSpec] = {

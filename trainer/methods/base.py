@@ -12,6 +12,11 @@ from trainer.losses import balanced_softmax_loss, log_class_prior
 from trainer.methods import METHODS, PARAM_CHOICES
 
 
+def features_of(model: nn.Module, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """`model.forward_features(x)`, with the stage maps before their final ReLU when `preact`."""
+    return model.forward_features(x, preact=True) if preact else model.forward_features(x)
+
+
 class Method(nn.Module, ABC):
     """A training objective. Subclasses set NAME (their key in `trainer.methods.METHODS`) and
     implement `losses`; the rest of the declaration (DISPLAY, PARAMS: hyperparameter -> default,
@@ -30,6 +35,10 @@ class Method(nn.Module, ABC):
     # and passes the feature lists to `losses`.
     NEEDS_FEATURES: ClassVar[bool] = False
     FIXED: ClassVar[dict[str, object]] = {}  # set by the method itself, recorded in hparams
+    # Feature methods that distil stage maps before their final ReLU set these (instance attributes):
+    # the loop then asks that model for `forward_features(x, preact=True)`.
+    student_preact: bool = False
+    teacher_preact: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
