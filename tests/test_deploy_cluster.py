@@ -104,7 +104,7 @@ def stack(tmp_path_factory):
     # The Ray head, from an environment without the project, token authentication on.
     python = no_project_python(root / "no-project-venv")
     probe = subprocess.run([str(python), "-c", "import ray, torch, mlflow\ntry:\n import trainer\nexcept ImportError: print('absent')"],
-                           capture_output=True, text=True, cwd=root, timeout=120)
+                           capture_output=True, text=True, cwd=root, env=base, timeout=120)
     assert probe.stdout.strip() == "absent", probe.stdout + probe.stderr
     token = root / "ray_token"
     token.write_text(open(secrets / "ltkd" / "ray_token").read())
@@ -128,7 +128,9 @@ def stack(tmp_path_factory):
         wait_for(lambda: subprocess.run([sys.executable, str(REPO / "docker" / "mlflow_serve.py"), "health", str(mport)]).returncode == 0
                  or server.poll() is not None, 120, "MLflow server")
         assert server.poll() is None, (root / "mlflow.log").read_text()[-3000:]
-        yield {"root": root, "address": f"127.0.0.1:{port}", "url": url, "env": ray_env, "secrets": secrets}
+        # The driver has the project (and whatever PYTHONPATH it runs with); the cluster above has neither.
+        driver_env = {**ray_env, **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {})}
+        yield {"root": root, "address": f"127.0.0.1:{port}", "url": url, "env": driver_env, "secrets": secrets}
     finally:
         kill_tree(head, temp_dir)
         kill_tree(server, str(root))
@@ -204,15 +206,16 @@ def test_a_sweep_on_the_cluster_finishes_the_shipped_trial_and_stops_on_sigterm_
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", creds[-1])
     client = MlflowClient(tracking_uri=stack["url"])
 
-    def student_started():
+    def teacher_done_student_started():
         if sweep.poll() is not None:
             return True
         exp = client.get_experiment_by_name("deploy_cluster")
-        runs = [] if exp is None else client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
-        return any(r.data.params.get("role") == "distill" for r in runs)
+        runs = [] if exp is None else client.search_runs([exp.experiment_id], "tags.config_hash != ''")
+        status = {r.data.params.get("role"): r.info.status for r in runs}
+        return status == {"teacher": "FINISHED", "distill": "RUNNING"}
 
     try:
-        wait_for(student_started, 150, "student's run (after the teacher FINISHED)", lines)
+        wait_for(teacher_done_student_started, 150, "teacher FINISHED and student RUNNING in MLflow", lines)
         assert sweep.poll() is None, "".join(lines)
         sweep.send_signal(signal.SIGTERM)
         sweep.wait(timeout=90)
