@@ -183,3 +183,35 @@ def test_a_resumed_trial_can_report_again_the_epochs_its_state_holds(tmp_path, u
     for again, original in zip(replayed, first):
         assert (again.loss, again.lr, again.terms) == (original.loss, original.lr, original.terms)
         assert again.eval.metrics() == original.eval.metrics() and again.eval.per_class == []
+
+
+def test_resume_check_and_config_hash_share_one_identity(tmp_path, teacher):
+    """The saved state holds `TrialConfig.identity()`, the dict `config_hash` hashes; a state written
+    before the identity was defined once (identity-neutral `ce: standard` kept in it) still resumes,
+    and a state of an earlier method revision does not."""
+    import json
+
+    from orchestrator.study import config_hash
+    from trainer.loop import _write_resume_state
+
+    resume = str(tmp_path / "resume")
+    config = _config("distill", method="kd", method_params={"ce": "standard"}, epochs=2)
+    with pytest.raises(Stop):
+        run_trial(config, report=_stop_after(1, []), teacher_checkpoint=teacher, resume_dir=resume)
+    state = _state(resume)
+    assert state["config"] == config.identity() and "ce" not in state["config"]["method_params"]
+    blob = json.dumps({**config.identity(), "teacher_hash": None}, sort_keys=True, separators=(",", ":"))
+    assert config_hash(config) == __import__("hashlib").sha256(blob.encode()).hexdigest()[:16]
+
+    old = dict(state, config={**state["config"], "method_params": {**state["config"]["method_params"], "ce": "standard"}})
+    _write_resume_state(resume, old)
+    reports = []
+    run_trial(config, report=reports.append, teacher_checkpoint=teacher, resume_dir=resume)
+    assert [r.epoch for r in reports] == [2]
+
+    revised = _config("distill", method="reviewkd", epochs=2)
+    assert revised.identity()["method_revision"] == 1 and "method_revision" not in config.identity()
+    stale = dict(state, config={k: v for k, v in revised.identity().items() if k != "method_revision"})
+    _write_resume_state(resume, stale)
+    with pytest.raises(ValueError, match="method_revision: absent in the saved state, 1 here"):
+        run_trial(revised, teacher_checkpoint=teacher, resume_dir=resume)

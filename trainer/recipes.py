@@ -8,8 +8,9 @@ hyperparameters that go with them.
 - `smoke`: a few epochs for the offline data.
 
 `method_defaults(preset, method, teacher, student)` gives the hyperparameters the baselines' own
-released configurations use with that recipe and pair (mdistiller's configs for KD, DKD and
-ReviewKD; the CAT-KD authors' configs for CAT-KD); a study's own values always win.
+released configurations use with that recipe and pair (mdistiller's configs for KD and DKD; the
+ReviewKD authors' scripts and mdistiller's configs for ReviewKD; the CAT-KD authors' configs for
+CAT-KD; the DIST paper's settings with its released ImageNet loss weight); a study's own values win.
 """
 from __future__ import annotations
 
@@ -50,6 +51,24 @@ DKD_BETA_CIFAR = {("vgg13", "vgg8"): 6.0, ("vgg13", "mobilenet_v2"): 6.0, ("wrn_
 # DKD's beta on ImageNet per (teacher, student) in mdistiller's configs.
 DKD_BETA_IMAGENET = {("resnet34", "resnet18"): 0.5, ("resnet50", "mobilenet_v1"): 2.0}
 
+# ReviewKD per (preset, teacher, student): the loss weight of the authors' CIFAR-100 training script
+# (`--kd-loss-weight`; the VGG pairs are not in it and keep mdistiller's default 1.0) and, on
+# ImageNet, mdistiller's configs (weight, 1-epoch warm-up, student pre-activation features) with the
+# authors' own ImageNet connector width for MobileNetV1 (256; min(512, 512) = 512 for ResNet-18).
+REVIEWKD = {
+    ("cifar", "resnet32x4", "resnet8x4"): {"weight": 5.0},
+    ("cifar", "resnet32x4", "shufflenet_v1"): {"weight": 5.0},
+    ("cifar", "resnet32x4", "shufflenet_v2"): {"weight": 8.0},
+    ("cifar", "wrn_40_2", "wrn_40_1"): {"weight": 5.0},
+    ("cifar", "wrn_40_2", "wrn_16_2"): {"weight": 5.0},
+    ("cifar", "wrn_40_2", "shufflenet_v1"): {"weight": 5.0},
+    ("cifar", "resnet56", "resnet20"): {"weight": 0.6},
+    ("cifar", "resnet110", "resnet32"): {"weight": 1.0},
+    ("imagenet", "resnet34", "resnet18"): {"weight": 1.0, "student_preact": True},
+    ("imagenet", "resnet50", "mobilenet_v1"): {"weight": 8.0, "mid_channels": 256, "student_preact": True},
+}
+REVIEWKD_DEFAULT = {"cifar": {"weight": 1.0, "warmup": 20}, "imagenet": {"weight": 1.0, "warmup": 1, "student_preact": True}}
+
 
 def resolve_recipe(preset: str | None, overrides: dict, student: str | None = None) -> Recipe:
     """The preset (or the dataclass defaults) with the CIFAR student-lr rule, then the overrides."""
@@ -77,7 +96,7 @@ def method_defaults(preset: str | None, method: str, teacher: str | None, studen
         if method == "dkd":
             return {"alpha": 1.0, "beta": DKD_BETA_CIFAR.get(pair, 8.0), "warmup": 20, "temperature": 4.0}
         if method == "reviewkd":
-            return {"weight": 5.0 if pair == ("resnet32x4", "resnet8x4") else 1.0, "warmup": 20}
+            return {**REVIEWKD_DEFAULT["cifar"], **REVIEWKD.get((preset, *pair), {})}
         if method == "catkd":
             weight, resolution, normalize = CATKD_CIFAR.get(pair, CATKD_CIFAR[("resnet32x4", "resnet8x4")])
             return {"cat_weight": weight, "cam_resolution": resolution, "normalize": normalize}
@@ -89,11 +108,13 @@ def method_defaults(preset: str | None, method: str, teacher: str | None, studen
         if method == "dkd":
             return {"alpha": 1.0, "beta": DKD_BETA_IMAGENET.get(pair, 0.5), "warmup": 1, "temperature": 1.0}
         if method == "reviewkd":
-            return {"weight": 1.0, "warmup": 1}
+            return {**REVIEWKD_DEFAULT["imagenet"], **REVIEWKD.get((preset, *pair), {})}
         if method == "catkd":
+            # ResNet34 -> ResNet18 in the CAT-KD authors' configs; no released config has ResNet50 -> MobileNetV1.
             return {"cat_weight": 0.5, "cam_resolution": 4, "normalize": False}
         if method == "dist":
-            return {"beta": 1.0, "gamma": 1.0, "temperature": 1.0}
+            # DIST's released ImageNet setting: beta = gamma = 1 at T = 1 under a loss weight of 2, i.e. 2 x (inter + intra).
+            return {"beta": 2.0, "gamma": 2.0, "temperature": 1.0}
         if method == "bkd" or method.startswith("ltkd"):
             return {"temperature": 1.0}
     return {}

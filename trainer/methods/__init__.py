@@ -86,10 +86,14 @@ METHODS: dict[str, MethodSpec] = {
     "ltkd_biased": _ltkd_variant("trainer.methods.ltkd_variants:LTKDBiased", "LTKD (biased cross)", fixed={"rebalance": False}),
     "ltkd_continuous": _ltkd_variant("trainer.methods.ltkd_variants:LTKDContinuous", "LTKD (continuous reweighting)",
                                      drop=("reweight",), extra={"tau": 1.0}),
+    # revision 1 (issue 13): teacher pre-activation features, the authors' level pairing and connector width.
     "reviewkd": MethodSpec("trainer.methods.reviewkd:ReviewKD", "ReviewKD",
-                           {"ce_weight": 1.0, "weight": 1.0, "warmup": 20, "mid_channels": 0}, needs_features=True),
+                           {"ce_weight": 1.0, "weight": 1.0, "warmup": 20, "mid_channels": 0, "student_preact": False},
+                           needs_features=True, revision=1),
+    # revision 1 (issue 13): the student's classifier as the authors build it (bias-free 1x1 conv head).
     "catkd": MethodSpec("trainer.methods.catkd:CATKD", "CAT-KD",
-                        {"ce_weight": 1.0, "cat_weight": 15.0, "cam_resolution": 2, "normalize": False}, needs_features=True),
+                        {"ce_weight": 1.0, "cat_weight": 15.0, "cam_resolution": 2, "normalize": False}, needs_features=True,
+                        revision=1),
 }
 
 

@@ -11,15 +11,21 @@ Both CAM stacks are average-pooled to r x r (r = `cam_resolution`) and compared 
 The classifier is found generically as the model's last nn.Linear, and F as the deepest 4-D map of
 `forward_features` whose channel count equals the classifier's input width (found in `setup()`
 from a probe batch). If the student has no such map, a learnable 1x1 conv from its last map to the
-K classes (trained with it) stands in for its classifier; the teacher must have one. Teacher CAMs
+K classes (trained with it) stands in for its classifier; the teacher must have one.
+
+The student's classifier as the authors build it: their students end in a bias-free 1x1 conv to
+the K classes, initialised He-normal (fan_out), whose spatial mean is the logits and whose output
+is the student's CAM stack. A bias-free linear layer on the pooled vector computes the same logits
+(pooling and a 1x1 conv commute), so `setup()` re-initialises the student's classifier weight that
+way and pins its bias at zero (kept as a frozen parameter, so checkpoints keep the zoo's layout). Teacher CAMs
 are computed from detached features and weights: only the student (and that head) get gradients.
 The CAMs and the loss are computed in float32 with autocast disabled (the loop runs `losses()`
 under bf16 autocast on CUDA).
 
 Defaults: the authors' CIFAR-100 configs use r = 2, CE weight 1, no normalisation and a per-pair
 weight beta (15 for resnet32x4 -> resnet8x4, 4.5 for vgg13 -> vgg8, 1.5 for wrn_40_2 -> wrn_40_1;
-ImageNet: 0.5 with r = 4). The default cat_weight = 15 is the resnet32x4 -> resnet8x4 value; set
-it per pair in the study.
+ImageNet ResNet34 -> ResNet18: 0.5 with r = 4). The default cat_weight = 15 is the
+resnet32x4 -> resnet8x4 value; the recipe presets set the per-pair values (`trainer.recipes`).
 """
 from __future__ import annotations
 
@@ -47,6 +53,16 @@ def cam_map_index(feats: list[torch.Tensor], in_features: int) -> int | None:
     return None
 
 
+@torch.no_grad()
+def bias_free_conv_head(fc: nn.Linear) -> None:
+    """Make `fc` the authors' CAT-KD student head: the weight He-normal as a 1x1 conv's (fan_out =
+    classes, ReLU gain), the bias zero and frozen (no gradient, so no update or weight decay)."""
+    nn.init.kaiming_normal_(fc.weight, mode="fan_out", nonlinearity="relu")
+    if fc.bias is not None:
+        fc.bias.zero_()
+        fc.bias.requires_grad_(False)
+
+
 class CATKD(Method):
     NAME = "catkd"
 
@@ -70,7 +86,9 @@ class CATKD(Method):
                 "(its classifier's input width), so its class activation maps cannot be formed"
             )
         self._student_idx = cam_map_index(s_feats, s_fc.in_features)
-        if self._student_idx is None:
+        if self._student_idx is not None:
+            bias_free_conv_head(s_fc)
+        else:
             last = map_indices(s_feats)
             if not last:
                 raise ValueError("catkd: the student's forward_features gave no 4-D feature maps")

@@ -2,13 +2,21 @@
 
     loss = ce_weight * CE + ramp(epoch) * weight * sum_l HCL(O_l, F^T_l)
 
-Levels (`review_levels`), shallow to deep: the outputs of the network's stages plus the pooled
-embedding as the deepest level, reshaped to [B, C, 1, 1], as in the paper and mdistiller. For the
-zoo's convention (`feats` ends with the pooled 2-D vector) the stage maps are the 4-D entries of
-`feats` after the first one (the stem is not a level); for models without a pooled vector (the small
-`cnn_*` ones, `feats = [block1, block2]`) every 4-D map is a level and the global average of the last
-map is the 1x1 level. Student and teacher levels are paired from the deep end: with n_s and n_t
-levels, the last min(n_s, n_t) of each.
+Levels (`level_spec`), shallow to deep: the outputs of the network's stages plus the pooled
+embedding as the deepest level, reshaped to [B, C, 1, 1], as in the paper and its authors' code.
+A model that says which entries of `forward_features` are stages (`stage_indices()`, e.g.
+MobileNetV2, whose 1x1 head conv map is not a stage) gives those; otherwise, for the zoo's
+convention (`feats` ends with the pooled 2-D vector), the stage maps are the 4-D entries of `feats`
+after the first one (the stem is not a level). For models without a pooled vector (the small
+`cnn_*` ones, `feats = [block1, block2]`) every 4-D map is a level and the global average of the
+last map is the 1x1 level. Student and teacher levels are paired from the deep end: with n_s and
+n_t levels, the last min(n_s, n_t) of each. For VGG13 -> MobileNetV2 that pairs the student's
+12@16x16, 16@8x8, 48@4x4, 160@2x2 stage maps and its 1280-wide pooled vector with the teacher's
+128@16x16, 256@8x8, 512@4x4, 512@4x4 block maps and its 512-wide pooled vector, as the authors do.
+
+Features as the authors take them: the teacher's stage maps before their final ReLU
+(`forward_features(x, preact=True)`; see `trainer.models`), and the student's post-ReLU maps,
+or its pre-activation ones too with `student_preact` (the authors' ImageNet setting).
 
 The student levels are "reviewed" from deep to shallow by attention-based fusion (ABF) modules:
 the deepest level is reduced to `mid_channels` by a 1x1 conv + BN; every shallower level is reduced
@@ -22,13 +30,10 @@ the 1x1 level it is plain MSE. The ABF modules are built in `setup()` from the s
 batch and trained with the student; teacher features are detached. The connectors run under the
 loop's autocast; only the loss is computed in float32.
 
-Difference from the original: the authors distil the teacher's pre-activation (pre-ReLU) stage
-features; the zoo's `forward_features` exposes the post-ReLU maps only, so those are the targets here.
-
 Defaults: weight 1 with a 20-epoch linear warm-up (ramp = min((epoch + 1) / warmup, 1), 0-based
-epoch). For reference, mdistiller's configs use weight 5.0 with a 20-epoch warm-up on CIFAR-100
-(resnet32x4 -> resnet8x4) and weight 1.0 with a 1-epoch warm-up on ImageNet (resnet34 -> resnet18);
-the recipe presets set the per-pair values. mid_channels = 0 picks min(256, largest student level width).
+epoch); mid_channels = 0 picks min(512, the width of the student's deepest level), the authors'
+rule. The recipe presets set the per-pair values of the authors' released scripts and configs
+(`trainer.recipes.REVIEWKD`).
 """
 from __future__ import annotations
 
@@ -37,17 +42,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.losses import hcl_loss
-from trainer.methods.base import Method
+from trainer.methods.base import Method, features_of
 from trainer.methods.dkd import warmup_factor
 
 
 @torch.no_grad()
-def probe_features(model: nn.Module, sample: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+def probe_features(model: nn.Module, sample: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
     """`model.forward_features(sample)` in eval mode (no BN statistics updated), mode restored."""
     was_training = model.training
     model.eval()
     try:
-        feats, logits = model.forward_features(sample)
+        feats, logits = features_of(model, sample, preact)
     finally:
         model.train(was_training)
     return list(feats), logits
@@ -75,6 +80,31 @@ def review_levels(feats: list[torch.Tensor]) -> list[torch.Tensor]:
             return []
         pooled = maps[-1].mean(dim=(2, 3))
     return maps + [pooled.reshape(pooled.shape[0], pooled.shape[1], 1, 1)]
+
+
+def level_spec(model: nn.Module, feats: list[torch.Tensor]) -> list[tuple[str, int]]:
+    """Which entries of `feats` (a `forward_features` list of `model`) are ReviewKD's levels, shallow
+    to deep: ("map", i) for a stage map, then ("pooled", i) for a pooled [B, C] vector or ("gap", i)
+    for the global average of map i. See the module docstring for the rules."""
+    if feats and feats[-1].dim() == 2:
+        stages = model.stage_indices() if hasattr(model, "stage_indices") else \
+            [i for i in range(1, len(feats) - 1) if feats[i].dim() == 4]
+        return [("map", i) for i in stages] + [("pooled", len(feats) - 1)]
+    maps = map_indices(feats)
+    return [("map", i) for i in maps] + [("gap", maps[-1])] if maps else []
+
+
+def take_levels(feats: list[torch.Tensor], spec: list[tuple[str, int]]) -> list[torch.Tensor]:
+    """The level tensors a `level_spec` names, the 1x1 level as [B, C, 1, 1]."""
+    out = []
+    for kind, i in spec:
+        f = feats[i]
+        if kind == "pooled":
+            f = f.reshape(f.shape[0], f.shape[1], 1, 1)
+        elif kind == "gap":
+            f = f.mean(dim=(2, 3), keepdim=True)
+        out.append(f)
+    return out
 
 
 def resize_to(x: torch.Tensor, size) -> torch.Tensor:
@@ -122,43 +152,45 @@ class AttentionFusion(nn.Module):
 
 
 class ReviewKD(Method):
-    """ReviewKD; see the module docstring. Note: the teacher targets are the zoo's post-ReLU stage
-    maps (and pooled embedding), whereas the authors use the teacher's pre-activation features."""
+    """ReviewKD; see the module docstring."""
 
     NAME = "reviewkd"
 
     def __init__(self, class_counts, **params):
         super().__init__(class_counts, **params)
+        self.teacher_preact = True  # the authors distil the teacher's pre-activation stage maps
+        self.student_preact = bool(self.hparams["student_preact"])
         self.fusions = nn.ModuleList()  # index l: the ABF of paired level l (shallow -> deep)
-        self._n_levels = 0  # paired levels: the last n of the student's and of the teacher's levels
+        self._levels: tuple[list[tuple[str, int]], list[tuple[str, int]]] = ([], [])  # (student, teacher) specs
+        self.mid_channels = 0
         self.level_shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []  # (student, teacher) [C, H, W] per level
 
     def setup(self, student, teacher, sample):
         if teacher is None:
             raise ValueError("reviewkd needs a teacher")
-        s_feats, _ = probe_features(student, sample)
-        t_feats, _ = probe_features(teacher, sample)
-        s_levels, t_levels = review_levels(s_feats), review_levels(t_feats)
-        n = min(len(s_levels), len(t_levels))
+        s_feats, _ = probe_features(student, sample, self.student_preact)
+        t_feats, _ = probe_features(teacher, sample, self.teacher_preact)
+        s_spec, t_spec = level_spec(student, s_feats), level_spec(teacher, t_feats)
+        n = min(len(s_spec), len(t_spec))
         if n == 0:
             raise ValueError("reviewkd: forward_features gave no 4-D feature maps")
-        s_levels, t_levels = s_levels[-n:], t_levels[-n:]
-        self._n_levels = n
+        self._levels = (s_spec[-n:], t_spec[-n:])
+        s_levels, t_levels = take_levels(s_feats, self._levels[0]), take_levels(t_feats, self._levels[1])
         self.level_shapes = [(tuple(s.shape[1:]), tuple(t.shape[1:])) for s, t in zip(s_levels, t_levels)]
         s_channels = [s.shape[1] for s in s_levels]
         t_channels = [t.shape[1] for t in t_levels]
-        mid = int(self.hparams["mid_channels"]) or min(256, max(s_channels))
+        self.mid_channels = int(self.hparams["mid_channels"]) or min(512, s_channels[-1])
         self.fusions = nn.ModuleList(
-            AttentionFusion(s_channels[l], mid, t_channels[l], fuse=l < n - 1) for l in range(n)
+            AttentionFusion(s_channels[l], self.mid_channels, t_channels[l], fuse=l < n - 1) for l in range(n)
         ).to(sample.device)
 
     def losses(self, student_logits, teacher_logits, target, epoch, student_features=None, teacher_features=None):
         h = self.hparams
-        n = self._n_levels
+        n = len(self.fusions)
         if not n:
             raise RuntimeError("reviewkd: setup() must run before losses()")
-        s_maps = review_levels(list(student_features))[-n:]
-        t_maps = [t.detach() for t in review_levels(list(teacher_features))[-n:]]
+        s_maps = take_levels(list(student_features), self._levels[0])
+        t_maps = [t.detach() for t in take_levels(list(teacher_features), self._levels[1])]
         total = torch.zeros((), device=student_logits.device, dtype=torch.float32)
         deeper = None
         for level in reversed(range(n)):  # review from the deepest level to the shallowest
