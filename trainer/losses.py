@@ -1,6 +1,6 @@
 """Distillation losses as plain functions over logits [B, C]; each returns the batch mean.
 
-`ltkd_loss` follows DESIGN.md exactly. Everything is computed in log space and vectorised over
+`ltkd_loss` follows the design's definition (its docstring). Everything is computed in log space and vectorised over
 groups with scatter operations (O(B * C), no loop over groups or classes), so n(G) = 100 costs
 about what n(G) = 3 costs and nothing underflows when a group's probability is tiny.
 """
@@ -247,10 +247,16 @@ def batch_group_log_prior(
 
 
 def continuous_group_weights(log_prior: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """Within-group weights of `ltkd_continuous_loss`: w_G = (p^B_G)^(-tau) / mean_G'((p^B_G')^(-tau)),
-    computed as G * softmax(-tau * log p^B) (stable for tiny p^B). Mean 1 over groups; tau = 0 is
-    uniform (LTKD); tau = 1 is proportional to the rebalancing factors s_G = mean(p^B) / p^B_G."""
+    """Weights w_k = (p_k)^(-tau) / mean_k'((p_k')^(-tau)) from log masses log p_k, computed as
+    K * softmax(-tau * log p) (stable for tiny p). Mean 1; tau = 0 is uniform; tau = 1 is
+    proportional to the rebalancing factors mean(p) / p_k of the cross-group term."""
     return log_prior.numel() * torch.softmax(-tau * log_prior, dim=0)
+
+
+def tail_suffix_masks(groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """[G, C] bool: row k marks the classes of groups k, k+1, ..., G-1 (group k and every group
+    after it toward the tail, S_k)."""
+    return groups.unsqueeze(0) >= torch.arange(num_groups, device=groups.device).unsqueeze(1)
 
 
 def ltkd_continuous_loss(
@@ -264,22 +270,44 @@ def ltkd_continuous_loss(
     tau: float = 1.0,
     num_groups: int | None = None,
 ) -> torch.Tensor:
-    """LTKD with continuous within-group reweighting ("continuous reweighting" of the n(G) ablation).
+    """LTKD with continuous reweighting (the n(G) ablation's second row; the project's reading).
 
-    Same cross-group term as `ltkd_loss`; the within-group KLs are weighted by w_G =
-    `continuous_group_weights(log p^B, tau)` instead of uniformly: a group's weight varies
-    continuously (a power law) with the teacher's batch-mean probability of the group, so groups
-    the teacher under-predicts (the tail) get more within-group supervision. The weights have mean
-    1 over the groups (same overall scale as LTKD's uniform weights) and are constants for the
-    gradient (teacher-only quantities, detached). tau = 0 gives `ltkd_loss` exactly.
-    Vectorised over groups like `ltkd_loss`.
+        loss = (alpha * cross + beta * sum_k w_k KL(p~^T_{S_k} || p~^S_{S_k})) * T^2,
+
+    cross being LTKD's (rebalanced) cross-group term over the n(G) groups, S_k the classes of group
+    k and of every group after it toward the tail (k = 0..G-1; S_0 is every class), p~_{S} the
+    distribution restricted to S and renormalised, and w_k = `continuous_group_weights(log p^B(S_k),
+    tau)` / G, p^B(S_k) being the teacher's batch-mean probability of S_k (teacher-only, detached).
+
+    Why: LTKD's within-group term weights each group's KL uniformly instead of by the teacher's group
+    mass p_G^T, a step function of the class ranking that vanishes for one-class groups (at n(G) = C
+    LTKD keeps its cross term only). Here every group boundary opens one within-distribution reaching
+    to the end of the tail, so a class at rank r is supervised within the distributions of the
+    k(r) + 1 nested sets that hold it: the within-group supervision grows continuously from the head
+    (1 set) to the tail (n(G) sets) and is weighted further toward the sets the teacher under-predicts
+    (tau > 0). It is meaningful at every n(G): n(G) = 1 gives beta * KD (the full class-level KL,
+    no cross term); n(G) = C gives C - 1 non-trivial nested KLs (the last set is one class).
+    The weights sum to 1 over the n(G) sets: the sets overlap (S_0 holds every class), so a sum of
+    their KLs would grow with n(G); a weighted mean keeps the within term on the scale of one KL.
+    Vectorised over the sets ([B, G, C] masked log-sum-exps): no Python loop over groups or classes.
     """
     groups = groups.to(student_logits.device)
     if num_groups is None:
         num_groups = int(groups.max().item()) + 1
     d = _decompose(student_logits, teacher_logits, groups, temperature, rebalance, num_groups)
-    weights = continuous_group_weights(d.log_pb.detach(), tau)[groups]  # [C]: each class's group weight
-    within = (weights * d.within_terms).sum(dim=1)
+    masks = tail_suffix_masks(groups, num_groups)  # [G, C]
+    kl = []
+    for z in (teacher_logits / temperature, student_logits / temperature):
+        # Entries outside S_k sit _MASK_GAP below the row's minimum: they vanish, and stay finite.
+        fill = z.detach().amin(dim=1, keepdim=True) - _MASK_GAP
+        zk = torch.where(masks.unsqueeze(0), z.unsqueeze(1), fill.unsqueeze(1))  # [B, G, C]
+        kl.append(zk - torch.logsumexp(zk, dim=2, keepdim=True))  # log p~_{S_k}
+    log_t, log_s = kl
+    within_sets = (torch.exp(log_t) * (log_t - log_s)).masked_fill(~masks.unsqueeze(0), 0.0).sum(dim=2)  # [B, G]
+    # log p^B(S_k): suffix log-sum-exp of the per-group batch masses.
+    log_pb_sets = torch.flip(torch.logcumsumexp(torch.flip(d.log_pb.detach(), (0,)), dim=0), (0,))
+    weights = continuous_group_weights(log_pb_sets, tau) / num_groups
+    within = (within_sets * weights.unsqueeze(0)).sum(dim=1)
     return (alpha * d.cross + beta * within).mean() * temperature**2
 
 

@@ -84,8 +84,9 @@ METHODS: dict[str, MethodSpec] = {
     "ltkd_within": _ltkd_variant("trainer.methods.ltkd_variants:LTKDWithin", "LTKD (within only)",
                                  fixed={"alpha": 0.0, "rebalance": True}),
     "ltkd_biased": _ltkd_variant("trainer.methods.ltkd_variants:LTKDBiased", "LTKD (biased cross)", fixed={"rebalance": False}),
+    # revision 1 (issue 13): within-group KLs over nested tail sets, meaningful at every n(G).
     "ltkd_continuous": _ltkd_variant("trainer.methods.ltkd_variants:LTKDContinuous", "LTKD (continuous reweighting)",
-                                     drop=("reweight",), extra={"tau": 1.0}),
+                                     drop=("reweight",), extra={"tau": 1.0}, revision=1),
     # revision 1 (issue 13): teacher pre-activation features, the authors' level pairing and connector width.
     "reviewkd": MethodSpec("trainer.methods.reviewkd:ReviewKD", "ReviewKD",
                            {"ce_weight": 1.0, "weight": 1.0, "warmup": 20, "mid_channels": 0, "student_preact": False},

@@ -29,22 +29,12 @@ class LTKDBiased(LTKD):
 
 
 class LTKDContinuous(LTKD):
-    """LTKD with continuous within-group reweighting (the n(G) ablation's "continuous reweighting").
+    """LTKD with continuous reweighting (the n(G) ablation's "continuous reweighting" row), the
+    project's reading of it: `trainer.losses.ltkd_continuous_loss` gives the definition and why.
 
-    Definition: loss = ce_weight * CE + (alpha * cross + beta * sum_G w_G KL(p~_G^T || p~_G^S)) * T^2,
-    with the cross term exactly LTKD's and
-        w_G = (p^B_G)^(-tau) / mean_G' (p^B_G')^(-tau),
-    p^B_G being the teacher's probability of group G averaged over the batch (at temperature T).
-
-    Why: LTKD replaces KD's within-group weights p_G^T, which starve the tail, by a uniform constant
-    - a step from "proportional to the teacher's group mass" to "all equal". The continuous variant
-    keeps going along the same axis: the weight is a smooth power of the group's (batch) prior,
-    so with many groups (n(G) up to C) the weight varies continuously along the class ranking
-    instead of being flat. tau = 0 is LTKD (uniform); tau = 1 makes w_G proportional to the same
-    factors s_G = mean(p^B) / p^B_G that rebalance the cross-group term, so both terms are rebalanced
-    by one rule; tau = -1 gives weights proportional to p^B_G (a batch-level version of KD's own
-    weighting). The weights are normalised to mean 1, so the within term keeps LTKD's overall scale
-    and beta keeps its meaning; they depend on the teacher only (no gradient). Default tau = 1.
+    In short: LTKD's cross-group term, and within-group KLs over the nested sets S_k = group k and
+    every group after it toward the tail, weighted by w_k proportional to (p^B(S_k))^(-tau) (summing to 1).
+    Meaningful at every n(G), n(G) = C included, where LTKD's own within term vanishes. Default tau = 1.
     """
 
     NAME = "ltkd_continuous"
