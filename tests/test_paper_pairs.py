@@ -241,8 +241,8 @@ def test_reviewkd_at_resnet32x4_resnet8x4():
         deeper = h
         out = _np_bn_train(_np_conv(h, abf.expand[0]), abf.expand[1])
         total += _np_hcl(out, t_levels[level])
-    assert float(got["reviewkd"]) == pytest.approx(10 / 20 * 5.0 * total, rel=1e-9)
-    assert float(got["ce"]) == pytest.approx(np_ce(s_logits.detach().numpy(), y.numpy()), rel=1e-10)
+    assert float(got["reviewkd"].detach()) == pytest.approx(10 / 20 * 5.0 * total, rel=1e-9)
+    assert float(got["ce"].detach()) == pytest.approx(np_ce(s_logits.detach().numpy(), y.numpy()), rel=1e-10)
 
 
 def test_reviewkd_pairs_vgg13_mobilenet_v2_levels_as_the_authors():
@@ -307,7 +307,7 @@ def test_catkd_at_resnet32x4_resnet8x4():
     np.testing.assert_allclose(cam_s.mean(axis=(2, 3)), s_logits.detach().numpy(), rtol=1e-9, atol=1e-12)
     want_cat = 15.0 * np.mean((_np_pool(cam_s, 2) - _np_pool(cam_t, 2)) ** 2)
     assert float(got["cat"]) == pytest.approx(want_cat, rel=1e-6)  # the method forms CAMs in float32
-    assert float(got["ce"]) == pytest.approx(np_ce(s_logits.detach().numpy(), y.numpy()), rel=1e-10)
+    assert float(got["ce"].detach()) == pytest.approx(np_ce(s_logits.detach().numpy(), y.numpy()), rel=1e-10)
     # Training leaves the head bias-free.
     opt = torch.optim.SGD([p for p in student.parameters()], lr=0.1, momentum=0.9, weight_decay=5e-4)
     sum(got.values()).backward()
