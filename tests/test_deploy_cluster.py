@@ -95,12 +95,6 @@ def stack(tmp_path_factory):
     mlflow_env = {**base, "LTKD_LTKD_SECRETS": str(secrets / "ltkd"), "LTKD_DB_SECRETS": str(secrets / "db"),
                   "LTKD_MLFLOW_SECRETS": str(root / "mlflow-own"), "LTKD_AUTH_TEMPLATE": str(REPO / "docker" / "basic_auth.ini"),
                   "LTKD_AUTH_DATABASE_URI": f"sqlite:///{root}/auth.db"}
-    server = subprocess.Popen(
-        [sys.executable, str(REPO / "docker" / "mlflow_serve.py"), "serve", "--", str(BIN / "mlflow"), "server",
-         "--app-name", "basic-auth", "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--serve-artifacts",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(mport), "--workers", "1"],
-        env=mlflow_env, cwd=root, stdout=open(root / "mlflow.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-
     # The Ray head, from an environment without the project, token authentication on.
     python = no_project_python(root / "no-project-venv")
     probe = subprocess.run([str(python), "-c", "import ray, torch, mlflow\ntry:\n import trainer\nexcept ImportError: print('absent')"],
@@ -113,14 +107,20 @@ def stack(tmp_path_factory):
                "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # the head stops at once at the end
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ltkd-ray-")  # short: Ray's socket paths must fit in 107 bytes
-    head = subprocess.Popen(
-        [str(python), "-c", "import sys; from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()",
-         "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-         "--include-dashboard=false", "--disable-usage-stats", "--object-store-memory=200000000", f"--temp-dir={temp_dir}", "--block"],
-        env=ray_env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    head_lines: list[str] = []
-    read_lines(head, head_lines)
+    server = head = None
     try:
+        server = subprocess.Popen(
+            [sys.executable, str(REPO / "docker" / "mlflow_serve.py"), "serve", "--", str(BIN / "mlflow"), "server",
+             "--app-name", "basic-auth", "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--serve-artifacts",
+             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(mport), "--workers", "1"],
+            env=mlflow_env, cwd=root, stdout=open(root / "mlflow.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        head = subprocess.Popen(
+            [str(python), "-c", "import sys; from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()",
+             "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+             "--include-dashboard=false", "--disable-usage-stats", "--object-store-memory=200000000", f"--temp-dir={temp_dir}", "--block"],
+            env=ray_env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        head_lines: list[str] = []
+        read_lines(head, head_lines)
         wait_for(lambda: any("Ray runtime started" in line for line in head_lines) or head.poll() is not None, 120,
                  "Ray head", head_lines)
         assert head.poll() is None, "".join(head_lines)
@@ -132,8 +132,10 @@ def stack(tmp_path_factory):
         driver_env = {**ray_env, **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {})}
         yield {"root": root, "address": f"127.0.0.1:{port}", "url": url, "env": driver_env, "secrets": secrets}
     finally:
-        kill_tree(head, temp_dir)
-        kill_tree(server, str(root))
+        if head is not None:
+            kill_tree(head, temp_dir)
+        if server is not None:
+            kill_tree(server, str(root))
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
