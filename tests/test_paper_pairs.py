@@ -4,8 +4,8 @@
   path a sweep takes) against the values of the authors' released scripts and configs;
 - one batch's loss against a float64 formula written from the method's paper, with those values.
 
-Released values, as read from the public repositories: KD and DKD from mdistiller's configs
-(configs/cifar100/kd.yaml, dkd/*.yaml, imagenet/r34_r18, r50_mv1); ReviewKD from its authors'
+Released values, as read from the public repositories: KD and DKD from mdistiller's per-pair
+configs (CIFAR-100, ImageNet ResNet34 -> ResNet18 and ResNet50 -> MobileNetV1); ReviewKD from its authors'
 CIFAR-100 training script (`--kd-loss-weight` per pair) and ImageNet code (connector width 256 for
 MobileNet) and mdistiller's ImageNet configs (weight 1.0 / 8.0, 1-epoch warm-up, student
 pre-activation features); DIST from its paper (CIFAR beta = gamma = 2, T = 4) and released ImageNet

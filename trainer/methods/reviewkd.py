@@ -63,23 +63,10 @@ def map_indices(feats: list[torch.Tensor]) -> list[int]:
     return [i for i, f in enumerate(feats) if f.dim() == 4]
 
 
-def review_levels(feats: list[torch.Tensor]) -> list[torch.Tensor]:
-    """ReviewKD's levels of one `forward_features` list, shallow to deep: the stage maps, then the
-    pooled embedding as a [B, C, 1, 1] map.
-
-    Zoo convention (`feats` ends with the pooled [B, C] vector): the 4-D entries after the first
-    (the stem), then the pooled vector. Otherwise (the `cnn_*` models): every 4-D map, then the global
-    average of the last one.
-    """
-    if feats and feats[-1].dim() == 2:
-        maps = [f for f in feats[1:-1] if f.dim() == 4]
-        pooled = feats[-1]
-    else:
-        maps = [f for f in feats if f.dim() == 4]
-        if not maps:
-            return []
-        pooled = maps[-1].mean(dim=(2, 3))
-    return maps + [pooled.reshape(pooled.shape[0], pooled.shape[1], 1, 1)]
+def review_levels(feats: list[torch.Tensor], model: nn.Module | None = None) -> list[torch.Tensor]:
+    """ReviewKD's levels of one `forward_features` list of `model`, shallow to deep: the stage maps,
+    then the pooled embedding as a [B, C, 1, 1] map (`level_spec` says which entries)."""
+    return take_levels(feats, level_spec(model, feats))
 
 
 def level_spec(model: nn.Module, feats: list[torch.Tensor]) -> list[tuple[str, int]]:

@@ -11,6 +11,11 @@ Feature convention of the paper's zoo (every model below except the `cnn_*` ones
   pooled vector (N, C_last) that feeds the classifier. So `feats[:-1]` are the multi-stage maps
   (ReviewKD), `feats[-2]` is the last conv map (CAT-KD) and `feats[-1]` the penultimate embedding.
   In eval mode `forward_features(x)[1]` equals `forward(x)`; `forward` computes nothing extra.
+- `forward_features(x, preact=True)` gives the same list with each stage map taken before the
+  stage's final ReLU (the standard CIFAR zoo's `preact` features, which ReviewKD distils; for WRN,
+  whose stages end in a residual sum, the following BN's output); the stem and the pooled vector are
+  unchanged, and BN statistics are updated once, as in a plain forward. A model whose map list holds
+  maps that are not stages says which are (`stage_indices()`: MobileNetV2's head conv map is not).
 - `model.feature_channels() -> list[int]` gives the channel count of each entry of `feats`
   (same length, the last one being the pooled vector's width), e.g. for building connectors without
   a dummy forward pass. Each model class's docstring says which maps `feats` holds and at what
