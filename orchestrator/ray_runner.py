@@ -33,7 +33,7 @@ from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.stopper import Stopper  # noqa: E402
 
 from orchestrator.study import Trial  # noqa: E402
-from orchestrator.tracking import FINISHED, TrialRuns  # noqa: E402
+from orchestrator.tracking import FINISHED, TrialRuns, error_line  # noqa: E402
 
 FINAL_KEY = "ltkd_final"
 ERROR_KEY = "ltkd_error"
@@ -47,7 +47,7 @@ def _train_one(tune_config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from orchestrator.tracking import fetch_checkpoint, write_manifest
+    from orchestrator.tracking import error_line, fetch_checkpoint, write_manifest
     from trainer.config import TrialConfig
     from trainer.loop import run_trial
 
@@ -106,7 +106,7 @@ def _train_one(tune_config: dict[str, Any]) -> None:
             tune.report(final, checkpoint=tune.Checkpoint.from_directory(ckpt))
     except DETERMINISTIC_ERRORS as exc:
         # Reported, not raised: Tune retries what raises, and this would fail the same way again.
-        tune.report({ERROR_KEY: f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:2000], **where})
+        tune.report({ERROR_KEY: error_line(exc, 2000), **where})
         return
     # The final weights now travel through the Tune checkpoint; the resumable state is done.
     shutil.rmtree(resume_dir, ignore_errors=True)
@@ -245,12 +245,12 @@ def _trial_error_line(trial) -> str:
         with open(trial.pickled_error_file, "rb") as f:
             exc = ray.cloudpickle.load(f)
         exc = getattr(exc, "cause", None) or exc  # RayTaskError wraps the trial's own exception
-        return f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+        return error_line(exc)
     except Exception:  # noqa: BLE001 - best effort: fall back to the last line of the text trace
         try:
             with open(trial.error_file) as f:
-                lines = [ln.strip() for ln in f if ln.strip()]
-            return lines[-1] if lines else ""
+                lines = [ln.strip() for ln in f if ln.strip() and not ln.startswith((" ", "Traceback"))]
+            return lines[-1][:600] if lines else ""
         except Exception:  # noqa: BLE001
             return ""
 

@@ -511,6 +511,16 @@ def _param_str(value: Any) -> str:
     return str(value)
 
 
+def error_line(exc: BaseException, limit: int = 600) -> str:
+    """An error as one line: its first line, and its last one when that says more (MLflow and Ray
+    put the cause of a multi-line message last). Never a traceback."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith(("Traceback", "File \"", "#####"))]
+    text = lines[0] if lines else ""
+    if len(lines) > 1 and lines[-1] not in text:
+        text = f"{text.rstrip(':')}: {lines[-1]}"
+    return f"{type(exc).__name__}: {text}"[:limit] if text else type(exc).__name__
+
+
 MANIFEST_FILE = "MANIFEST.json"  # in a checkpoint folder: each file's size and sha256
 
 
@@ -605,11 +615,16 @@ def fetch_checkpoint(artifact_uri: str, tracking_uri: str, cache_root: str | Non
     tmp = target + f".tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp, exist_ok=True)
-    local = download_artifacts(artifact_uri=artifact_uri, dst_path=tmp)
+    retrain = f"`ltkd sweep STUDY --retrain-teacher {teacher_hash or 'HASH'}`"
+    try:
+        local = download_artifacts(artifact_uri=artifact_uri, dst_path=tmp)
+    except Exception as exc:  # noqa: BLE001 - MLflow lists each failed file on lines of their own
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"cannot fetch the teacher checkpoint {artifact_uri} ({error_line(exc)}); if the store is up and the "
+                           f"artifact is gone, retrain that teacher with {retrain}") from None
     problem = checkpoint_problem(local, manifest)
     if problem is not None:
         shutil.rmtree(tmp, ignore_errors=True)
-        retrain = f"`ltkd sweep STUDY --retrain-teacher {teacher_hash}`" if teacher_hash else "`ltkd sweep STUDY --retrain-teacher HASH`"
         raise CorruptCheckpoint(f"the teacher checkpoint {artifact_uri} is corrupt in the tracking store ({problem}); "
                                 f"retrain that teacher with {retrain}")
     # Atomic publish: concurrent trials on one node never see a half-written cache entry; a bad

@@ -218,3 +218,17 @@ def test_a_read_only_store_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith(f"ltkd: error: --tracking-uri {uri}: cannot use the tracking store (") and "readonly database" in line
+
+
+def test_an_error_is_reported_as_its_own_one_line_never_a_traceback():
+    from mlflow.exceptions import MlflowException
+
+    from orchestrator.tracking import error_line
+
+    listed = MlflowException("The following failures occurred while downloading one or more artifacts from file:///a:\n"
+                             "##### File checkpoint #####\nNo such artifact: 'checkpoint'")
+    assert error_line(listed) == ("MlflowException: The following failures occurred while downloading one or more artifacts "
+                                  "from file:///a: No such artifact: 'checkpoint'")
+    traced = RuntimeError("worker failed\nTraceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nOSError: disk gone")
+    assert error_line(traced) == "RuntimeError: worker failed: OSError: disk gone"
+    assert error_line(ValueError("")) == "ValueError" and "\n" not in error_line(KeyError("a\nb"))

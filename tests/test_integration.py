@@ -72,7 +72,8 @@ def check_sweep(uri: str, study: Path, name: str, tmp_path: Path, capsys) -> Non
     for split in ("test", "train"):
         mass = [teacher.data.metrics[f"pg_{split}_{g}"] for g in ("head", "medium", "tail")]
         assert sum(mass) == pytest.approx(100.0, abs=1e-3) and min(mass) > 0
-    assert [f.path for f in client.list_artifacts(teacher.info.run_id, "checkpoint")] == ["checkpoint/long_tailed_split.json", "checkpoint/model.pt"]
+    checkpoint = [f.path for f in client.list_artifacts(teacher.info.run_id, "checkpoint")]
+    assert checkpoint == ["checkpoint/MANIFEST.json", "checkpoint/long_tailed_split.json", "checkpoint/model.pt"]
     split = json.loads(Path(client.download_artifacts(teacher.info.run_id, "checkpoint/long_tailed_split.json", str(tmp_path))).read_text())
     assert split["class_counts"] == per_class["class_counts"] and len(split["train_indices"]) == sum(split["class_counts"])
 
