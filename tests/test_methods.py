@@ -309,6 +309,11 @@ def test_ltkd_continuous_large_gaps_stay_finite():
     loss = ltkd_continuous_loss(s, t, groups, 1.0, 1.0, 1.0, tau=1.0)
     (grad,) = torch.autograd.grad(loss, s)
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    # A student equal to the teacher: every nested KL is 0 (no term to take a log of), gradients finite.
+    same = t.clone().requires_grad_(True)
+    within = ltkd_continuous_loss(same, t, groups, 0.0, 1.0, 1.0, tau=1.0)
+    (grad,) = torch.autograd.grad(within, same)
+    assert abs(float(within.detach())) < 1e-6 and torch.isfinite(grad).all()
 
 
 # ---------------------------------------------------------------- ReviewKD, CAT-KD
