@@ -51,8 +51,11 @@ def _train_one(tune_config: dict[str, Any]) -> None:
     from trainer.config import TrialConfig
     from trainer.loop import run_trial
 
+    from orchestrator.tracking import split_digest, system_sampler
+
     payload = tune_config["payload"]
     torch.set_num_threads(max(1, int(payload.get("cpus", 1))))
+    system_metrics = system_sampler()
     started = time.time()
     where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
     first = [True]
@@ -63,7 +66,7 @@ def _train_one(tune_config: dict[str, Any]) -> None:
         return metrics
 
     def report_epoch(ep) -> None:
-        metrics = epoch_metrics(ep)
+        metrics = {**epoch_metrics(ep), **system_metrics()}
         if first[0]:  # where this attempt runs, and the epoch it resumed after
             metrics.update(where, first_epoch=ep.epoch)
             first[0] = False
@@ -96,6 +99,7 @@ def _train_one(tune_config: dict[str, Any]) -> None:
                     "per_class": result.final.per_class,
                     "best_per_class": result.best.per_class,
                     "class_counts": result.class_counts,
+                    "split_digest": split_digest(result.train_indices),
                 },
             }
             # The long-tailed choice of images, recorded beside the weights so the split can be rebuilt anywhere.
@@ -337,7 +341,7 @@ class SweepCallback(Callback):
         # the checkpoint is copied into the spool while it is a local folder (a download for remote storage)
         with trial.checkpoint.as_directory() if trial.checkpoint is not None else contextlib.nullcontext() as local:
             self.runs.finished(t, summary, int(final["epoch"]), payload["per_class"], payload["best_per_class"],
-                               payload["class_counts"], local)
+                               payload["class_counts"], local, digest=payload.get("split_digest"))
         self.schedule.teacher_done(t, trial.checkpoint)
         detail = f"all {summary.get('acc_all', math.nan):5.1f}  tail {summary.get('acc_tail', math.nan):5.1f}  ({summary.get('train_seconds', 0):.1f} s)"
         self._record(Outcome(t, FINISHED, summary), detail)

@@ -221,11 +221,28 @@ class SpooledWriter:
     def log_json(self, key: str, data: Any, artifact_file: str) -> None:
         self._append(key, {"op": "json", "data": data, "file": artifact_file})
 
-    def log_dir(self, key: str, local_dir: str, artifact_path: str) -> None:
-        """Copy the folder into the spool now (its source may be deleted before the store is back)."""
+    def log_dir(self, key: str, local_dir: str, artifact_path: str, model_path: str | None = None) -> None:
+        """Copy the folder into the spool now (its source may be deleted before the store is back).
+        `model_path`: also log the checkpoint it holds as a model there (`store.log_model`)."""
         copy = os.path.join(self.folder, "files", key, f"{os.urandom(4).hex()}-{os.path.basename(artifact_path)}")
         shutil.copytree(local_dir, copy)
         self._append(key, {"op": "dir", "src": os.path.relpath(copy, self.folder), "path": artifact_path})
+        if model_path:
+            self._append(key, {"op": "model", "src": os.path.relpath(copy, self.folder), "path": model_path})
+
+    def log_input(self, key: str, dataset: dict[str, Any]) -> None:
+        """The run's training data (`store.log_input`)."""
+        self._append(key, {"op": "input", "dataset": dataset})
+
+    def log_per_class_plot(self, key: str, per_class: list[float], class_counts: list[int], title: str, artifact_file: str) -> None:
+        """Drawn by the writer's thread (`store.log_per_class_plot`), not the sweep's."""
+        self._append(key, {"op": "plot", "per_class": per_class, "class_counts": class_counts, "title": title, "file": artifact_file})
+
+    def link_teacher(self, key: str, experiment_id: str, teacher_key: str | None, teacher_hash: str, teacher_name: str) -> None:
+        """Link the run to its teacher's run: the teacher's spool key when this sweep runs it (its
+        MLflow id is known once written), else the store finds the run by `teacher_hash`."""
+        self._append(key, {"op": "link", "experiment_id": experiment_id, "teacher_key": teacher_key, "teacher_hash": teacher_hash,
+                           "teacher_name": teacher_name})
 
     def end_run(self, key: str, status: str) -> None:
         self._append(key, {"op": "end", "status": status, "t": int(time.time() * 1000)})
@@ -380,6 +397,17 @@ class SpooledWriter:
                 self._call(run, lambda: self.store.log_json(run.run_id, event["data"], event["file"]))
             elif op == "dir":
                 self._call(run, lambda: self.store.log_dir(run.run_id, os.path.join(self.folder, event["src"]), event["path"]))
+            elif op == "model":
+                self._call(run, lambda: self.store.log_model(run.run_id, os.path.join(self.folder, event["src"]), event["path"]))
+            elif op == "input":
+                self._call(run, lambda: self.store.log_input(run.run_id, event["dataset"]))
+            elif op == "plot":
+                self._call(run, lambda: self.store.log_per_class_plot(run.run_id, event["per_class"], event["class_counts"],
+                                                                      event["title"], event["file"]))
+            elif op == "link":
+                teacher_run = self.run_id(event["teacher_key"]) if event.get("teacher_key") else None
+                self._call(run, lambda: self.store.link_teacher(run.run_id, event["experiment_id"], teacher_run, event["teacher_hash"],
+                                                                event["teacher_name"]))
             elif op == "end":
                 self._call(run, lambda: self.store.end_run(run.run_id, event["status"], event["t"]))
                 run.ended = True

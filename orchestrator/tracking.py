@@ -23,7 +23,13 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MLflow prints a "View run ... at: URL" line per run it ends on a server; the sweep prints its own
 # one line per trial and the experiment's address at the end.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # so the MLflow 3 UI opens the runs table, not GenAI views
+# MLflow 3.17's UI picks its GenAI or model-training view from the `workflowType` URL parameter, else
+# from the browser's own choice (localStorage `mlflow.workflowType_v1`, set by the sidebar's switch,
+# "genai" until then); this tag only labels the experiment's kind. See `experiment_url`.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+NOTE_TAG = "mlflow.note.content"  # an experiment's or a run's description in the UI (Markdown)
+VIEW_STATE_KEY = "ltkd"  # the runs table's shared view, opened with ?viewStateShareKey=ltkd
+VIEW_STATE_TAG = "mlflow.sharedViewState." + VIEW_STATE_KEY
 FINISHED = "FINISHED"
 
 
@@ -320,6 +326,75 @@ class Tracker:
     def log_dir(self, run_id: str, local_dir: str, artifact_path: str) -> None:
         self.client.log_artifacts(run_id, local_dir, artifact_path)
 
+    def describe_experiment(self, experiment_id: str, description: str, view: dict[str, Any] | None = None) -> None:
+        """The study's description as the experiment's (the UI shows the `mlflow.note.content` tag),
+        the model-training kind, and the runs table's shared view (columns, grouping: `view_state`)."""
+        tags = {EXPERIMENT_KIND_TAG: "custom_model_development", NOTE_TAG: description or ""}
+        if view is not None:
+            tags[VIEW_STATE_TAG] = json.dumps(view, separators=(",", ":"))
+        for key, value in tags.items():
+            self.client.set_experiment_tag(experiment_id, key, value)
+
+    def teacher_run_id(self, experiment_id: str, teacher_hash: str) -> str | None:
+        """The run of a teacher trial: its newest FINISHED run, else its newest run."""
+        from mlflow.entities import ViewType
+
+        runs = self.client.search_runs([experiment_id], f"tags.config_hash = {filter_literal(teacher_hash)}",
+                                       run_view_type=ViewType.ACTIVE_ONLY, max_results=50, order_by=["attributes.start_time DESC"])
+        done = [r for r in runs if r.info.status == FINISHED]
+        return (done or runs)[0].info.run_id if (done or runs) else None
+
+    def link_teacher(self, run_id: str, experiment_id: str, teacher_run: str | None, teacher_hash: str, teacher_name: str) -> None:
+        """A distillation run's link to its teacher's run: the `teacher_run_id` tag and a link in
+        the run's description. The teacher's run is looked up by its config_hash when not given."""
+        teacher_run = teacher_run or self.teacher_run_id(experiment_id, teacher_hash)
+        self.set_tags(run_id, teacher_link_tags(experiment_id, teacher_run, teacher_hash, teacher_name))
+
+    def log_input(self, run_id: str, dataset: dict[str, Any]) -> None:
+        """The training data as an MLflow dataset input (the UI's Datasets column and run page)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        entity = Dataset(name=dataset["name"], digest=dataset["digest"], source_type=dataset["source_type"],
+                         source=json.dumps(dataset["source"]), schema=json.dumps(dataset["schema"]), profile=json.dumps(dataset["profile"]))
+        self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", dataset.get("context", "train"))])])
+
+    def log_model(self, run_id: str, checkpoint_dir: str, artifact_path: str) -> None:
+        """The final weights as an MLflow PyTorch model (loadable with `mlflow.pytorch.load_model`),
+        rebuilt from the trial's checkpoint folder."""
+        import tempfile
+
+        import mlflow.pytorch
+
+        from trainer.loop import load_checkpoint
+
+        trainer_dir = str(Path(__file__).resolve().parent.parent / "trainer")
+        # Its warning that a pickle runs code when loaded, once per run: the checkpoint is ours.
+        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+        with tempfile.TemporaryDirectory(prefix="ltkd-model-") as tmp:
+            folder = os.path.join(tmp, artifact_path)
+            try:
+                # Pickled (MLflow 3's default "pt2" needs an input example to trace); the trainer
+                # package travels inside the model. Requirements given: inferring them runs a subprocess.
+                mlflow.pytorch.save_model(load_checkpoint(checkpoint_dir), folder, code_paths=[trainer_dir],
+                                          pip_requirements=["torch", "torchvision"], serialization_format="pickle")
+            except Exception as exc:  # noqa: BLE001 - not the store's failure: never retried
+                raise ValueError(f"cannot save the final weights as an MLflow model ({error_line(exc, 300)})") from None
+            self.client.log_artifacts(run_id, folder, artifact_path)
+
+    def log_png(self, run_id: str, png: bytes, artifact_file: str) -> None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="ltkd-png-") as tmp:
+            path = os.path.join(tmp, os.path.basename(artifact_file))
+            with open(path, "wb") as f:
+                f.write(png)
+            self.client.log_artifact(run_id, path, os.path.dirname(artifact_file) or None)
+
+    def log_per_class_plot(self, run_id: str, per_class: list[float], class_counts: list[int], title: str, artifact_file: str) -> None:
+        from orchestrator.tables.plots import run_per_class_png
+
+        self.log_png(run_id, run_per_class_png(per_class, class_counts, title), artifact_file)
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
@@ -503,12 +578,30 @@ def filter_literal(value: str) -> str:
     raise ValueError(f"{value!r}: an MLflow filter cannot hold a value with both quote kinds")
 
 
-def _param_str(value: Any) -> str:
-    if isinstance(value, (list, tuple, dict)):
+def _plain(value: Any) -> Any:
+    """Numbers as a study writes them: a whole float is an int (γ 50, not 50.0)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def param_str(value: Any) -> str:
+    """A param's string in MLflow: `50` for γ 50 (so `params.gamma = '50'` finds it), `0.5`, `true`
+    stays `True`, lists and dicts as JSON. Only the string: a trial's identity (config_hash) is
+    computed from the config itself."""
+    value = _plain(value)
+    if isinstance(value, (list, dict)):
         return json.dumps(value)
     if value is None:
         return "none"
     return str(value)
+
+
+_param_str = param_str
 
 
 def error_line(exc: BaseException, limit: int = 600) -> str:
@@ -650,10 +743,141 @@ def fetch_checkpoint(artifact_uri: str, tracking_uri: str, cache_root: str | Non
 # param, tag, metric and artifact is decided here.
 
 SCHEMA_METHOD_PARAMS = ("alpha", "beta", "n_groups", "temperature")
-EPOCH_METRICS = ("loss", "lr", "acc_all", "acc_head", "acc_medium", "acc_tail")  # plus loss_<term> per loss term
+# plus loss_<term> per loss term, and system/<...> (CPU, memory, GPU: the UI's System metrics tab)
+EPOCH_METRICS = ("loss", "lr", "acc_all", "acc_head", "acc_medium", "acc_tail")
+SYSTEM_PREFIX = "system/"
 PER_CLASS_FILE = "per_class_accuracy.json"
 BEST_PER_CLASS_FILE = "best_epoch_per_class_accuracy.json"
-CHECKPOINT_DIR = "checkpoint"
+PER_CLASS_PLOT = "per_class_accuracy.png"  # distillation runs: the final per-class accuracy, drawn
+CHECKPOINT_DIR = "checkpoint"  # what a student's teacher is fetched from (with its MANIFEST.json)
+MODEL_DIR = "model"  # the final weights as an MLflow PyTorch model: mlflow.pytorch.load_model("runs:/ID/model")
+CELL_TAG = "cell"  # one value per table cell (row, pair, γ): the UI's "Group by" puts its seeds together
+TEACHER_RUN_TAG = "teacher_run_id"
+
+# Model names shortened in run names so that method, pair, γ and seed fit the UI's Run Name column
+# (190 px): resnet32x4 -> r32x4, wrn_40_2 -> wrn40_2, mobilenet_v2 -> mnv2, cnn_w32 -> w32.
+_SHORT_MODELS = (("resnet", "r"), ("wrn_", "wrn"), ("mobilenet_v", "mnv"), ("shufflenet_v", "snv"), ("cnn_w", "w"))
+
+
+def short_model(name: str) -> str:
+    for prefix, short in _SHORT_MODELS:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return short + name[len(prefix):]
+    return name
+
+
+def _gamma(value: float) -> str:
+    return "γ" + param_str(value)
+
+
+def _who(trial) -> str:
+    """The run's row and models: 'Teacher w32', 'Student w8', 'LTKD w32>w8'."""
+    cfg = trial.config
+    if cfg.role == "distill":
+        return f"{trial.row} {short_model(cfg.teacher)}>{short_model(cfg.model)}"
+    return f"{trial.row} {short_model(cfg.model)}"
+
+
+def run_name(trial) -> str:
+    """Short and complete: 'LTKD w32>w8 γ50 s0', 'Teacher r32x4 γ100 s1'."""
+    return f"{_who(trial)} {_gamma(trial.config.gamma)} s{trial.config.seed}"
+
+
+def cell_label(trial) -> str:
+    """The table cell a run counts in, without the seed: 'LTKD w32>w8 γ50' (the `cell` tag)."""
+    return f"{_who(trial)} {_gamma(trial.config.gamma)}"
+
+
+def teacher_run_name(trial) -> str:
+    """The run name of a distillation trial's teacher (same γ and seed)."""
+    cfg = trial.config
+    return f"Teacher {short_model(cfg.teacher)} {_gamma(cfg.gamma)} s{cfg.seed}"
+
+
+def teacher_link_tags(experiment_id: str, teacher_run: str | None, teacher_hash: str, teacher_name: str) -> dict[str, str]:
+    """The `teacher_run_id` tag and the run's description (Markdown) linking to the teacher's run page."""
+    if teacher_run is None:
+        return {NOTE_TAG: f"Distilled from teacher **{teacher_name}** (config_hash `{teacher_hash}`; its run was not found)."}
+    return {TEACHER_RUN_TAG: teacher_run,
+            NOTE_TAG: f"Distilled from teacher run [{teacher_name}](#/experiments/{experiment_id}/runs/{teacher_run}) "
+                      f"(config_hash `{teacher_hash}`)."}
+
+
+def system_sampler():
+    """A function giving the trial's system metrics at each epoch (CPU, memory, GPU memory), named
+    as MLflow's own system metrics so the UI's System metrics tab shows them. Cheap: a few
+    microseconds of psutil and torch counters per epoch, no thread; {} where psutil is missing."""
+    try:
+        import psutil
+    except ImportError:
+        return lambda: {}
+    proc = psutil.Process()
+    proc.cpu_percent(None)  # the first call starts the interval
+
+    def sample() -> dict[str, float]:
+        out = {
+            SYSTEM_PREFIX + "cpu_utilization_percentage": proc.cpu_percent(None),
+            SYSTEM_PREFIX + "process_memory_rss_megabytes": proc.memory_info().rss / 2**20,
+            SYSTEM_PREFIX + "system_memory_usage_percentage": psutil.virtual_memory().percent,
+        }
+        import torch
+
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                out[SYSTEM_PREFIX + f"gpu_{i}_memory_usage_megabytes"] = torch.cuda.memory_reserved(i) / 2**20
+                out[SYSTEM_PREFIX + f"gpu_{i}_max_memory_allocated_megabytes"] = torch.cuda.max_memory_allocated(i) / 2**20
+        return out
+
+    return sample
+
+
+def split_digest(train_indices: list[int]) -> str:
+    """The long-tailed split's fingerprint: sha256 of its sorted training indices (16 hex digits)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(sorted(train_indices), separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def dataset_input(trial, class_counts: list[int], digest: str) -> dict[str, Any]:
+    """The training data of a run as `Tracker.log_input` logs it: the long-tailed split of the
+    dataset at γ, named 'digits-LT γ50', with its digest and class counts."""
+    cfg = trial.config
+    return {
+        "name": f"{cfg.dataset}-LT {_gamma(cfg.gamma)}",
+        "digest": digest,
+        "source_type": "ltkd",
+        "source": {"dataset": cfg.dataset, "gamma": _plain(cfg.gamma), "n_max": cfg.n_max, "split_seed": cfg.split_seed,
+                   **({"options": cfg.dataset_options} if cfg.dataset_options else {})},
+        "schema": {"classes": len(class_counts), "split": "train"},
+        "profile": {"num_images": int(sum(class_counts)), "num_classes": len(class_counts), "class_counts": list(class_counts)},
+        "context": "train",
+    }
+
+
+def runs_view_state() -> dict[str, Any]:
+    """The runs table as the study's link opens it: grouped by table cell (each group's row shows the
+    mean over its seeds), with the method, γ, seed, dataset and accuracy columns, run names wide enough."""
+    columns = ["metrics.`acc_all`", "metrics.`acc_tail`", "metrics.`acc_head`", "metrics.`acc_medium`",
+               "params.`method`", "params.`gamma`", "params.`seed`"]
+    name_column = "attributes.`Run Name`"
+    return {
+        "selectedColumns": columns,
+        "columnOrder": [name_column],  # the UI applies a width only to the columns it orders
+        "columnWidths": {name_column: 240},  # room for the groups' names ("Group: LTKD w32>w8 γ50")
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": CELL_TAG}]},
+        "groupsExpanded": {},
+        "runListHidden": False,
+        "viewMaximized": False,
+        "useGroupedValuesInCharts": True,
+        "hideEmptyCharts": True,
+    }
+
+
+def experiment_url(base: str, experiment_id: str, shared_view: bool = True) -> str:
+    """The experiment's runs table in the model-training view (MLflow 3.17 reads `workflowType`
+    from the URL before the browser's stored choice), opened on the study's shared view."""
+    query = "workflowType=machine_learning" + (f"&viewStateShareKey={VIEW_STATE_KEY}" if shared_view else "")
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def trial_params(trial) -> dict[str, Any]:
@@ -687,7 +911,7 @@ def trial_params(trial) -> dict[str, Any]:
 
 
 def trial_tags(trial, base_tags: dict[str, str]) -> dict[str, str]:
-    tags = {**base_tags, "config_hash": trial.config_hash, "role": trial.role, "row": trial.row}
+    tags = {**base_tags, "config_hash": trial.config_hash, "role": trial.role, "row": trial.row, CELL_TAG: cell_label(trial)}
     if trial.teacher_hash:
         tags["teacher_hash"] = trial.teacher_hash
     return tags
@@ -696,7 +920,7 @@ def trial_tags(trial, base_tags: dict[str, str]) -> dict[str, str]:
 def epoch_metrics(report: dict[str, Any]) -> dict[str, float]:
     """What a run records per epoch (step = epoch) from a trial's epoch report."""
     out = {k: report[k] for k in EPOCH_METRICS if k in report}
-    out.update({k: v for k, v in report.items() if k.startswith("loss_")})
+    out.update({k: v for k, v in report.items() if k.startswith(("loss_", SYSTEM_PREFIX)) and isinstance(v, (int, float))})
     return out
 
 
@@ -743,8 +967,11 @@ class TrialRuns:
         else:
             self.attempts[h] = 1
             self.last_epoch[h] = 0
-            self.key_of[h] = self.writer.new_run(self.experiment_id, trial.run_name, trial_params(trial),
+            self.key_of[h] = self.writer.new_run(self.experiment_id, run_name(trial), trial_params(trial),
                                                  {**trial_tags(trial, self.base_tags), "attempts": "1"})
+            if trial.teacher_hash:
+                self.writer.link_teacher(self.key_of[h], self.experiment_id, self.key_of.get(trial.teacher_hash), trial.teacher_hash,
+                                         teacher_run_name(trial))
 
     def retried(self, trial, reason: str) -> int:
         """The trial's worker died and Tune runs it again; returns the attempt number now running."""
@@ -769,14 +996,22 @@ class TrialRuns:
             self.writer.set_tags(self.key_of[trial.config_hash], tags)
 
     def finished(self, trial, summary: dict[str, float], step: int, per_class: list[float], best_per_class: list[float],
-                 class_counts: list[int], checkpoint_dir: str | None) -> None:
+                 class_counts: list[int], checkpoint_dir: str | None, digest: str | None = None) -> None:
+        """The trial's results: final metrics, per-class accuracy (JSON; a plot for distillation
+        runs), its training data as a dataset input, its checkpoint (teachers are fetched from it)
+        and the same weights as an MLflow model. All queued: the writer's threads do the work."""
         key = self.key_of[trial.config_hash]
         # acc_* of the last epoch are already logged at that step, and are the run's latest values.
         self.writer.log_metrics(key, {k: v for k, v in summary.items() if not k.startswith("acc_")}, step)
         self.writer.log_json(key, per_class_artifact(per_class, class_counts), PER_CLASS_FILE)
         self.writer.log_json(key, per_class_artifact(best_per_class, class_counts), BEST_PER_CLASS_FILE)
+        if trial.role == "distill":
+            self.writer.log_per_class_plot(key, per_class, class_counts, f"{run_name(trial)}: per-class test accuracy (final epoch)",
+                                           PER_CLASS_PLOT)
+        if digest:
+            self.writer.log_input(key, dataset_input(trial, class_counts, digest))
         if checkpoint_dir is not None:
-            self.writer.log_dir(key, checkpoint_dir, CHECKPOINT_DIR)
+            self.writer.log_dir(key, checkpoint_dir, CHECKPOINT_DIR, model_path=MODEL_DIR)
         self.writer.end_run(key, FINISHED)
 
     def ended(self, trial, status: str, error: str = "") -> None:

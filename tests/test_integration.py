@@ -47,16 +47,32 @@ def check_sweep(uri: str, study: Path, name: str, tmp_path: Path, capsys) -> Non
     # Tracking schema: params, per-epoch metrics with steps, tags, per-class artifact, readable names.
     by_name = {r.info.run_name: r for r in runs}
     assert set(by_name) == {
-        "teacher cnn_w16 g10 s0", "teacher cnn_w16 g10 s1", "student cnn_w4 g10 s0", "student cnn_w4 g10 s1",
-        "kd cnn_w16>cnn_w4 g10 s0", "kd cnn_w16>cnn_w4 g10 s1", "ltkd cnn_w16>cnn_w4 g10 s0", "ltkd cnn_w16>cnn_w4 g10 s1",
+        "Teacher w16 γ10 s0", "Teacher w16 γ10 s1", "Student w4 γ10 s0", "Student w4 γ10 s1",
+        "KD w16>w4 γ10 s0", "KD w16>w4 γ10 s1", "LTKD w16>w4 γ10 s0", "LTKD w16>w4 γ10 s1",
     }
-    ltkd = by_name["ltkd cnn_w16>cnn_w4 g10 s1"]
+    ltkd = by_name["LTKD w16>w4 γ10 s1"]
     p = ltkd.data.params
-    assert (p["dataset"], p["gamma"], p["role"], p["method"], p["teacher"], p["student"]) == ("digits", "10.0", "distill", "ltkd", "cnn_w16", "cnn_w4")
-    assert (p["alpha"], p["beta"], p["n_groups"], p["temperature"], p["seed"], p["epochs"]) == ("1.0", "1.0", "3", "4.0", "1", "3")
+    # as the study writes them: γ 10 is "10" (`params.gamma = '10'` finds it)
+    assert (p["dataset"], p["gamma"], p["role"], p["method"], p["teacher"], p["student"]) == ("digits", "10", "distill", "ltkd", "cnn_w16", "cnn_w4")
+    assert (p["alpha"], p["beta"], p["n_groups"], p["temperature"], p["seed"], p["epochs"]) == ("1", "1", "3", "4", "1", "3")
     tags = ltkd.data.tags
     assert tags["study"] == name and len(tags["config_hash"]) == 16 and tags["git_commit"]
-    assert tags["teacher_hash"] == by_name["teacher cnn_w16 g10 s1"].data.tags["config_hash"]
+    teacher_s1 = by_name["Teacher w16 γ10 s1"]
+    assert tags["teacher_hash"] == teacher_s1.data.tags["config_hash"] and tags["cell"] == "LTKD w16>w4 γ10"
+    # linked to its teacher's run: a tag and a link in its description
+    assert tags["teacher_run_id"] == teacher_s1.info.run_id
+    assert f"/runs/{teacher_s1.info.run_id})" in tags["mlflow.note.content"]
+    # its training data, system metrics, per-class plot and an MLflow model of its final weights
+    inputs = client.get_run(ltkd.info.run_id).inputs.dataset_inputs
+    assert [(i.dataset.name, len(i.dataset.digest)) for i in inputs] == [("digits-LT γ10", 16)]
+    assert len(json.loads(inputs[0].dataset.profile)["class_counts"]) == 10
+    assert "system/cpu_utilization_percentage" in ltkd.data.metrics
+    assert {f.path for f in client.list_artifacts(ltkd.info.run_id)} >= {"per_class_accuracy.png", "model", "checkpoint"}
+    import mlflow.pytorch
+    import torch
+
+    model = mlflow.pytorch.load_model(f"runs:/{ltkd.info.run_id}/model")
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     history = client.get_metric_history(ltkd.info.run_id, "acc_tail")
     assert sorted(m.step for m in history) == [1, 2, 3]
     assert [m.step for m in client.get_metric_history(ltkd.info.run_id, "loss")] == [1, 2, 3]
@@ -67,7 +83,7 @@ def check_sweep(uri: str, study: Path, name: str, tmp_path: Path, capsys) -> Non
     local = client.download_artifacts(ltkd.info.run_id, "per_class_accuracy.json", str(tmp_path))
     per_class = json.loads(Path(local).read_text())
     assert len(per_class["per_class_accuracy"]) == 10 and sum(per_class["class_counts"]) > 0
-    teacher = by_name["teacher cnn_w16 g10 s0"]
+    teacher = by_name["Teacher w16 γ10 s0"]
     # The teacher's mean group probability on balanced test and long-tailed train data (percent).
     for split in ("test", "train"):
         mass = [teacher.data.metrics[f"pg_{split}_{g}"] for g in ("head", "medium", "tail")]
@@ -87,7 +103,7 @@ def check_sweep(uri: str, study: Path, name: str, tmp_path: Path, capsys) -> Non
     out_dir = tmp_path / f"tables-{name}"
     assert main(["tables", str(study), "--tracking-uri", uri, "--format", "csv", "--out", str(out_dir)]) == 0
     cells = pd.read_csv(out_dir / f"{name}_main.csv")
-    for row, prefix in (("Teacher", "teacher"), ("Student", "student"), ("KD", "kd"), ("LTKD", "ltkd")):
+    for row, prefix in (("Teacher", "Teacher"), ("Student", "Student"), ("KD", "KD"), ("LTKD", "LTKD")):
         seeds = [r for n, r in by_name.items() if n.startswith(prefix + " ")]
         for group, key in (("Tail", "acc_tail"), ("All", "acc_all")):
             values = [r.data.metrics[key] for r in seeds]
@@ -96,7 +112,7 @@ def check_sweep(uri: str, study: Path, name: str, tmp_path: Path, capsys) -> Non
             assert cell["mean"] == pytest.approx(statistics.mean(values), abs=1e-4)
             assert cell["std"] == pytest.approx(statistics.stdev(values), abs=1e-4)
     md = (out_dir / f"{name}_main.md").read_text()
-    kd_runs = [r.data.metrics["acc_all"] for n, r in by_name.items() if n.startswith("kd ")]
+    kd_runs = [r.data.metrics["acc_all"] for n, r in by_name.items() if n.startswith("KD ")]
     assert f"{statistics.mean(kd_runs):.2f} ± {statistics.stdev(kd_runs):.2f}" in md
 
 

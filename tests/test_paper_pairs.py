@@ -295,7 +295,7 @@ def test_catkd_at_resnet32x4_resnet8x4():
     method.setup(student, teacher, x[:2])
     fc = student.fc
     assert float(fc.bias.abs().sum()) == 0 and not fc.bias.requires_grad
-    assert abs(float(fc.weight.std()) - (2 / C) ** 0.5) < 0.1 * (2 / C) ** 0.5  # He-normal, fan_out = classes
+    assert abs(float(fc.weight.detach().std()) - (2 / C) ** 0.5) < 0.1 * (2 / C) ** 0.5  # He-normal, fan_out = classes
     s_feats, s_logits = student.forward_features(x)
     with torch.no_grad():
         t_feats, t_logits = teacher.forward_features(x)

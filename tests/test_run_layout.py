@@ -1,6 +1,7 @@
 """The run layout (orchestrator/tracking.py): what a trial's MLflow run is given, decided in one place."""
 from orchestrator.study import expand, parse_study
-from orchestrator.tracking import epoch_metrics, trial_params, trial_tags
+from orchestrator.tracking import (dataset_input, epoch_metrics, experiment_url, param_str, run_name, runs_view_state, short_model,
+                                   split_digest, teacher_link_tags, teacher_run_name, trial_params, trial_tags)
 
 STUDY = {
     "name": "layout",
@@ -32,11 +33,57 @@ def test_schema_params_and_tags_of_teacher_and_distillation_trials():
     tparams = trial_params(teacher)
     assert (tparams["role"], tparams["teacher"], tparams["student"]) == ("teacher", "cnn_w16", None)
     tags = trial_tags(ltkd, {"study": "layout"})
-    assert tags == {"study": "layout", "config_hash": ltkd.config_hash, "role": "distill", "row": "LTKD", "teacher_hash": teacher.config_hash}
+    assert tags == {"study": "layout", "config_hash": ltkd.config_hash, "role": "distill", "row": "LTKD", "teacher_hash": teacher.config_hash,
+                    "cell": "LTKD w16>w4 γ50"}
     assert "teacher_hash" not in trial_tags(teacher, {})
 
 
 def test_epoch_metrics_keep_the_schema_keys_and_loss_terms_only():
     report = {"epoch": 3, "loss": 1.2, "lr": 0.05, "acc_all": 50.0, "acc_tail": 10.0, "loss_ce": 1.0, "loss_ltkd": 0.2,
-              "node_id": "abc", "pid": 12, "first_epoch": 3}
-    assert epoch_metrics(report) == {"loss": 1.2, "lr": 0.05, "acc_all": 50.0, "acc_tail": 10.0, "loss_ce": 1.0, "loss_ltkd": 0.2}
+              "node_id": "abc", "pid": 12, "first_epoch": 3, "system/cpu_utilization_percentage": 97.0}
+    assert epoch_metrics(report) == {"loss": 1.2, "lr": 0.05, "acc_all": 50.0, "acc_tail": 10.0, "loss_ce": 1.0, "loss_ltkd": 0.2,
+                                     "system/cpu_utilization_percentage": 97.0}
+
+
+def test_params_read_as_the_study_writes_them():
+    assert [param_str(v) for v in (50.0, 2.5, 1e-4, 3, True, None, [20.0, 25.0], "cnn_w4")] == \
+        ["50", "2.5", "0.0001", "3", "True", "none", "[20, 25]", "cnn_w4"]
+    trials = _trials()
+    ltkd = trials["LTKD"]
+    assert param_str(trial_params(ltkd)["gamma"]) == "50" and param_str(trial_params(trials["DIST"])["method.gamma"]) == "3"
+
+
+def test_run_names_are_short_and_complete():
+    trials = _trials()
+    assert run_name(trials["LTKD"]) == "LTKD w16>w4 γ50 s7"
+    assert run_name(trials["Teacher"]) == "Teacher w16 γ50 s7"
+    assert run_name(trials["Student"]) == "Student w4 γ50 s7"
+    assert teacher_run_name(trials["LTKD"]) == run_name(trials["Teacher"])
+    assert [short_model(m) for m in ("resnet32x4", "wrn_40_2", "mobilenet_v2", "shufflenet_v1", "vgg13", "cnn_w32")] == \
+        ["r32x4", "wrn40_2", "mnv2", "snv1", "vgg13", "w32"]
+    # ~7 px a character in the UI's 190 px Run Name column: a ResNet pair fits, with γ and seed.
+    assert len(run_name(trials["LTKD"]).replace("w16>w4", "r32x4>r8x4").replace("γ50", "γ100")) <= 24
+
+
+def test_a_distillation_run_links_to_its_teacher_run():
+    tags = teacher_link_tags("3", "abc123", "f" * 16, "Teacher w16 γ50 s7")
+    assert tags["teacher_run_id"] == "abc123"
+    assert "[Teacher w16 γ50 s7](#/experiments/3/runs/abc123)" in tags["mlflow.note.content"]
+    assert "teacher_run_id" not in teacher_link_tags("3", None, "f" * 16, "Teacher w16 γ50 s7")
+
+
+def test_the_training_data_as_a_dataset_input():
+    ltkd = _trials()["LTKD"]
+    digest = split_digest([5, 1, 3])
+    assert digest == split_digest([1, 3, 5]) and len(digest) == 16
+    data = dataset_input(ltkd, [100, 30, 2], digest)
+    assert (data["name"], data["digest"], data["context"]) == ("digits-LT γ50", digest, "train")
+    assert data["source"]["gamma"] == 50 and data["profile"] == {"num_images": 132, "num_classes": 3, "class_counts": [100, 30, 2]}
+
+
+def test_the_printed_link_opens_the_model_training_view_on_the_shared_view():
+    assert experiment_url("http://127.0.0.1:5000/", "7") == \
+        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=ltkd"
+    view = runs_view_state()
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "cell"}]
+    assert "metrics.`acc_tail`" in view["selectedColumns"] and "params.`gamma`" in view["selectedColumns"]

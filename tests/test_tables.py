@@ -185,6 +185,10 @@ $\Delta$ & +4.00$^\dagger$ & +1.50 (n=2) & +5.33$^\dagger$ & +3.87$^\dagger$ \\
 
 
 MAIN_HTML = '''\
+<!DOCTYPE html>
+<html>
+<head>
+<meta charset="utf-8">
 <style type="text/css">
 #T_golden_main_main_row2_col0, #T_golden_main_main_row2_col1, #T_golden_main_main_row2_col2, #T_golden_main_main_row2_col3 {
   text-decoration: underline;
@@ -200,6 +204,8 @@ MAIN_HTML = '''\
   border-top: 1px solid black;
 }
 </style>
+</head>
+<body>
 <table id="T_golden_main_main">
   <caption>golden_main: main — top-1 accuracy (%) on digits (long-tailed), mean ± std over 3 seeds; Tail = tail group, All = all classes; Δ = LTKD − best other row, † p &lt; 0.05 (paired t-test over seeds)</caption>
   <thead>
@@ -265,6 +271,8 @@ MAIN_HTML = '''\
     </tr>
   </tbody>
 </table>
+</body>
+</html>
 '''
 
 

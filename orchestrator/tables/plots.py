@@ -1,14 +1,17 @@
-"""Figures beside the tables (matplotlib, Agg backend, PNG).
+"""Figures beside the tables (matplotlib, Agg backend): PNG at print resolution (DPI) and PDF.
 
-- ngroups tables: the n(G) curve, one panel per pair (and γ), one line per block (LTKD, LTKD-continuous).
+- ngroups tables: the n(G) curve, one panel per pair (and γ), one line per block (LTKD, LTKD-continuous),
+  mean ± std over seeds.
 - main tables: per-class accuracy against the class's training count for the teacher, the KD student and
-  the reference (LTKD) student, from the runs' per_class_accuracy.json. Reading an artifact costs one
-  download per run, so only the first seed's runs are read, for at most MAX_PANELS pairs × γ.
+  the reference (LTKD) student, from the runs' per_class_accuracy.json: every seed's run is read (one
+  download each), the line is the mean over seeds and the band ± one std, for at most MAX_PANELS pairs × γ.
 - main tables: the teacher's mean probability mass on the head / medium / tail groups over the balanced
-  test set and over the long-tailed training set (metrics pg_test_* and pg_train_*), as bars; skipped
-  with a note when the runs do not carry these metrics.
+  test set and over the long-tailed training set (metrics pg_test_* and pg_train_*), as bars with ± one
+  std over seeds; skipped with a note when the runs do not carry these metrics.
+- one run: `run_per_class_png`, the per-class accuracy of a single run (logged by the sweep per
+  distillation run).
 
-Each function returns the files it wrote and notes (why something was skipped).
+Each table function returns the files it wrote and notes (why something was skipped).
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from orchestrator.tables.core import Table, gamma_label, pair_label
 from orchestrator.tracking import RunRecord
 
 MAX_PANELS = 12
+DPI = 200  # print resolution for the PNGs; the PDFs are vector
+FORMATS = ("png", "pdf")
 GROUPS = ("head", "medium", "tail")
 PER_CLASS_ARTIFACT = "per_class_accuracy.json"
 
@@ -46,11 +51,23 @@ def _grid(n: int, width: float = 4.0, height: float = 3.2):
     return plt, fig, flat[:n]
 
 
-def _save(plt, fig, path: Path) -> Path:
+def _save(plt, fig, path: Path) -> list[Path]:
+    """The figure as PNG (DPI) and PDF, `path` naming the PNG."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    paths = []
+    for fmt in FORMATS:
+        target = path.with_suffix("." + fmt)
+        fig.savefig(target, dpi=DPI)
+        paths.append(target)
     plt.close(fig)
-    return path
+    return paths
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for one value), as the tables compute them."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
 
 
 def ngroups_plot(table: Table, out: Path) -> tuple[list[Path], list[str]]:
@@ -82,19 +99,17 @@ def ngroups_plot(table: Table, out: Path) -> tuple[list[Path], list[str]]:
         ax.set_title(key[0] + (f", {gamma_label(key[1])}" if several_gammas else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return [_save(plt, fig, out / f"{table.study}_{table.name}_ngroups_curve.png")], []
+    fig.suptitle(f"{table.title}: {metric} against n(G), mean ± std over seeds", fontsize=10)
+    return _save(plt, fig, out / f"{table.study}_{table.name}_ngroups_curve.png"), []
 
 
-def _first_seed_run(trials: list[Trial], finished: Mapping[str, RunRecord]) -> RunRecord | None:
-    for t in sorted(trials, key=lambda t: t.config.seed):
-        if t.config_hash in finished:
-            return finished[t.config_hash]
-    return None
+def _seed_runs(trials: list[Trial], finished: Mapping[str, RunRecord]) -> list[RunRecord]:
+    return [finished[t.config_hash] for t in sorted(trials, key=lambda t: t.config.seed) if t.config_hash in finished]
 
 
 def per_class_plot(table: Table, study: StudySpec, trials: list[Trial], finished: Mapping[str, RunRecord],
                    read_json, out: Path) -> tuple[list[Path], list[str]]:
-    """Per-class accuracy vs training count: teacher, KD student, reference (LTKD) student; first seed."""
+    """Per-class accuracy vs training count: teacher, KD student, reference (LTKD) student; mean ± std over seeds."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     from orchestrator.study import method_rows
@@ -116,28 +131,33 @@ def per_class_plot(table: Table, study: StudySpec, trials: list[Trial], finished
     for pair, gamma in panels:
         lines = []
         for name, row in series:
-            rec = _first_seed_run(planned.get((row, pair, gamma), []), finished)
-            if rec is None:
-                continue
-            if rec.run_id not in cache:
-                cache[rec.run_id] = read_json(rec.run_id, PER_CLASS_ARTIFACT)
-            art = cache[rec.run_id]
-            if art and art.get("per_class_accuracy") and art.get("class_counts"):
-                lines.append((name, art["class_counts"], art["per_class_accuracy"]))
+            counts, seeds = None, []
+            for rec in _seed_runs(planned.get((row, pair, gamma), []), finished):
+                if rec.run_id not in cache:
+                    cache[rec.run_id] = read_json(rec.run_id, PER_CLASS_ARTIFACT)
+                art = cache[rec.run_id]
+                if art and art.get("per_class_accuracy") and art.get("class_counts"):
+                    counts = counts or art["class_counts"]
+                    if len(art["per_class_accuracy"]) == len(counts):
+                        seeds.append(art["per_class_accuracy"])
+            if seeds:
+                stats = [_mean_std([acc[i] for acc in seeds]) for i in range(len(counts))]
+                lines.append((f"{name} (n={len(seeds)})", counts, [m for m, _ in stats], [e for _, e in stats]))
         if lines:
             data.append((pair, gamma, lines))
     if not data:
         return [], notes + [f"{table.name}: per-class plot skipped: no run has {PER_CLASS_ARTIFACT}"]
     plt, fig, axes = _grid(len(data), 4.4, 3.4)
     for ax, (pair, gamma, lines) in zip(axes, data):
-        for name, counts, acc in lines:
+        for name, counts, acc, spread in lines:
             order = sorted(range(len(counts)), key=lambda i: -counts[i])
             xs = [counts[i] for i in order]
             ys = [acc[i] for i in order]
+            es = [spread[i] for i in order]
             k = max(1, len(xs) // 10)  # running mean over a tenth of the classes, in count order
             smooth = [sum(ys[max(0, i - k // 2): i + k // 2 + 1]) / len(ys[max(0, i - k // 2): i + k // 2 + 1]) for i in range(len(ys))]
             line, = ax.plot(xs, smooth, label=name)
-            ax.scatter(xs, ys, s=6, alpha=0.35, color=line.get_color())
+            ax.errorbar(xs, ys, yerr=es, fmt="o", ms=2.5, elinewidth=0.8, alpha=0.5, color=line.get_color())
         ax.set_xscale("log")
         # Plain numbers on the major ticks and no labelled minor ticks: they collide on short ranges.
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -147,8 +167,9 @@ def per_class_plot(table: Table, study: StudySpec, trials: list[Trial], finished
         ax.set_title(f"{pair_label(*pair)}, {gamma_label(gamma)}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("per-class accuracy vs class size (first seed; line: running mean)", fontsize=10)
-    return [_save(plt, fig, out / f"{table.study}_{table.name}_per_class.png")], notes
+    fig.suptitle(f"{table.title}: per-class test accuracy against class size\n"
+                 "(points: mean ± std over seeds; line: running mean over a tenth of the classes)", fontsize=10)
+    return _save(plt, fig, out / f"{table.study}_{table.name}_per_class.png"), notes
 
 
 def teacher_group_prob_plot(table: Table, study: StudySpec, trials: list[Trial], finished: Mapping[str, RunRecord],
@@ -162,8 +183,8 @@ def teacher_group_prob_plot(table: Table, study: StudySpec, trials: list[Trial],
                     if t.role == "teacher" and t.config.model == teacher and t.config.gamma == gamma and t.config_hash in finished]
             recs = [r for r in recs if all(k in r.metrics for k in keys)]
             if recs:
-                means = {k: sum(r.metrics[k] for r in recs) / len(recs) for k in keys}
-                panels.append((teacher, gamma, len(recs), means))
+                stats = {k: _mean_std([r.metrics[k] for r in recs]) for k in keys}
+                panels.append((teacher, gamma, len(recs), stats))
     if not panels:
         return [], [f"{table.name}: teacher group-probability plot skipped: no teacher run carries the "
                     "pg_test_* / pg_train_* metrics (runs from before they were logged)"]
@@ -175,16 +196,45 @@ def teacher_group_prob_plot(table: Table, study: StudySpec, trials: list[Trial],
     width = 0.38
     for ax, (teacher, gamma, n, means) in zip(axes, panels):
         xs = range(len(GROUPS))
-        test = [means[f"pg_test_{g}"] for g in GROUPS]
-        train = [means[f"pg_train_{g}"] for g in GROUPS]
-        ax.bar([x - width / 2 for x in xs], test, width, label="balanced (test)")
-        ax.bar([x + width / 2 for x in xs], train, width, label="long-tailed (train)")
+        for offset, split, label in ((-width / 2, "test", "balanced (test)"), (width / 2, "train", "long-tailed (train)")):
+            ax.bar([x + offset for x in xs], [means[f"pg_{split}_{g}"][0] for g in GROUPS], width, label=label,
+                   yerr=[means[f"pg_{split}_{g}"][1] for g in GROUPS], capsize=3)
         ax.set_xticks(list(xs), [g.capitalize() for g in GROUPS])
         ax.set_ylabel("mean group probability (%)")
         ax.set_title(f"teacher {teacher}, {gamma_label(gamma)} ({n} seed{'s' if n > 1 else ''})")
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=7)
-    return [_save(plt, fig, out / f"{table.study}_{table.name}_teacher_group_prob.png")], notes
+    fig.suptitle("the teacher's probability mass per class group, mean ± std over seeds", fontsize=10)
+    return _save(plt, fig, out / f"{table.study}_{table.name}_teacher_group_prob.png"), notes
+
+
+def run_per_class_png(per_class: list[float], class_counts: list[int], title: str) -> bytes:
+    """One run's per-class test accuracy against the class's training count, as PNG bytes.
+
+    Drawn with matplotlib's object API (no pyplot state), so the sweep's tracking threads can call it."""
+    import io
+
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    fig = Figure(figsize=(5.0, 3.4))
+    ax = fig.add_subplot()
+    order = sorted(range(len(class_counts)), key=lambda i: -class_counts[i])
+    ax.bar(range(len(order)), [per_class[i] for i in order], color="tab:blue")
+    ax.set_xlabel("classes, largest first (training images above)")
+    ax.set_ylabel("test accuracy (%)")
+    if len(order) <= 20:
+        ax.set_xticks(range(len(order)), [str(class_counts[i]) for i in order], fontsize=7)
+    else:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: str(class_counts[order[int(v)]]) if 0 <= int(v) < len(order) else ""))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
 
 
 def write_plots(tables: list[Table], study: StudySpec, trials: list[Trial], finished: Mapping[str, RunRecord],

@@ -1,7 +1,7 @@
 """Render a Table: Markdown, LaTeX and HTML (pandas Styler), and the tidy CSV (one line per cell).
 
 Marks: best = **bold** / \\textbf / font-weight bold; second = <u>underline</u> / \\underline /
-text-decoration underline. LaTeX uses booktabs rules (\\toprule, \\midrule, \\bottomrule: needs
+text-decoration underline. HTML is a whole UTF-8 document (`<meta charset="utf-8">`). LaTeX uses booktabs rules (\\toprule, \\midrule, \\bottomrule: needs
 \\usepackage{booktabs}; ✓ needs amssymb) with a \\midrule before the method rows and before Δ.
 """
 from __future__ import annotations
@@ -88,7 +88,9 @@ def render_html(table: Table) -> str:
         .format(escape="html").format_index(escape="html", axis=0).format_index(escape="html", axis=1)
         .set_uuid(f"{table.study}_{table.name}").set_caption(html.escape(table.title))
     )
-    return styler.to_html()
+    # A whole document that declares UTF-8: MLflow's artifact viewer (and a browser opening the file)
+    # would otherwise read ± and γ as Latin-1 ("Â±", "Î³").
+    return styler.to_html(doctype_html=True, encoding="utf-8")
 
 
 RENDERERS = {"md": render_md, "latex": render_latex, "csv": render_csv, "html": render_html}
