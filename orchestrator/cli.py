@@ -178,6 +178,9 @@ def cmd_tables(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {len(files)} files to {out}/: {', '.join(f.name for f in files)}", file=sys.stderr)
     if not args.no_log:
+        from orchestrator.tracking import runs_view_state
+
+        tracker.describe_experiment(exp_id, study.description, runs_view_state())
         run_id = tracker.tables_run(exp_id, study.name)
         tracker.log_files(run_id, [str(f) for f in files], "tables")
         tracker.end_run(run_id, "FINISHED")

@@ -13,7 +13,7 @@ from orchestrator.plan import make_plan
 from orchestrator.study import expand, load_study
 from orchestrator.spool import SpooledWriter
 from orchestrator.tracking import (FINISHED, Lease, ResumableRun, Tracker, TrialRuns, check_reachable, git_commit,
-                                   is_transient_failure, resolve_tracking_uri)
+                                   is_transient_failure, resolve_tracking_uri, runs_view_state)
 
 DEFAULT_OUTAGE_LIMIT_S = 30 * 60.0
 
@@ -25,16 +25,19 @@ def _store_exists(uri: str) -> bool:
 
 
 def browse_hint(uri: str, experiment: str, experiment_id: str) -> str:
-    """How to look at the runs: the server's page, or the MLflow UI over the local store."""
+    """How to look at the runs: the server's page, or the MLflow UI over the local store; the link
+    opens the runs table in MLflow's model-training view, grouped by table cell (`experiment_url`)."""
+    from orchestrator.tracking import experiment_url
+
     if uri.startswith(("http://", "https://")):
-        return f"runs: experiment {experiment!r} at {uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
+        return f"runs: experiment {experiment!r} at {experiment_url(uri, experiment_id)}"
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     try:
         shown = os.path.relpath(mlflow_bin) if mlflow_bin.exists() else "mlflow"
     except ValueError:
         shown = str(mlflow_bin)
     return (f"runs: experiment {experiment!r} in {uri}. Browse them with `{shown} ui --backend-store-uri {uri}` "
-            f"and open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs")
+            f"and open {experiment_url('http://127.0.0.1:5000', experiment_id)}")
 
 
 def open_plan(study_path: str, tracking_uri: str | None, create: bool):
@@ -224,6 +227,7 @@ def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage,
             print(f"retraining teacher {t.run_name} ({t.config_hash}): {what}", file=out)
         plan, todo, resumable = _read_state(tracker, exp_id, plan.trials)
     print(f"tracking: {uri} (experiment {study.name!r}, id {exp_id}); ray: {address or 'local'}", file=out)
+    tracker.describe_experiment(exp_id, study.description, runs_view_state())
     # The driver's own calls fail fast; the spool's writer retries with backoff and says so.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
