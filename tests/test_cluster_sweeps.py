@@ -246,9 +246,9 @@ def test_a_student_starts_as_soon_as_its_own_teacher_is_done(tmp_path):
     res = subprocess.run(sweep_cmd(study, uri, tmp_path), cwd=tmp_path, env=sweep_env(tmp_path), capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout + res.stderr
     runs = {r.info.run_name: r for r in assert_complete(uri, "schedule", 4)}
-    slow_teacher = runs["teacher cnn_w16 g1 s0"]
-    fast_student = runs["kd cnn_w16>cnn_w4 g50 s0"]
-    assert runs["teacher cnn_w16 g50 s0"].info.end_time <= fast_student.info.start_time
+    slow_teacher = runs["Teacher w16 γ1 s0"]
+    fast_student = runs["KD w16>w4 γ50 s0"]
+    assert runs["Teacher w16 γ50 s0"].info.end_time <= fast_student.info.start_time
     assert fast_student.info.start_time < slow_teacher.info.end_time, "the fast teacher's student waited for the slow teacher"
     assert fast_student.info.end_time < slow_teacher.info.end_time
 

@@ -168,13 +168,13 @@ def test_sigkilled_sweep_leftovers_are_cleaned_and_runs_its_edited_study_dropped
            f"removed {record['tune_dir']}" in rerun.stdout
     assert not _holding(record["session_dir"]) and not Path(record["tune_dir"]).exists()
     assert "closed 1 run(s) that a sweep which died left RUNNING and that this study no longer continues (now KILLED): " \
-           "teacher cnn_w16 g10 s1" in rerun.stdout
+           "Teacher w16 γ10 s1" in rerun.stdout
     _, runs = runs_of(uri, "killed_then_edited")
     by_name = {r.info.run_name: r for r in runs}
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    dropped = by_name["teacher cnn_w16 g10 s1"]
+    dropped = by_name["Teacher w16 γ10 s1"]
     assert dropped.info.status == "KILLED" and "its trial is no longer in the study" in dropped.data.tags["error"]
-    kept = by_name["teacher cnn_w16 g10 s0"]
+    kept = by_name["Teacher w16 γ10 s0"]
     assert kept.info.status == "FINISHED" and kept.info.run_id in {r.info.run_id for r in running}
     assert int(kept.data.tags["resumed_after_epoch"]) >= 2
 

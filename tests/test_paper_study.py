@@ -67,19 +67,19 @@ def test_paper_pair_with_every_baseline_on_fake_cifar100(ray_local, tmp_path, ca
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
     assert all(r.info.status == "FINISHED" for r in runs.values())
     # The recipe preset and its method defaults are what got tracked.
-    kd = runs["kd resnet32x4>resnet8x4 g4 s0"].data.params
+    kd = runs["KD r32x4>r8x4 γ4 s0"].data.params
     assert (kd["lr"], kd["batch_size"], kd["weight_decay"], kd["milestones"]) == ("0.05", "32", "0.0005", "[150, 180, 210]")
-    assert (kd["ce_weight"], kd["alpha"], kd["temperature"]) == ("0.1", "0.9", "4.0")
-    dkd = runs["dkd resnet32x4>resnet8x4 g4 s0"].data.params
-    assert (dkd["beta"], dkd["warmup"]) == ("8.0", "20")
-    assert runs["balanced_softmax resnet8x4 g4 s0"].data.params["role"] == "student"
+    assert (kd["ce_weight"], kd["alpha"], kd["temperature"]) == ("0.1", "0.9", "4")
+    dkd = runs["DKD r32x4>r8x4 γ4 s0"].data.params
+    assert (dkd["beta"], dkd["warmup"]) == ("8", "20")
+    assert runs["Balanced Softmax r8x4 γ4 s0"].data.params["role"] == "student"
     # The balanced supervised term (issue 17): the preset's KD weights, its own row, recorded as a param.
-    kd_bal = runs["kd + BalSoftmax resnet32x4>resnet8x4 g4 s0"].data
+    kd_bal = runs["KD + BalSoftmax r32x4>r8x4 γ4 s0"].data
     assert (kd_bal.params["ce"], kd_bal.params["ce_weight"], kd["ce"]) == ("balanced_softmax", "0.1", "standard")
     assert kd_bal.tags["row"] == "KD + BalSoftmax" and "loss_ce" in kd_bal.metrics
     # The long-tailed profile of the fake copy: class i keeps int(4 * (1/4) ** (i / 99)) images.
     counts = [int(4 * (1 / 4) ** (i / 99)) for i in range(100)]
-    local = client.download_artifacts(runs["ltkd resnet32x4>resnet8x4 g4 s0"].info.run_id, "per_class_accuracy.json", str(tmp_path))
+    local = client.download_artifacts(runs["LTKD r32x4>r8x4 γ4 s0"].info.run_id, "per_class_accuracy.json", str(tmp_path))
     assert __import__("json").load(open(local))["class_counts"] == counts
 
     out_dir = tmp_path / "tables"
