@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain-teacher", action="append", default=[], metavar="HASH",
                    help="train this teacher again (its config hash, as `--dry-run` and a corrupt-checkpoint error show it): "
                         "its FINISHED run goes to the experiment's trash; repeatable")
+    p.add_argument("--tables-every", type=float, default=10.0, metavar="MINUTES",
+                   help="while trials finish, regenerate the study's tables into its MLflow run 'tables STUDY' this often "
+                        "(default 10; 0: only when the sweep ends, which it always does)")
     p.add_argument("--wait-for-resources", type=float, default=0.0, metavar="MINUTES",
                    help="when no alive node can hold one trial (an autoscaling cluster still scaling up), wait this long "
                         "for one before refusing (default 0: refuse at once)")
@@ -56,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write every format and the plots (PNG) into this folder, and log them to the "
                                  "study's MLflow run 'tables <study>'")
     p.add_argument("--no-log", action="store_true", help="with --out: write the files only, log nothing to MLflow")
+    p.add_argument("--watch", action="store_true", help="with --out: keep the tables current (and logged) as runs finish, "
+                                                        "one line per regeneration, until interrupted")
+    p.add_argument("--every", type=float, default=60.0, metavar="SECONDS", help="with --watch: how often to look (default 60)")
 
     p = sub.add_parser("status", help="done, running, failed and missing trials of a study")
     p.add_argument("study")
@@ -108,22 +114,29 @@ def cmd_sweep(args) -> int:
         os.environ["LTKD_SHIP"] = args.ship  # read where Ray is joined (orchestrator.runtime_env)
     if not args.outage_limit > 0:
         raise UserError(f"--outage-limit {args.outage_limit:g}: must be > 0 minutes")
+    if not args.tables_every >= 0:
+        raise UserError(f"--tables-every {args.tables_every:g}: must be >= 0 minutes")
     if not args.wait_for_resources >= 0:
         raise UserError(f"--wait-for-resources {args.wait_for_resources:g}: must be >= 0 minutes")
     return run_sweep(args.study, args.tracking_uri, args.address, args.dry_run, args.storage, outage_limit_s=args.outage_limit * 60,
-                     resource_wait_s=args.wait_for_resources * 60, retrain_teachers=args.retrain_teacher)
+                     resource_wait_s=args.wait_for_resources * 60, retrain_teachers=args.retrain_teacher,
+                     tables_every_s=args.tables_every * 60)
 
 
 def cmd_tables(args) -> int:
     from orchestrator.study import expand, load_study
-    from orchestrator.paths import file_inside, writable_folder, write_text
-    from orchestrator.tables import FORMATS as TABLE_FORMATS, build_tables, render
-    from orchestrator.tables.plots import write_plots
-    from orchestrator.tables.render import EXTENSIONS as TABLE_EXTENSIONS, render_csv
+    from orchestrator.paths import writable_folder
+    from orchestrator.tables import render
+    from orchestrator.tables.regenerate import log_tables, read_finished, write_tables
+    from orchestrator.tables.render import render_csv
     from orchestrator.tracking import Tracker, check_reachable, resolve_tracking_uri
 
     study = load_study(args.study)
     trials = expand(study)
+    if args.watch and not args.out:
+        raise UserError("--watch: needs --out DIR (the folder it keeps current)")
+    if not args.every > 0:
+        raise UserError(f"--every {args.every:g}: must be > 0 seconds")
     if args.out:
         writable_folder(args.out, "--out")  # before the store is read: a bad folder is found in a second
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -135,17 +148,19 @@ def cmd_tables(args) -> int:
     tracker = Tracker(uri)
     try:
         exp_id = tracker.experiment_id(study.name)
-        # Only what tables show: final accuracies and the teacher's group probabilities.
-        keys = [f"acc_{g}" for g in ("all", "head", "medium", "tail")] + [f"pg_{s}_{g}" for s in ("test", "train") for g in ("head", "medium", "tail")]
-        found = tracker.final_metrics_by_hash(exp_id, keys) if exp_id is not None else {}
+        finished = read_finished(tracker, exp_id, trials)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - any store failure here is the user's URI or server
         raise UserError(f"--tracking-uri {uri}: cannot read the tracking store ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    planned = {t.config_hash for t in trials}
-    finished = {h: r for h, r in found.items() if h in planned}
+    if args.watch:
+        if exp_id is None:
+            raise no_runs
+        return _watch_tables(args, study, trials, tracker, exp_id)
     if not finished:
         raise no_runs
+    from orchestrator.tables import build_tables
+
     tables = build_tables(study, trials, finished)
     if args.format == "csv":
         # one CSV for all tables (the `table` column tells them apart), so the output can be piped
@@ -165,15 +180,7 @@ def cmd_tables(args) -> int:
     if not args.out:
         return 0
     out = writable_folder(args.out, "--out")
-    files: list[Path] = []
-    for table in tables:
-        for fmt in TABLE_FORMATS:
-            path = file_inside(out, f"{study.name}_{table.name}.{TABLE_EXTENSIONS[fmt]}")
-            text = render(table, fmt)
-            write_text(path, f"{table.title}\n\n{text}\n" if fmt == "md" else text)
-            files.append(path)
-    plots, notes = write_plots(tables, study, trials, finished, tracker.read_json_artifact, out)
-    files += plots
+    files, notes = write_tables(study, trials, tables, finished, tracker, out)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {len(files)} files to {out}/: {', '.join(f.name for f in files)}", file=sys.stderr)
@@ -181,11 +188,37 @@ def cmd_tables(args) -> int:
         from orchestrator.tracking import runs_view_state
 
         tracker.describe_experiment(exp_id, study.description, runs_view_state())
-        run_id = tracker.tables_run(exp_id, study.name)
-        tracker.log_files(run_id, [str(f) for f in files], "tables")
-        tracker.end_run(run_id, "FINISHED")
+        run_id = log_tables(tracker, exp_id, study, files, len(finished), sum(len(t.missing()) for t in tables))
         print(f"logged them to MLflow run 'tables {study.name}' ({run_id}) in experiment {study.name!r}", file=sys.stderr)
     return 0
+
+
+def _watch_tables(args, study, trials, tracker, exp_id: str) -> int:
+    """Keep --out (and, unless --no-log, the study's tables run) current until interrupted: one
+    line per regeneration, when the FINISHED runs change; a store that is away is retried."""
+    import time
+
+    from orchestrator.tables.regenerate import read_finished, regenerate
+
+    out = Path(args.out)
+    seen: frozenset | None = None
+    print(f"watching study {study.name!r} in {tracker.uri} every {args.every:g} s; Ctrl-C stops", flush=True)
+    try:
+        while True:
+            try:
+                finished = read_finished(tracker, exp_id, trials)
+                state = frozenset((h, r.run_id) for h, r in finished.items())
+                if finished and state != seen:
+                    result = regenerate(study, trials, tracker, exp_id, out, log=not args.no_log)
+                    seen = state
+                    print(result.line(), flush=True)
+            except Exception as exc:  # noqa: BLE001 - the store is away: say so, try again next time
+                print(f"{time.strftime('%H:%M:%S')} tables not regenerated: {type(exc).__name__}: "
+                      f"{(str(exc).splitlines() or [''])[0][:200]}; retrying", flush=True)
+            time.sleep(args.every)
+    except KeyboardInterrupt:
+        print("stopped watching", flush=True)
+        return 0
 
 
 def cmd_status(args) -> int:

@@ -12,10 +12,12 @@ from orchestrator.paths import writable_folder
 from orchestrator.plan import make_plan
 from orchestrator.study import expand, load_study
 from orchestrator.spool import SpooledWriter
+from orchestrator.tables.regenerate import TablesRefresher
 from orchestrator.tracking import (FINISHED, Lease, ResumableRun, Tracker, TrialRuns, check_reachable, git_commit,
                                    is_transient_failure, resolve_tracking_uri, runs_view_state)
 
 DEFAULT_OUTAGE_LIMIT_S = 30 * 60.0
+DEFAULT_TABLES_EVERY_S = 10 * 60.0
 
 
 def _store_exists(uri: str) -> bool:
@@ -92,7 +94,8 @@ def spool_folder(storage: str | None, uri: str, study: str) -> str:
 
 
 def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dry_run: bool, storage: str | None, out=None,
-              outage_limit_s: float = DEFAULT_OUTAGE_LIMIT_S, resource_wait_s: float = 0.0, retrain_teachers: list[str] | None = None) -> int:
+              outage_limit_s: float = DEFAULT_OUTAGE_LIMIT_S, resource_wait_s: float = 0.0, retrain_teachers: list[str] | None = None,
+              tables_every_s: float = DEFAULT_TABLES_EVERY_S) -> int:
     out = out or sys.stdout
     study, uri, tracker, exp_id, plan = open_plan(study_path, tracking_uri, create=False)
     retrain = teachers_to_retrain(plan.trials, retrain_teachers or [])
@@ -133,7 +136,8 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
     except Exception as exc:  # noqa: BLE001 - the store went away between the plan and here
         raise UserError(f"--tracking-uri {uri}: cannot use the tracking store ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     try:
-        return _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease, retrain)
+        return _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease, retrain,
+                           tables_every_s)
     except Exception as exc:  # noqa: BLE001 - the driver's own store calls (plan, run states): one line
         if not is_transient_failure(exc):
             raise
@@ -213,7 +217,8 @@ def _read_state(tracker, exp_id, trials) -> tuple:
     return plan, todo, resumable
 
 
-def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease, retrain=()) -> int:
+def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease, retrain=(),
+                tables_every_s: float = 0.0) -> int:
     from orchestrator.progress import SweepProgress
     from orchestrator.ray_runner import run_trials
 
@@ -238,6 +243,7 @@ def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage,
         down = writer.down_since
         return down is not None and time.time() - down > outage_limit_s
 
+    refresher = None
     try:
         if writer.replayed:
             print(f"replaying {writer.replayed} run(s) of tracking writes queued by an earlier sweep ({spool})", file=out, flush=True)
@@ -256,6 +262,10 @@ def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage,
             print(f"continuing {len(resumable)} run(s) of trials that an earlier sweep did not finish", file=out)
         base_tags = {"study": study.name, "git_commit": git_commit(), "study_file": str(Path(study_path))}
         runs = TrialRuns(writer, exp_id, base_tags, resumable)
+        # The study's tables, kept current in its MLflow `tables` run while trials finish.
+        refresher = TablesRefresher(study, plan.trials, tracker, exp_id, Path(spool + "-tables"), tables_every_s, notes.append)
+        refresher.out.mkdir(parents=True, exist_ok=True)
+        refresher.start()
         progress = SweepProgress(len(todo), out=out, pending={t.config_hash: (t.run_name, t.config.recipe.epochs) for t in todo})
         last_poll = [0.0]
 
@@ -287,8 +297,10 @@ def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage,
             raise RunFailure(_outage_line(uri, outage_limit_s, writer, spool))
         for note in notes:
             print(note, file=out)
+        _final_tables(refresher, notes, out)
     except KeyboardInterrupt:
         writer.flush(timeout=15)  # what is left stays in the spool: the next sweep writes it first
+        _final_tables(refresher, notes, out)
         raise
     finally:
         writer.close()
@@ -302,6 +314,16 @@ def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage,
     if counts["FAILED"] or counts["SKIPPED"] or missing:
         raise RunFailure(f"{counts['FAILED']} failed, {counts['SKIPPED']} skipped, {missing} not run; rerun the same command to retry only those")
     return 0
+
+
+def _final_tables(refresher, notes: list[str], out) -> None:
+    """The sweep ends (finished, failed or interrupted): its tables once more, plots included."""
+    if refresher is None:
+        return
+    notes.clear()
+    result = refresher.close()
+    for note in notes:
+        print(note if result is None else f"{note}; files in {refresher.out}", file=out, flush=True)
 
 
 def _outage_line(uri: str, limit_s: float, writer: SpooledWriter, spool: str) -> str:

@@ -1,0 +1,141 @@
+"""Tables that keep themselves current: one regeneration (read the store, build, write, log) shared
+by `ltkd tables --out`, `ltkd tables --watch` and the sweep, which rebuilds them every few minutes of
+new results and once when it ends.
+
+A regeneration reads only final metrics through the fast reader (`final_metrics_by_hash`), writes
+every format into a folder, and logs the files to the study's `tables <study>` run under `tables/`,
+replacing the previous set (same file names); the run's description says when and from how many
+runs. Plots read each run's per-class artifact, so the sweep's periodic refresh leaves them out and
+draws them once at the end.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.paths import file_inside, write_text
+from orchestrator.tables.build import build_tables
+from orchestrator.tables.render import EXTENSIONS, FORMATS, render
+
+# Only what tables show: final accuracies and the teacher's group probabilities.
+TABLE_METRICS = [f"acc_{g}" for g in ("all", "head", "medium", "tail")] + [
+    f"pg_{s}_{g}" for s in ("test", "train") for g in ("head", "medium", "tail")]
+DESCRIPTION_TAG = "mlflow.note.content"
+
+
+@dataclass
+class Regeneration:
+    tables: list
+    files: list[Path] = field(default_factory=list)
+    runs: int = 0  # FINISHED runs the tables were built from
+    missing: int = 0  # cells short of seeds
+    notes: list[str] = field(default_factory=list)
+    run_id: str | None = None  # the tables run they were logged to
+
+    def line(self) -> str:
+        logged = f"; logged to run {self.run_id}" if self.run_id else ""
+        return (f"{time.strftime('%H:%M:%S')} tables regenerated from {self.runs} runs "
+                f"({self.missing} cells short of seeds): {len(self.files)} files{logged}")
+
+
+def read_finished(tracker, exp_id: str | None, trials) -> dict:
+    """config_hash -> the newest FINISHED run of each planned trial (final table metrics only)."""
+    if exp_id is None:
+        return {}
+    planned = {t.config_hash for t in trials}
+    found = tracker.final_metrics_by_hash(exp_id, TABLE_METRICS)
+    return {h: r for h, r in found.items() if h in planned}
+
+
+def write_tables(study, trials, tables, finished, tracker, out: Path, plots: bool = True) -> tuple[list[Path], list[str]]:
+    """Every table in every format (and the plots) into `out`; returns the files and notes."""
+    files: list[Path] = []
+    for table in tables:
+        for fmt in FORMATS:
+            path = file_inside(out, f"{study.name}_{table.name}.{EXTENSIONS[fmt]}")
+            text = render(table, fmt)
+            write_text(path, f"{table.title}\n\n{text}\n" if fmt == "md" else text)
+            files.append(path)
+    notes: list[str] = []
+    if plots:
+        from orchestrator.tables.plots import write_plots
+
+        drawn, notes = write_plots(tables, study, trials, finished, tracker.read_json_artifact, out)
+        files += drawn
+    return files, notes
+
+
+def log_tables(tracker, exp_id: str, study, files: list[Path], runs: int, missing: int) -> str:
+    """The files into the study's tables run (replacing the previous set), its description updated."""
+    run_id = tracker.tables_run(exp_id, study.name)
+    tracker.log_files(run_id, [str(f) for f in files], "tables")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    tracker.set_tags(run_id, {DESCRIPTION_TAG: f"Tables of study {study.name!r}, regenerated {stamp} from {runs} FINISHED runs "
+                                               f"({missing} cells short of seeds). Files: tables/."})
+    tracker.end_run(run_id, "FINISHED")
+    return run_id
+
+
+def regenerate(study, trials, tracker, exp_id: str, out: Path, log: bool = True, plots: bool = True) -> Regeneration | None:
+    """Read, build, write and (optionally) log the study's tables; None when no trial is FINISHED."""
+    finished = read_finished(tracker, exp_id, trials)
+    if not finished:
+        return None
+    tables = build_tables(study, trials, finished)
+    files, notes = write_tables(study, trials, tables, finished, tracker, out, plots)
+    result = Regeneration(tables, files, len(finished), sum(len(t.missing()) for t in tables), notes)
+    if log:
+        result.run_id = log_tables(tracker, exp_id, study, files, result.runs, result.missing)
+    return result
+
+
+class TablesRefresher:
+    """In a sweep: regenerate the study's tables every `every_s` seconds while new trials finish
+    (tables only), and once more, with plots, when the sweep ends. Runs beside the sweep in a
+    thread; a failure (the store away) is a note, never a failed sweep."""
+
+    def __init__(self, study, trials, tracker, exp_id: str, out: Path, every_s: float, note):
+        self.study, self.trials, self.tracker, self.exp_id, self.out = study, trials, tracker, exp_id, out
+        self.every_s = every_s
+        self.note = note
+        self.finished_seen = -1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if self.every_s > 0 and self.study.tables:
+            self._thread = threading.Thread(target=self._loop, name="ltkd-tables", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.refresh(plots=False, only_if_new=True)
+
+    def refresh(self, plots: bool, only_if_new: bool) -> Regeneration | None:
+        with self._lock:
+            try:
+                if only_if_new:
+                    count = len(read_finished(self.tracker, self.exp_id, self.trials))
+                    if count == self.finished_seen:
+                        return None
+                result = regenerate(self.study, self.trials, self.tracker, self.exp_id, self.out, log=True, plots=plots)
+            except Exception as exc:  # noqa: BLE001 - the tables wait for the next refresh
+                self.note(f"tables: not regenerated this time ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]})")
+                return None
+            if result is not None:
+                self.finished_seen = result.runs
+                self.note(f"tables: regenerated from {result.runs} runs ({result.missing} cells short of seeds), logged to "
+                          f"run 'tables {self.study.name}'")
+            return result
+
+    def close(self) -> Regeneration | None:
+        """Stop the periodic refresh and regenerate once more, plots included."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        if not self.study.tables:
+            return None
+        return self.refresh(plots=True, only_if_new=False)
