@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write every format and the plots (PNG) into this folder, and log them to the "
                                  "study's MLflow run 'tables <study>'")
     p.add_argument("--no-log", action="store_true", help="with --out: write the files only, log nothing to MLflow")
+    p.add_argument("--versus", choices=["paper"], help="paper: each cell beside the value the study's `paper:` block gives, "
+                                                       "with the difference (marked ! beyond two seed std)")
     p.add_argument("--watch", action="store_true", help="with --out: keep the tables current (and logged) as runs finish, "
                                                         "one line per regeneration, until interrupted")
     p.add_argument("--every", type=float, default=60.0, metavar="SECONDS", help="with --watch: how often to look (default 60)")
@@ -162,6 +164,8 @@ def cmd_tables(args) -> int:
     from orchestrator.tables import build_tables
 
     tables = build_tables(study, trials, finished)
+    if args.versus == "paper":
+        return _print_versus_paper(args, study, tables)
     if args.format == "csv":
         # one CSV for all tables (the `table` column tells them apart), so the output can be piped
         print("".join(render_csv(t) if i == 0 else render_csv(t).split("\n", 1)[1] for i, t in enumerate(tables)), end="")
@@ -190,6 +194,22 @@ def cmd_tables(args) -> int:
         tracker.describe_experiment(exp_id, study.description, runs_view_state())
         run_id = log_tables(tracker, exp_id, study, files, len(finished), sum(len(t.missing()) for t in tables))
         print(f"logged them to MLflow run 'tables {study.name}' ({run_id}) in experiment {study.name!r}", file=sys.stderr)
+    return 0
+
+
+def _print_versus_paper(args, study, tables) -> int:
+    from orchestrator.tables.paper import render_versus_md, versus_tidy
+
+    if not study.paper:
+        raise UserError(f"--versus paper: study {study.name!r} has no `paper:` block (the paper's values per table and row)")
+    if args.format not in ("md", "csv"):
+        raise UserError(f"--versus paper --format {args.format}: allowed: md, csv")
+    chosen = [t for t in tables if t.name in study.paper]
+    if args.format == "csv":
+        frames = [versus_tidy(t, study) for t in chosen]
+        print(__import__("pandas").concat(frames).to_csv(index=False, float_format="%.6g", lineterminator="\n"), end="")
+        return 0
+    print("\n\n".join(render_versus_md(t, study) for t in chosen))
     return 0
 
 

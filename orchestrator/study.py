@@ -365,9 +365,19 @@ def _check_tables(tables: list[TableSpec], info: ValidationInfo) -> list[TableSp
     return tables
 
 
+DELTA_LABEL = "Δ"  # the Δ row of a table (orchestrator.tables.core.DELTA_ROW)
 ParamValue = bool | int | float | str
 NON_NEGATIVE_PARAMS = {"alpha", "beta", "gamma", "ce_weight", "weight", "warmup", "tau"}
 POSITIVE_PARAMS = {"temperature"}
+
+
+class PaperTableSpec(BaseModel):
+    """The paper's published values for one of the study's tables: per row, one value per column
+    in the table's column order (pair × γ × Tail, All), null where the paper has none."""
+
+    model_config = _STRICT
+    source: str = Field(min_length=1)  # where the values were read, e.g. "slides, ImageNet-LT table"
+    rows: dict[str, list[float | None]] = Field(min_length=1)
 
 
 class StudySpec(BaseModel):
@@ -383,6 +393,7 @@ class StudySpec(BaseModel):
     teacher_recipe: dict[str, Any] = {}  # overrides of `recipe` for teacher trials
     resources: ResourcesSpec = ResourcesSpec()
     tables: typing.Annotated[list[TableSpec], AfterValidator(_check_tables)] = [TableSpec()]
+    paper: dict[str, PaperTableSpec] = {}  # table name -> the paper's values (`ltkd tables --versus paper`)
 
     @field_validator("name")
     @classmethod
@@ -422,6 +433,32 @@ class StudySpec(BaseModel):
             if name not in METHODS:
                 raise ValueError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
         return methods
+
+    @model_validator(mode="after")
+    def _check_paper(self) -> "StudySpec":
+        tables = {t.name: t for t in self.tables}
+        for name, block in self.paper.items():
+            field = f"paper.{name}"
+            if name not in tables:
+                raise UserError(f"{field}: no table of this study has that name; its tables: {', '.join(tables)}")
+            table = tables[name]
+            if table.kind == "ngroups":
+                raise UserError(f"{field}: paper values are for main and ablation tables; {name!r} is an ngroups table")
+            try:
+                rows = table.shown_rows(self.methods, self.student_baseline)
+            except ValueError:
+                continue  # the table itself is wrong: reported by its own check
+            shown = {table.shown_label(label, method): label for label, method in rows}
+            methods = [method for _, method in rows if method is not None]
+            single = {m for m in methods if methods.count(m) == 1}
+            columns = len(self.pairs) * len(self.dataset.gammas) * 2
+            for row, values in block.rows.items():
+                if row not in shown and row not in shown.values() and row not in single and row != DELTA_LABEL:
+                    raise UserError(f"{field}.rows.{row}: not a row of table {name!r}; its rows: {', '.join(shown)}")
+                if len(values) != columns:
+                    raise UserError(f"{field}.rows.{row}: {len(values)} values; the table has {columns} columns "
+                                    "(pair × γ × Tail, All, in the study's order)")
+        return self
 
     @model_validator(mode="after")
     def _check_method_params(self) -> "StudySpec":

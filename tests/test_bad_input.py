@@ -58,6 +58,11 @@ CASES = [
     ("pairs: [{teacher: cnn_w16, student: cnn_w4}]", "pairs: []", ["pairs", "at least 1"]),
     ("n_groups: 3", "n_groups: 2.5", ["methods.ltkd.n_groups = 2.5", "whole number"]),
     ("alpha: 1.0", "alpha: yes", ["methods.ltkd.alpha = True", "must be a number"]),
+    # issue 15: the paper's values for a table
+    ("seeds: [0]", "seeds: [0]\npaper: {mian: {source: s, rows: {LTKD: [1, 2]}}}", ["paper.mian: no table of this study has that name", "main"]),
+    ("seeds: [0]", "seeds: [0]\npaper: {main: {source: s, rows: {KD: [1, 2]}}}", ["paper.main.rows.KD: not a row of table 'main'", "LTKD"]),
+    ("seeds: [0]", "seeds: [0]\npaper: {main: {source: s, rows: {LTKD: [1, 2, 3]}}}", ["paper.main.rows.LTKD: 3 values", "2 columns"]),
+    ("seeds: [0]", "seeds: [0]\npaper: {main: {rows: {LTKD: [1, 2]}}}", ["paper.main.source", "required field is missing"]),
     # issue 17: the supervised term of a distillation method
     ("alpha: 1.0", "alpha: 1.0, ce: focal", ["methods.ltkd.ce = 'focal'", "allowed: standard, balanced_softmax"]),
     ("alpha: 1.0", "alpha: 1.0, ce: [standard, Balanced_Softmax]", ["methods.ltkd.ce = 'Balanced_Softmax'", "allowed: standard, balanced_softmax"]),
