@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "one line per regeneration, until interrupted")
     p.add_argument("--every", type=float, default=60.0, metavar="SECONDS", help="with --watch: how often to look (default 60)")
 
+    p = sub.add_parser("report", help="one self-contained HTML page (and Markdown) with every table, plot, the plan's "
+                                      "completeness per cell and links to each cell's runs")
+    p.add_argument("study")
+    _add_tracking(p)
+    p.add_argument("--out", required=True, help="folder for STUDY_report.html, STUDY_report.md and the files they show")
+    p.add_argument("--no-log", action="store_true", help="write the files only; log nothing to the study's tables run")
+
     p = sub.add_parser("status", help="done, running, failed and missing trials of a study")
     p.add_argument("study")
     _add_tracking(p)
@@ -241,6 +248,33 @@ def _watch_tables(args, study, trials, tracker, exp_id: str) -> int:
         return 0
 
 
+def cmd_report(args) -> int:
+    from orchestrator.paths import writable_folder
+    from orchestrator.study import expand, load_study
+    from orchestrator.tables.regenerate import regenerate
+    from orchestrator.tracking import Tracker, check_reachable, resolve_tracking_uri
+
+    study = load_study(args.study)
+    trials = expand(study)
+    out = writable_folder(args.out, "--out")
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_reachable(uri)
+    no_runs = UserError(f"{args.study}: no runs of study {study.name!r} to report in {uri}; run `ltkd sweep {args.study}` first")
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).expanduser().exists():
+        raise no_runs
+    tracker = Tracker(uri)
+    exp_id = tracker.experiment_id(study.name)
+    result = regenerate(study, trials, tracker, exp_id, out, log=not args.no_log) if exp_id is not None else None
+    if result is None:
+        raise no_runs
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {out / (study.name + '_report.html')} and {len(result.files) - 1} more files "
+          f"({result.runs} FINISHED runs, {result.missing} cells short of seeds)"
+          + (f"; logged to run 'tables {study.name}' ({result.run_id})" if result.run_id else ""))
+    return 0
+
+
 def cmd_status(args) -> int:
     from orchestrator.status import show_status
 
@@ -365,7 +399,7 @@ def _unexpected(exc: BaseException) -> int:
     return 1
 
 
-COMMANDS = {"sweep": cmd_sweep, "tables": cmd_tables, "status": cmd_status, "train": cmd_train}
+COMMANDS = {"sweep": cmd_sweep, "tables": cmd_tables, "report": cmd_report, "status": cmd_status, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

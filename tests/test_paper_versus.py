@@ -71,3 +71,31 @@ def test_the_paper_blocks_of_the_studies_give_every_column_of_their_rows():
                                                 expand(load_study(studies / "imagenet_lt_main.yaml")), {}) if t.name == "main"][0],
                        load_study(studies / "imagenet_lt_main.yaml"))
     assert ltkd[("LTKD", ("resnet50→mobilenet_v1", "γ=20", "Tail"))] == 48.55
+
+
+def test_report_links_each_cell_to_its_runs_and_counts_the_plan(tmp_path, capsys):
+    import re
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path, trials = fill(uri, tmp_path, MAIN.replace("name: golden_main", "name: golden_report"), main_values)
+    assert main(["report", str(path), "--tracking-uri", uri, "--out", str(tmp_path / "report"), "--no-log"]) == 0
+    assert "golden_report_report.html and" in capsys.readouterr().out
+    page = (tmp_path / "report" / "golden_report_report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page and "±" in page
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("golden_report").experiment_id
+    hashes = {t.config_hash: t.config.seed for t in trials if t.row == "LTKD" and t.config.gamma == 10}
+    ltkd_g10 = sorted((hashes[r.data.tags["config_hash"]], r.info.run_id) for r in client.search_runs([exp], "tags.row = 'LTKD'")
+                      if r.data.tags["config_hash"] in hashes)
+    assert len(ltkd_g10) == 3
+    for seed, run_id in ltkd_g10:
+        assert f'href="http://127.0.0.1:5000/#/experiments/{exp}/runs/{run_id}">s{seed}</a>' in page
+    md = (tmp_path / "report" / "golden_report_report.md").read_text()
+    assert "Study 'golden_report' (no description): 30 planned trials: 26 done, 0 running, 0 failed, 4 missing." in md
+    completeness = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in md.split("### Completeness")[1].splitlines()
+                    if line.startswith("| ") and not line.startswith("| ---")}
+    assert completeness["KD"][:2] == ["2 done · 1 missing"] * 2 and completeness["LTKD"] == ["3 done"] * 4
+    assert completeness["DKD"][2:] == ["3 missing"] * 2
+    assert not re.search(r"Traceback", page)

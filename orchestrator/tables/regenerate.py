@@ -1,6 +1,6 @@
 """Tables that keep themselves current: one regeneration (read the store, build, write, log) shared
 by `ltkd tables --out`, `ltkd tables --watch` and the sweep, which rebuilds them every few minutes of
-new results and once when it ends.
+new results and once when it ends. Each regeneration also writes the study's report (report.py).
 
 A regeneration reads only final metrics through the fast reader (`final_metrics_by_hash`), writes
 every format into a folder, and logs the files to the study's `tables <study>` run under `tables/`,
@@ -18,6 +18,7 @@ from pathlib import Path
 from orchestrator.paths import file_inside, write_text
 from orchestrator.tables.build import build_tables
 from orchestrator.tables.render import EXTENSIONS, FORMATS, render
+from orchestrator.tables.report import write_report
 
 # Only what tables show: final accuracies and the teacher's group probabilities.
 TABLE_METRICS = [f"acc_{g}" for g in ("all", "head", "medium", "tail")] + [
@@ -85,6 +86,7 @@ def regenerate(study, trials, tracker, exp_id: str, out: Path, log: bool = True,
         return None
     tables = build_tables(study, trials, finished)
     files, notes = write_tables(study, trials, tables, finished, tracker, out, plots)
+    files += write_report(study, trials, tables, tracker.run_states(exp_id), files, tracker.uri, exp_id, out)
     result = Regeneration(tables, files, len(finished), sum(len(t.missing()) for t in tables), notes)
     if log:
         result.run_id = log_tables(tracker, exp_id, study, files, result.runs, result.missing)

@@ -1,0 +1,108 @@
+"""One report per study (`ltkd report STUDY.yaml --out DIR`): a self-contained HTML page (plots
+inlined) and its Markdown twin with every table, every plot, how complete the plan is per cell
+(done / running / failed / missing) and, in each cell, links to its runs in the MLflow UI.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from orchestrator.paths import file_inside, write_text
+from orchestrator.tables.build import planned_by_cell, study_pairs
+from orchestrator.tables.core import Table, gamma_label, pair_label
+from orchestrator.tables.render import render
+
+STATES = ("done", "running", "failed", "missing")
+
+
+def ui_base(tracking_uri: str) -> str:
+    """Where the MLflow UI of this store is: the server itself, else `mlflow ui`'s default address."""
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
+def run_link(base: str, experiment_id: str, run_id: str) -> str:
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _state(run_states: dict, config_hash: str) -> str:
+    state = run_states.get(config_hash)
+    if state is None:
+        return "missing"
+    return {"FINISHED": "done", "RUNNING": "running", "FAILED": "failed"}.get(state.status, "missing")
+
+
+def completeness(table: Table, study, trials, run_states: dict) -> pd.DataFrame | None:
+    """Per cell of a main or ablation table: how many of its planned trials are done, running,
+    failed or missing (KILLED counts as missing: the next sweep continues it)."""
+    if table.spec.kind == "ngroups":
+        return None
+    planned = planned_by_cell(study, trials)
+    shown = {table.spec.shown_label(label, method): label for label, method in table.spec.shown_rows(study.methods, study.student_baseline)}
+    pairs = {pair_label(*p): p for p in study_pairs(study)}
+    gammas = {gamma_label(g): g for g in study.dataset.gammas}
+    data, rows = [], [r for r in table.rows if r in shown]
+    for row in rows:
+        line = []
+        for col in table.cols:
+            gamma = gammas[col[1]] if len(col) == 3 else study.dataset.gammas[0]
+            cell_trials = planned.get((shown[row], pairs[col[0]], gamma), [])
+            counts = Counter(_state(run_states, t.config_hash) for t in cell_trials)
+            line.append(" · ".join(f"{counts[s]} {s}" for s in STATES if counts[s]) or "not planned")
+        data.append(line)
+    return pd.DataFrame(data, index=pd.Index(rows), columns=pd.MultiIndex.from_tuples(table.cols))
+
+
+def _linked_cells(table: Table, base: str, experiment_id: str) -> pd.DataFrame:
+    """The table's cells as HTML: the value, then one link per seed's run."""
+    data = []
+    for r in table.rows:
+        line = []
+        for c in table.cols:
+            cell = table.cells[(r, c)]
+            links = "" if cell.is_delta else " ".join(
+                f'<a href="{html.escape(run_link(base, experiment_id, rid))}">s{seed}</a>' for seed, rid in zip(cell.seeds, cell.run_ids))
+            line.append(html.escape(cell.text()) + (f"<br><small>{links}</small>" if links else ""))
+        data.append(line)
+    return pd.DataFrame(data, index=pd.Index(table.rows), columns=pd.MultiIndex.from_tuples(table.cols))
+
+
+def write_report(study, trials, tables: list[Table], run_states: dict, plots: list[Path], tracking_uri: str, experiment_id: str,
+                 out: Path) -> list[Path]:
+    """report.html (self-contained) and report.md into `out`; returns their paths."""
+    base = ui_base(tracking_uri)
+    counts = Counter(_state(run_states, t.config_hash) for t in trials)
+    summary = ", ".join(f"{counts[s]} {s}" for s in STATES)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    head = (f"Study {study.name!r} ({study.description or 'no description'}): {len(trials)} planned trials: {summary}. "
+            f"Generated {stamp} from {tracking_uri}.")
+    parts_html = [f"<h1>{html.escape(study.name)}</h1>", f"<p>{html.escape(head)}</p>"]
+    parts_md = [f"# {study.name}", "", head, ""]
+    for table in tables:
+        parts_html += [f"<h2>{html.escape(table.name)}</h2>", f"<p>{html.escape(table.title)}</p>",
+                       _linked_cells(table, base, experiment_id).to_html(escape=False)]
+        parts_md += [f"## {table.name}", "", table.title, "", render(table, "md"), ""]
+        done = completeness(table, study, trials, run_states)
+        if done is not None:
+            parts_html += ["<h3>Completeness</h3>", done.to_html()]
+            flat = done.copy()
+            flat.columns = [" ".join(c) for c in done.columns]
+            parts_md += ["### Completeness", "", flat.to_markdown(), ""]
+        for plot in [p for p in plots if p.suffix == ".png" and p.name.startswith(f"{study.name}_{table.name}_")]:
+            data = base64.b64encode(plot.read_bytes()).decode()
+            parts_html.append(f'<figure><img alt="{html.escape(plot.name)}" src="data:image/png;base64,{data}">'
+                              f"<figcaption>{html.escape(plot.name)}</figcaption></figure>")
+            parts_md += [f"![{plot.name}]({plot.name})", ""]
+    page = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>" + html.escape(f"ltkd report: {study.name}") +
+            "</title><style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;margin:1em 0} "
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right} img{max-width:100%}</style></head><body>"
+            + "\n".join(parts_html) + "</body></html>\n")
+    html_path = file_inside(out, f"{study.name}_report.html")
+    md_path = file_inside(out, f"{study.name}_report.md")
+    write_text(html_path, page)
+    write_text(md_path, "\n".join(parts_md) + "\n")
+    return [html_path, md_path]
