@@ -137,6 +137,7 @@ def cmd_tables(args) -> int:
     from orchestrator.paths import writable_folder
     from orchestrator.tables import render
     from orchestrator.tables.regenerate import log_tables, read_finished, write_tables
+    from orchestrator.tables.report import write_report
     from orchestrator.tables.render import render_csv
     from orchestrator.tracking import Tracker, check_reachable, resolve_tracking_uri
 
@@ -192,6 +193,7 @@ def cmd_tables(args) -> int:
         return 0
     out = writable_folder(args.out, "--out")
     files, notes = write_tables(study, trials, tables, finished, tracker, out)
+    files += write_report(study, trials, tables, tracker.run_states(exp_id), files, uri, exp_id, out)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {len(files)} files to {out}/: {', '.join(f.name for f in files)}", file=sys.stderr)
