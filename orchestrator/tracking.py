@@ -329,7 +329,9 @@ class Tracker:
     def describe_experiment(self, experiment_id: str, description: str, view: dict[str, Any] | None = None) -> None:
         """The study's description as the experiment's (the UI shows the `mlflow.note.content` tag),
         the model-training kind, and the runs table's shared view (columns, grouping: `view_state`)."""
-        tags = {EXPERIMENT_KIND_TAG: "custom_model_development", NOTE_TAG: description or ""}
+        # The link is for a browser that opens the experiment from the list in the GenAI view.
+        link = f"[The study's runs by table cell, in the model-training view]({experiment_url('', experiment_id)})"
+        tags = {EXPERIMENT_KIND_TAG: "custom_model_development", NOTE_TAG: f"{description}\n\n{link}" if description else link}
         if view is not None:
             tags[VIEW_STATE_TAG] = json.dumps(view, separators=(",", ":"))
         for key, value in tags.items():
@@ -877,7 +879,7 @@ def experiment_url(base: str, experiment_id: str, shared_view: bool = True) -> s
     """The experiment's runs table in the model-training view (MLflow 3.17 reads `workflowType`
     from the URL before the browser's stored choice), opened on the study's shared view."""
     query = "workflowType=machine_learning" + (f"&viewStateShareKey={VIEW_STATE_KEY}" if shared_view else "")
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+    return f"{base.rstrip('/')}{'/' if base else ''}#/experiments/{experiment_id}/runs?{query}"
 
 
 def trial_params(trial) -> dict[str, Any]:

@@ -141,3 +141,48 @@ def test_reported_lag_is_the_age_of_the_oldest_unwritten_event(tmp_path):
     # bounded by about one call plus the events queued during it, not growing with the run's age
     assert max(lags[20:]) < 0.8, lags
     assert writer.state().lag_s == 0.0
+
+
+class RecordingStore:
+    """Records each call; its model call fails the way a bad checkpoint would (a ValueError)."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.ids = iter(f"run{i}" for i in range(100))
+
+    def create_run(self, experiment_id, name, params, tags):
+        run_id = next(self.ids)
+        self.calls.append(("create", run_id, name))
+        return run_id
+
+    def __getattr__(self, name):
+        def call(run_id, *args):
+            if name == "log_model":
+                raise ValueError("cannot save the final weights as an MLflow model (bad checkpoint)")
+            self.calls.append((name, run_id, *args[:3]))
+        return call
+
+
+def test_teacher_link_dataset_plot_and_model_go_through_the_spool_in_order(tmp_path):
+    """What a finished trial queues beyond metrics reaches the store from the writer's threads, in
+    the run's order; the teacher's run id is resolved from its spool key; a model the store cannot
+    save is one warning, and the run still ends."""
+    store, warnings = RecordingStore(), []
+    writer = SpooledWriter(store, str(tmp_path / "spool"), workers=2, is_transient=lambda exc: False, on_warning=warnings.append)
+    teacher = writer.new_run("0", "Teacher w16 γ50 s0", {}, {})
+    assert writer.flush(timeout=10)
+    student = writer.new_run("0", "LTKD w16>w4 γ50 s0", {}, {})
+    writer.link_teacher(student, "0", teacher, "abc", "Teacher w16 γ50 s0")
+    writer.log_per_class_plot(student, [90.0, 10.0], [100, 2], "title", "per_class_accuracy.png")
+    writer.log_input(student, {"name": "digits-LT γ50", "digest": "d"})
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.pt").write_bytes(b"x")
+    writer.log_dir(student, str(ckpt), "checkpoint", model_path="model")
+    writer.end_run(student, "FINISHED")
+    assert writer.flush(timeout=10)
+    writer.close()
+    ops = [c[0] for c in store.calls if c[1] == "run1"]
+    assert ops == ["create", "link_teacher", "log_per_class_plot", "log_input", "log_dir", "end_run"], store.calls
+    assert ("link_teacher", "run1", "0", "run0", "abc") in store.calls  # the teacher's run, found by its spool key
+    assert len(warnings) == 1 and "cannot save the final weights" in warnings[0]

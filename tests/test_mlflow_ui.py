@@ -1,0 +1,193 @@
+"""What a researcher sees: a swept study in the real MLflow UI, opened in headless Chromium.
+
+`mlflow server` (lean form, loopback) over a store that `ltkd sweep` filled and `ltkd tables --out`
+logged to; Chromium renders each page (`--dump-dom` after the page's scripts ran, `--screenshot`
+for the record under the test's temporary folder). The checks read the DOM, never pixels.
+Skipped, with the reason, where no Chromium is installed (`.ci/run` installs Debian's).
+"""
+import os
+import re
+import shutil
+import subprocess
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.cli import main
+from orchestrator.tracking import experiment_url
+from conftest import start_mlflow_server, stop
+
+pytestmark = pytest.mark.integration
+
+BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+if BROWSER is None:
+    pytest.skip("no Chromium on this machine (`apt-get install -y chromium`, as .ci/run does): the MLflow UI test needs a real browser",
+                allow_module_level=True)
+
+STUDY = """
+name: ui
+description: "digits-LT, cnn_w16 → cnn_w4: LTKD at γ 50, mean ± std over seeds"
+dataset: {name: digits, gammas: [50]}
+pairs: [{teacher: cnn_w16, student: cnn_w4}]
+methods:
+  ltkd: {alpha: 1.0, beta: 1.0, temperature: 4.0, n_groups: 3}
+student_baseline: false
+seeds: [0, 1]
+recipe: {epochs: 2, batch_size: 64, lr: 0.05, milestones: [1]}
+resources: {cpu: 1}
+tables: [{kind: main, name: main}]
+"""
+
+
+def page(url: str, tmp: Path, shot: str, budget_ms: int = 12000) -> str:
+    """The DOM of `url` once its scripts ran (Chromium's virtual time), and a screenshot of it."""
+    profile = tmp / "chromium-profile"  # a fresh browser: nothing remembered from a earlier visit
+    shutil.rmtree(profile, ignore_errors=True)
+    common = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+              f"--user-data-dir={profile}", "--window-size=1440,900", f"--virtual-time-budget={budget_ms}", "--hide-scrollbars"]
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
+    subprocess.run([*common, f"--screenshot={tmp / shot}", url], capture_output=True, timeout=90)
+    return dom
+
+
+def frame_texts(url: str, tmp: Path, wait_s: float = 20.0) -> list[str]:
+    """The text of every frame of `url` (child frames too, which --dump-dom leaves out), read over
+    Chromium's DevTools protocol once the text stops changing."""
+    import asyncio
+    import json
+    import time
+
+    import aiohttp
+
+    profile = tmp / "chromium-cdp-profile"
+    shutil.rmtree(profile, ignore_errors=True)
+    proc = subprocess.Popen([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                             f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=1440,900",
+                             # frames in the page's process, so the page's frame tree holds them
+                             "--disable-site-isolation-trials", "--disable-features=IsolateOrigins,site-per-process", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def run() -> list[str]:
+        deadline = time.time() + 30
+        while not (profile / "DevToolsActivePort").exists() and time.time() < deadline:
+            await asyncio.sleep(0.2)
+        port = (profile / "DevToolsActivePort").read_text().split()[0]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
+                target = next(t for t in await r.json() if t["type"] == "page")
+            async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                ids = iter(range(1, 10**6))
+
+                async def call(method: str, **params):
+                    n = next(ids)
+                    await ws.send_str(json.dumps({"id": n, "method": method, "params": params}))
+                    while True:  # events in between are not needed
+                        msg = json.loads((await ws.receive()).data)
+                        if msg.get("id") == n:
+                            return msg.get("result", {})
+
+                def frames(tree: dict) -> list[str]:
+                    return [tree["frame"]["id"]] + [f for child in tree.get("childFrames", []) for f in frames(child)]
+
+                await call("Page.enable")
+                await call("Page.navigate", url=url)
+                texts: list[str] = []
+                end = time.time() + wait_s
+                while time.time() < end:
+                    await asyncio.sleep(1.0)
+                    now = []
+                    # A world of our own in each frame: a sandboxed frame without scripts has no context to join.
+                    for frame in frames((await call("Page.getFrameTree"))["frameTree"]):
+                        world = await call("Page.createIsolatedWorld", frameId=frame, worldName="ltkd-test")
+                        res = await call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''",
+                                         contextId=world.get("executionContextId"))
+                        now.append(res.get("result", {}).get("value") or "")
+                    if now == texts and len(now) > 1:
+                        break
+                    texts = now
+                return texts
+
+    try:
+        return asyncio.run(run())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def text_of(dom: str) -> str:
+    """The page's visible words, roughly: tags dropped, entities of interest decoded."""
+    text = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", dom, flags=re.S)
+    text = re.sub(r"<[^>]+>", " ", text)
+    return re.sub(r"\s+", " ", text.replace("&gt;", ">").replace("&lt;", "<").replace("&amp;", "&").replace("&nbsp;", " "))
+
+
+@pytest.fixture(scope="module")
+def swept(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ui-store")
+    study = root / "ui.yaml"
+    study.write_text(textwrap.dedent(STUDY))
+    uri = f"sqlite:///{root}/mlflow.db"
+    assert main(["sweep", str(study), "--tracking-uri", uri, "--storage", str(root / "tune")]) == 0
+    assert main(["tables", str(study), "--tracking-uri", uri, "--out", str(root / "tables")]) == 0
+    # The server serves the store's artifacts where the sweep put them (beside the database).
+    proc, url = start_mlflow_server(root)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("ui")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    yield url, exp, runs, root
+    stop(proc)
+
+
+def test_the_printed_link_opens_the_model_training_view_grouped_by_cell(swept, tmp_path):
+    url, exp, runs, _ = swept
+    link = experiment_url(url, exp.experiment_id)
+    dom = page(link, tmp_path, "runs.png")
+    text = text_of(dom)
+    assert "Model training" in text and "Traces" not in text.split("Runs")[0], text[:2000]
+    assert "LTKD w16>w4 γ50" in text  # the group of the table cell, from the `cell` tag
+    assert "acc_tail" in text and "gamma" in text
+    assert "digits-LT, cnn_w16 → cnn_w4" in text  # the study's description is the experiment's
+    assert (tmp_path / "runs.png").stat().st_size > 10_000
+
+
+def test_run_names_and_params_as_written_in_the_study(swept, tmp_path):
+    url, exp, runs, _ = swept
+    assert {"Teacher w16 γ50 s0", "Teacher w16 γ50 s1", "LTKD w16>w4 γ50 s0", "LTKD w16>w4 γ50 s1"} <= set(runs)
+    assert runs["LTKD w16>w4 γ50 s0"].data.params["gamma"] == "50"
+    dom = page(experiment_url(url, exp.experiment_id, shared_view=False), tmp_path, "runs_ungrouped.png")
+    assert "LTKD w16>w4 γ50 s0" in text_of(dom)
+
+
+def test_a_distillation_run_shows_its_metrics_data_and_the_link_to_its_teacher(swept, tmp_path):
+    url, exp, runs, _ = swept
+    run, teacher = runs["LTKD w16>w4 γ50 s1"], runs["Teacher w16 γ50 s1"]
+    assert run.data.tags["teacher_run_id"] == teacher.info.run_id
+    dom = page(f"{url}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning", tmp_path, "run.png")
+    text = text_of(dom)
+    assert "acc_tail" in text and "acc_all" in text
+    assert f'href="#/experiments/{exp.experiment_id}/runs/{teacher.info.run_id}"' in dom, "no link to the teacher's run"
+    assert "Teacher w16 γ50 s1" in text
+    assert "digits-LT γ50" in text  # the dataset input
+
+
+def test_the_html_table_artifact_renders_plus_minus(swept, tmp_path):
+    url, exp, runs, root = swept
+    tables = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db").search_runs([exp.experiment_id], "tags.role = 'tables'")[0]
+    served = f"{url}/get-artifact?path=tables/ui_main.html&run_uuid={tables.info.run_id}"
+    with urllib.request.urlopen(served, timeout=10) as r:
+        assert b'<meta charset="utf-8">' in r.read()
+    # MLflow's artifact viewer draws the HTML in a sandboxed frame (a blob of its bytes, no charset of
+    # its own): the document's <meta charset> decides how ± and γ read there.
+    viewer = f"{url}/#/experiments/{exp.experiment_id}/runs/{tables.info.run_id}/artifacts/tables/ui_main.html?workflowType=machine_learning"
+    dom = page(viewer, tmp_path, "table.png")
+    assert 'class="mlflow-html-iframe"' in dom
+    framed = [t for t in frame_texts(viewer, tmp_path) if "top-1 accuracy" in t and "Teacher" in t]
+    assert framed, "the table's frame did not render"
+    assert "±" in framed[0] and "γ" in framed[0] and "Â±" not in framed[0] and "Î³" not in framed[0], framed[0]
+    logged = {f.path for f in MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db").list_artifacts(tables.info.run_id, "tables")}
+    written = {f"tables/{p.name}" for p in (root / "tables").iterdir()}
+    assert written <= logged  # the tables run keeps everything `ltkd tables --out` wrote
+    assert os.path.exists(tmp_path / "table.png")
