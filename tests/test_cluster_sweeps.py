@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -261,7 +262,11 @@ def test_two_node_cluster_loses_a_node_mid_trial_and_its_trials_finish_on_the_ot
     env = sweep_env(tmp_path, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1")
     port, node2_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
-    _ray("start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats", env=env)
+    # Its own Ray folder (short: Ray's socket paths have a length limit), so that the cleanup stops
+    # this cluster alone: `ray stop` would stop every Ray on the machine, other sweeps' included.
+    temp_dir = tempfile.mkdtemp(prefix="ltkdray-", dir="/tmp")
+    _ray("start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
+         f"--temp-dir={temp_dir}", env=env)
     try:
         _ray("start", f"--address={address}", "--num-cpus=1", f"--node-manager-port={node2_port}", "--disable-usage-stats", env=env)
         study = write_study(tmp_path, "two_nodes", seeds="[0, 1]", epochs=3, teacher_epochs=40)
@@ -286,7 +291,25 @@ def test_two_node_cluster_loses_a_node_mid_trial_and_its_trials_finish_on_the_ot
         retried = [r for r in runs if int(r.data.tags["attempts"]) >= 2]
         assert retried and all(r.data.tags["attempt_1_node_id"] == node2 != r.data.tags["node_id"] for r in retried)
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_ray_folder(temp_dir)
+
+
+def stop_ray_folder(temp_dir: str) -> None:
+    """Stop every process of the Ray cluster that keeps its files in `temp_dir` (its command line or
+    open files name it), then remove the folder."""
+    import shutil
+
+    from orchestrator.leftovers import _holders
+
+    procs = _holders(temp_dir)
+    for p in procs:
+        p.kill()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except Exception:  # noqa: BLE001 - gone already
+            pass
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_ctrl_c_stops_the_sweep_with_exit_130_and_the_rerun_continues_the_killed_runs(tmp_path):
