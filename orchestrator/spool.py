@@ -13,6 +13,11 @@ and runs are drained in parallel; `<key>.ack` holds how many bytes of it the sto
 replayed event is harmless: a metric carries the time it was queued at, and MLflow's SQL store keeps
 one row per (key, step, time, value); params, tags, artifacts and a run's end are idempotent.
 
+Besides metrics, tags and artifacts, a run's events name work for the store to do: link the run to its
+teacher's run, log its dataset input, draw its per-class plot, save its checkpoint as an MLflow model.
+That work runs in the writer's threads, never in the sweep's; one the store cannot do (a ValueError
+from it) is one warning and is skipped.
+
 The store is reached through an object with the `Tracker` methods used below (orchestrator.tracking);
 this module imports no MLflow.
 """
