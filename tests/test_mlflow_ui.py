@@ -44,12 +44,18 @@ tables: [{kind: main, name: main}]
 
 def page(url: str, tmp: Path, shot: str, budget_ms: int = 12000) -> str:
     """The DOM of `url` once its scripts ran (Chromium's virtual time), and a screenshot of it."""
-    profile = tmp / "chromium-profile"  # a fresh browser: nothing remembered from a earlier visit
-    shutil.rmtree(profile, ignore_errors=True)
-    common = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-              f"--user-data-dir={profile}", "--window-size=1440,900", f"--virtual-time-budget={budget_ms}", "--hide-scrollbars"]
-    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
-    subprocess.run([*common, f"--screenshot={tmp / shot}", url], capture_output=True, timeout=90)
+    def browser(profile: Path) -> list[str]:  # a fresh browser: nothing remembered from an earlier visit
+        shutil.rmtree(profile, ignore_errors=True)
+        return [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                f"--user-data-dir={profile}", "--window-size=1440,900", f"--virtual-time-budget={budget_ms}", "--hide-scrollbars"]
+
+    # The screenshot and the DOM from two browsers at once (a profile serves one browser at a time).
+    shooter = subprocess.Popen([*browser(tmp / "chromium-shot"), f"--screenshot={tmp / shot}", url],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        dom = subprocess.run([*browser(tmp / "chromium-dom"), "--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
+    finally:
+        shooter.wait(timeout=90)
     return dom
 
 
