@@ -432,7 +432,10 @@ class SpooledWriter:
                 self._ids[run.key] = found
                 return
         run.uncertain_create = True  # from here until `.run` is written, a create may have happened
-        run.set_run_id(self.store.create_run(event["experiment_id"], event["name"], event["params"], event["tags"]))
+        # Started when queued: a run written late (a replayed spool) keeps its real start, and its
+        # duration in the UI is not negative.
+        run.set_run_id(self.store.create_run(event["experiment_id"], event["name"], event["params"], event["tags"],
+                                             start_time=int(event["q"] * 1000)))
         self._ids[run.key] = run.run_id
 
     def _call(self, run: _Run, fn: Callable[[], Any]) -> None:

@@ -283,8 +283,9 @@ class Tracker:
         return done
 
     # -- writing -------------------------------------------------------------------------------
-    def create_run(self, experiment_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
-        run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
+    def create_run(self, experiment_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str], start_time: int | None = None) -> str:
+        """`start_time` (ms): when the trial started, should the run be written later (a spool replayed)."""
+        run = self.client.create_run(experiment_id, start_time=start_time, run_name=run_name, tags=tags)
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 

@@ -114,7 +114,7 @@ class SlowStore:
     def __init__(self):
         self.steps: list[int] = []
 
-    def create_run(self, experiment_id, name, params, tags):
+    def create_run(self, experiment_id, name, params, tags, start_time=None):
         return "run0"
 
     def write_batch(self, run_id, metrics, tags):
@@ -150,7 +150,7 @@ class RecordingStore:
         self.calls: list[tuple] = []
         self.ids = iter(f"run{i}" for i in range(100))
 
-    def create_run(self, experiment_id, name, params, tags):
+    def create_run(self, experiment_id, name, params, tags, start_time=None):
         run_id = next(self.ids)
         self.calls.append(("create", run_id, name))
         return run_id
