@@ -51,6 +51,14 @@ def _grid(n: int, width: float = 4.0, height: float = 3.2):
     return plt, fig, flat[:n]
 
 
+def _suptitle(fig, text: str) -> None:
+    """A figure title wrapped to the figure's width (a one-panel figure is narrow)."""
+    import textwrap
+
+    width = max(30, int(fig.get_figwidth() * 13))
+    fig.suptitle("\n".join(textwrap.fill(part, width) for part in text.split("\n")), fontsize=9)
+
+
 def _save(plt, fig, path: Path) -> list[Path]:
     """The figure as PNG (DPI) and PDF, `path` naming the PNG."""
     fig.tight_layout()
@@ -99,7 +107,7 @@ def ngroups_plot(table: Table, out: Path) -> tuple[list[Path], list[str]]:
         ax.set_title(key[0] + (f", {gamma_label(key[1])}" if several_gammas else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{table.title}: {metric} against n(G), mean ± std over seeds", fontsize=10)
+    _suptitle(fig, f"{table.name}: {metric} against n(G), mean ± std over seeds")
     return _save(plt, fig, out / f"{table.study}_{table.name}_ngroups_curve.png"), []
 
 
@@ -164,11 +172,12 @@ def per_class_plot(table: Table, study: StudySpec, trials: list[Trial], finished
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("training images of the class")
         ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(-3, 103)
         ax.set_title(f"{pair_label(*pair)}, {gamma_label(gamma)}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{table.title}: per-class test accuracy against class size\n"
-                 "(points: mean ± std over seeds; line: running mean over a tenth of the classes)", fontsize=10)
+    _suptitle(fig, f"{table.name}: per-class test accuracy against class size\n"
+                   "(points: mean ± std over seeds; line: running mean over a tenth of the classes)")
     return _save(plt, fig, out / f"{table.study}_{table.name}_per_class.png"), notes
 
 
@@ -204,7 +213,7 @@ def teacher_group_prob_plot(table: Table, study: StudySpec, trials: list[Trial],
         ax.set_title(f"teacher {teacher}, {gamma_label(gamma)} ({n} seed{'s' if n > 1 else ''})")
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=7)
-    fig.suptitle("the teacher's probability mass per class group, mean ± std over seeds", fontsize=10)
+    _suptitle(fig, "the teacher's probability mass per class group, mean ± std over seeds")
     return _save(plt, fig, out / f"{table.study}_{table.name}_teacher_group_prob.png"), notes
 
 
