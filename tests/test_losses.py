@@ -6,7 +6,6 @@ it shares nothing with the vectorised torch implementation but the contract.
 from __future__ import annotations
 
 import itertools
-import time
 
 import numpy as np
 import pytest
@@ -308,18 +307,19 @@ def test_ltkd_extreme_logits_float32_close_to_float64():
 # Vectorisation (regression guard against a Python loop over groups)
 # ---------------------------------------------------------------------------------------------
 
-def _best_time(fn, repeats: int = 7, inner: int = 20) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _aten_ops(fn) -> list[str]:
+    """The ATen operations one call of `fn` runs (forward and backward), in order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return [e.name for e in prof.events() if e.name.startswith("aten::")]
 
 
-def test_ltkd_cost_does_not_grow_with_n_groups():
+def test_ltkd_runs_the_same_operations_at_every_n_groups():
+    """The loss is vectorised over groups (scatter ops), not a loop: n(G) = 100 runs exactly the
+    operations n(G) = 3 runs. Counted, not timed (a timed test fails on a busy machine); the speed
+    itself is measured in bench/bench_losses.py."""
     torch.manual_seed(0)
     B, C = 64, 100
     zs = torch.randn(B, C, requires_grad=True)
@@ -334,12 +334,8 @@ def test_ltkd_cost_does_not_grow_with_n_groups():
         return run
 
     with torch.inference_mode(False):
-        t3 = _best_time(step(g3, 3))
-        t100 = _best_time(step(g100, 100))
-        if t100 > 5 * t3:  # noisy shared CPU: measure once more before failing
-            t3 = min(t3, _best_time(step(g3, 3)))
-            t100 = min(t100, _best_time(step(g100, 100)))
-    assert t100 <= 5 * t3, f"n(G)=100 took {t100 / t3:.1f}x the time of n(G)=3"
+        ops3, ops100 = _aten_ops(step(g3, 3)), _aten_ops(step(g100, 100))
+    assert len(ops3) > 20 and ops100 == ops3
 
 
 def test_balanced_softmax_loss_with_the_class_prior():
