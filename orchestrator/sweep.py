@@ -123,6 +123,8 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
     if storage and "://" not in storage:
         writable_folder(storage, "--storage")
     writable_folder(spool, "--storage" if storage and "://" not in storage else "the tracking spool folder (under ~/.cache/ltkd)")
+    if tracker is not None and exp_id is not None:
+        Lease(tracker, exp_id, study.name).check()  # another sweep of the study: refused before Ray starts
     for line in leftovers.clean_after_killed_sweeps():
         print(line, file=out, flush=True)
     start_ray(address, study.resources.cpu, study.resources.gpu, resource_wait_s, out)

@@ -1082,6 +1082,11 @@ class Lease:
                             f"started {started}) into {self.tracker.uri}; wait for it to end or stop it (its lease expires "
                             f"{self.ttl:.0f} s after it dies)")
 
+    def check(self) -> None:
+        """Refuse (UserError naming the holder) if another sweep holds the lease; writes nothing.
+        Done before Ray starts, so a second sweep of a study is turned away in a second."""
+        self._refuse_if_held(self._read())
+
     def claim(self) -> None:
         """Write the lease unless another sweep holds it (UserError naming the holder). Two sweeps
         that start together may both write: `confirm` tells which one keeps it."""
