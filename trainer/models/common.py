@@ -63,15 +63,7 @@ class ThreeStageNet(nn.Module):
     fc: nn.Module
 
     def forward_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
-        feats = [self.stem(x)]
-        out = feats[0]
-        for stage in (self.layer1, self.layer2, self.layer3):
-            if preact:
-                out, pre = stage_preact(stage, out)
-                feats.append(pre)
-            else:
-                out = stage(out)
-                feats.append(out)
+        feats, out = staged_features(self.stem(x), (self.layer1, self.layer2, self.layer3), stage_preact if preact else None)
         pooled = torch.flatten(self.pool(out), 1)
         return [*feats, pooled], self.fc(pooled)
 
@@ -85,3 +77,17 @@ def stage_preact(stage: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, t
     for block in list(stage)[:-1]:
         x = block(x)
     return stage[-1].forward_preact(x)
+
+
+def staged_features(stem_out: torch.Tensor, stages, preact_fn=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The stem's output and each stage's (before its final ReLU when `preact_fn` is given: it
+    returns a stage's output and pre-activation), and the last stage's output."""
+    feats, out = [stem_out], stem_out
+    for stage in stages:
+        if preact_fn is not None:
+            out, pre = preact_fn(stage, out)
+            feats.append(pre)
+        else:
+            out = stage(out)
+            feats.append(out)
+    return feats, out

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from trainer.models.common import init_conv_bn, sequential_preact
+from trainer.models.common import init_conv_bn, sequential_preact, staged_features
 
 
 class TorchvisionResNet(ResNet):
@@ -134,15 +134,8 @@ class MobileNetV1(nn.Module):
         return list(self._channels)
 
     def forward_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
-        f0 = self.stem(x)
-        feats, out = [f0], f0
-        for stage in (self.stage1, self.stage2, self.stage3, self.stage4):
-            if preact:
-                out, pre = sequential_preact(stage, out)
-                feats.append(pre)
-            else:
-                out = stage(out)
-                feats.append(out)
+        feats, out = staged_features(self.stem(x), (self.stage1, self.stage2, self.stage3, self.stage4),
+                                     sequential_preact if preact else None)
         pooled = torch.flatten(self.pool(out), 1)
         return [*feats, pooled], self.fc(pooled)
 
