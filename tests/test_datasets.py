@@ -468,3 +468,24 @@ def test_without_augmentation_reads_training_images_with_the_test_transform(cifa
         assert torch.equal(image, expected)
     # The training set itself keeps its augmentation.
     assert data.train.dataset.transform is not data.test.transform
+
+
+def test_imagenet_lt_validation_is_its_official_val_list(imagenet_root):
+    """A search on ImageNet-LT evaluates on ImageNet_LT_val.txt (20 per class in the real list), never on the test list."""
+    root, splits = imagenet_root
+    options = {"split_dir": splits, "image_size": IMAGE_SIZE}
+    data = build_long_tailed("imagenet_lt", 1.0, root=root, options=options, validation_per_class=20)
+    assert len(data.validation) == 1000 and _bincount(data.validation.targets, 1000) == [1] * 1000
+    assert all("/train/" in p for p, _ in data.validation.samples)  # the val list, not the test images under val/
+    assert data.validation.transform is data.test.transform  # no augmentation on what is evaluated
+    assert data.validation_indices is None and len(data.train) == sum(_lt_count(c) for c in range(1000))
+    with pytest.raises(ValueError, match="no validation list"):
+        build_long_tailed("imagenet_lt", 1.0, root=root, options={**options, "test_split": "val"}, validation_per_class=20)
+
+
+def test_cifar_validation_is_held_out_before_the_cut_and_unaugmented(cifar_root, skip_md5):
+    data = build_long_tailed("cifar100", 10.0, root=cifar_root, validation_per_class=2)
+    targets = load_dataset("cifar100", root=cifar_root).train_targets
+    assert _bincount([targets[i] for i in data.validation_indices], 100) == [2] * 100
+    assert not set(data.validation_indices) & set(data.train_indices)
+    assert data.validation.dataset.transform is not None and data.validation.dataset.transform is data.test.transform

@@ -2,9 +2,11 @@
 LTKD students from its checkpoint. One teacher is trained per module; the whole file takes seconds."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -196,3 +198,60 @@ def test_eval_every_skips_test_passes_but_not_the_result():
     # Evaluation draws no randomness and changes no weights: the final result is the same.
     assert sparse_result.final == dense_result.final
     assert sparse_result.best_epoch in (3, 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# search trials: a balanced validation split, and the test set never read
+# ---------------------------------------------------------------------------------------------
+
+class _Untouchable(torch.utils.data.Dataset):
+    """A test set that fails the trial if anything reads it."""
+
+    def __len__(self):
+        raise AssertionError("a search trial read the test set")
+
+    def __getitem__(self, i):
+        raise AssertionError("a search trial read the test set")
+
+
+def test_search_trial_evaluates_on_validation_and_never_reads_the_test_set(teacher, monkeypatch):
+    import trainer.data
+    import trainer.loop
+
+    seen = {}
+
+    def guarded(*args, **kwargs):
+        data = trainer.data.build_long_tailed(*args, **kwargs)
+        seen["data"] = data
+        data.test = _Untouchable()
+        return data
+
+    monkeypatch.setattr(trainer.loop, "build_long_tailed", guarded)
+    config = dataclasses.replace(_config("distill", "cnn_w8", "ltkd"), validation_per_class=5)
+    reports = []
+    result = run_trial(config, report=reports.append, teacher_checkpoint=teacher[0])
+    data = seen["data"]
+    assert result.evaluated_on == "val" and set(result.group_probability) == {"val", "train"}
+    assert np.bincount(data.validation.tensors[1].numpy(), minlength=10).tolist() == [5] * 10
+    assert not set(data.validation_indices) & set(data.train_indices)
+    # n_max is what the held-out draw leaves of the smallest class; the cut follows the profile from there
+    full = np.bincount(trainer.data.load_dataset("digits").train_targets, minlength=10)
+    assert data.class_counts == trainer.data.long_tailed_counts(int(full.min()) - 5, 10, 10)
+    # every evaluation is over the 50 validation images: accuracies are multiples of 2 %
+    assert all(abs(r.eval.acc_all / 2 - round(r.eval.acc_all / 2)) < 1e-9 for r in reports)
+    assert result.final.acc_all == reports[-1].eval.acc_all
+
+
+def test_validation_split_is_fixed_and_leaves_grid_trials_alone():
+    from trainer.data import build_long_tailed
+
+    plain = build_long_tailed("digits", 10)
+    a = build_long_tailed("digits", 10, validation_per_class=5)
+    b = build_long_tailed("digits", 10, validation_per_class=5)
+    assert a.validation_indices == b.validation_indices and a.train_indices == b.train_indices
+    assert plain.validation is None and plain.validation_indices is None
+    cfg = _config("distill", "cnn_w8", "ltkd")
+    assert "validation_per_class" not in cfg.identity()  # grid trials' hashes did not move
+    assert dataclasses.replace(cfg, validation_per_class=5).identity()["validation_per_class"] == 5
+    with pytest.raises(ValueError, match="would leave it none"):
+        build_long_tailed("digits", 10, validation_per_class=10_000)

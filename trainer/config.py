@@ -50,6 +50,9 @@ class TrialConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)
     n_max: int | None = None  # images of the largest class; None: the smallest class's full count
     split_seed: int = 0
+    # > 0: a search trial. That many images per class are held out of the training set as a balanced
+    # validation set (trainer.data), and the trial evaluates on it, never on the test set.
+    validation_per_class: int = 0
     data_root: str | None = None  # where on-disk datasets live; not part of the identity
     device: str = "auto"  # "auto": CUDA when present; not part of the identity
 
@@ -78,6 +81,8 @@ class TrialConfig:
             ident.pop(key)
         for key in RECIPE_NOT_IDENTITY:
             ident["recipe"].pop(key)
+        if not ident["validation_per_class"]:
+            ident.pop("validation_per_class")  # added with searches: grid trials keep their identity
         ident["method_params"] = {k: v for k, v in ident["method_params"].items()
                                   if not (k in IDENTITY_NEUTRAL and v == IDENTITY_NEUTRAL[k])}
         spec = METHODS.get(self.method)

@@ -43,6 +43,25 @@ def long_tailed_indices(targets: Sequence[int], counts: Sequence[int], seed: int
     return sorted(int(i) for i in np.concatenate(chosen)) if chosen else []
 
 
+def balanced_indices(targets: Sequence[int], per_class: int, num_classes: int, seed: int) -> list[int]:
+    """Indices of a balanced subset: `per_class` images of every class, drawn without replacement
+    with their own generator (classes visited in order), so the same set on every machine. Sorted."""
+    targets = np.asarray(targets)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for cls in range(num_classes):
+        members = np.flatnonzero(targets == cls)
+        if per_class > len(members):
+            raise ValueError(f"class {cls} has {len(members)} training images; a validation split of {per_class} per class "
+                             "would leave it none to train on")
+        chosen.append(rng.choice(members, size=per_class, replace=False))
+    return sorted(int(i) for i in np.concatenate(chosen)) if chosen else []
+
+
+# The validation draw has its own seed stream, apart from the long-tailed cut's (split_seed).
+VALIDATION_SEED_OFFSET = 7919
+
+
 @dataclass
 class LongTailedData:
     """The data of one trial: long-tailed train subset, balanced test set, and their bookkeeping."""
@@ -53,6 +72,9 @@ class LongTailedData:
     train_indices: list[int]  # which images of the full training set were kept (recorded for reproducibility)
     num_classes: int
     in_channels: int
+    # A balanced validation set (searches choose on it, never on the test set), or None.
+    validation: Dataset | None = None
+    validation_indices: list[int] | None = None  # indices into the full training set; None for an official list
 
 
 def build_long_tailed(
@@ -62,28 +84,54 @@ def build_long_tailed(
     split_seed: int = DEFAULT_SPLIT_SEED,
     n_max: int | None = None,
     options: dict | None = None,
+    validation_per_class: int = 0,
 ) -> LongTailedData:
     """Load `dataset` from the registry and cut its training set to the gamma profile.
 
     A split marked `presplit` (already long-tailed, e.g. ImageNet-LT's list) is kept whole: its
     per-class counts are reported as they are, and gamma and n_max are not applied.
+
+    validation_per_class > 0 holds a balanced validation set out of the full training set before
+    the long-tailed cut (that many images of every class, drawn with a fixed seed), and the cut is
+    drawn from the rest; a presplit set uses its own validation list instead.
     """
     split: DataSplit = load_dataset(dataset, root=root, **(options or {}))
     per_class = np.bincount(np.asarray(split.train_targets), minlength=split.num_classes)
+    if validation_per_class < 0:
+        raise ValueError(f"validation_per_class must be >= 0, got {validation_per_class}")
     if split.presplit:
+        validation = None
+        if validation_per_class:
+            if split.validation is None:
+                raise ValueError(f"dataset {dataset!r} is already long-tailed and has no validation list here "
+                                 "(ImageNet-LT: ImageNet_LT_val.txt beside the train list, with test_split: test)")
+            validation = split.validation
         return LongTailedData(
             split.train, split.test, [int(c) for c in per_class], list(range(len(split.train_targets))),
-            split.num_classes, split.in_channels,
+            split.num_classes, split.in_channels, validation,
         )
+    targets = np.asarray(split.train_targets)
+    val_indices: list[int] | None = None
+    if validation_per_class:
+        val_indices = balanced_indices(targets, validation_per_class, split.num_classes,
+                                       seed=split_seed + VALIDATION_SEED_OFFSET)
+        targets = targets.copy()
+        targets[val_indices] = -1  # not drawable by the long-tailed cut
+        per_class = np.bincount(targets[targets >= 0], minlength=split.num_classes)
     top = int(n_max if n_max is not None else per_class.min())
     counts = long_tailed_counts(top, split.num_classes, gamma)
-    indices = long_tailed_indices(split.train_targets, counts, seed=split_seed)
-    if isinstance(split.train, TensorDataset):
+    indices = long_tailed_indices(targets, counts, seed=split_seed)
+    train, validation = _subset(split.train, indices), None
+    if val_indices is not None:
+        validation = without_augmentation(_subset(split.train, val_indices), split.test)
+    return LongTailedData(train, split.test, counts, indices, split.num_classes, split.in_channels, validation, val_indices)
+
+
+def _subset(dataset: Dataset, indices: list[int]) -> Dataset:
+    if isinstance(dataset, TensorDataset):
         # Materialise in-memory subsets so batches are one tensor index, not B item lookups.
-        train: Dataset = TensorDataset(*(t[indices] for t in split.train.tensors))
-    else:
-        train = Subset(split.train, indices)
-    return LongTailedData(train, split.test, counts, indices, split.num_classes, split.in_channels)
+        return TensorDataset(*(t[indices] for t in dataset.tensors))
+    return Subset(dataset, indices)
 
 
 def without_augmentation(train: Dataset, test: Dataset) -> Dataset:

@@ -40,9 +40,12 @@ class TrialResult:
     class_counts: list[int]
     train_indices: list[int]
     epochs: int
-    # Mean softmax mass (percent) on head / medium / tail of the final model, on the balanced test
-    # set ("test") and on the long-tailed training set ("train").
+    # Mean softmax mass (percent) on head / medium / tail of the final model, on the balanced
+    # evaluation set ("test", or "val" for a search trial) and on the long-tailed training set ("train").
     group_probability: dict[str, dict[str, float]] = field(default_factory=dict)
+    # What `final` and `best` were measured on: "test", or "val" (the balanced validation set of a
+    # search trial, `TrialConfig.validation_per_class`; such a trial never reads the test set).
+    evaluated_on: str = "test"
 
 
 def seed_everything(seed: int) -> None:
@@ -302,11 +305,14 @@ def run_trial(
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     data = build_long_tailed(
         config.dataset, config.gamma, root=config.data_root, split_seed=config.split_seed,
-        n_max=config.n_max, options=config.dataset_options,
+        n_max=config.n_max, options=config.dataset_options, validation_per_class=config.validation_per_class,
     )
     pin = device.type == "cuda"
     train_loader = make_loader(data.train, config.recipe.batch_size, True, config.seed, config.recipe.num_workers, pin)
-    test_loader = make_loader(data.test, max(256, config.recipe.batch_size), False, config.seed, config.recipe.num_workers, pin)
+    # A search trial evaluates on its validation set and never builds a loader over the test set.
+    evaluated_on = "val" if config.validation_per_class else "test"
+    eval_set = data.validation if evaluated_on == "val" else data.test
+    eval_loader = make_loader(eval_set, max(256, config.recipe.batch_size), False, config.seed, config.recipe.num_workers, pin)
 
     model = build_model(config.model, data.num_classes, in_channels=data.in_channels).to(device)
     method = build_method(config.method, config.method_params, data.class_counts).to(device)
@@ -350,7 +356,7 @@ def run_trial(
         evaluated = None
         if (epoch + 1) % max(1, config.recipe.eval_every) == 0 or epoch + 1 == config.recipe.epochs:
             # In float32, also on a GPU: bf16 logits tie often enough to bias argmax toward low class ids (the head).
-            progress.final = evaluated = evaluate(model, test_loader, data.class_counts, device)
+            progress.final = evaluated = evaluate(model, eval_loader, data.class_counts, device)
             if progress.best is None or evaluated.acc_all > progress.best.acc_all:
                 progress.best, progress.best_epoch = evaluated, epoch + 1
         if not math.isfinite(epoch_loss):
@@ -370,7 +376,8 @@ def run_trial(
     train_eval_loader = make_loader(without_augmentation(data.train, data.test), max(256, config.recipe.batch_size), False,
                                     config.seed, config.recipe.num_workers, pin)
     group_prob = {
-        "test": group_probability(model, test_loader, data.class_counts, device),
+        evaluated_on: group_probability(model, eval_loader, data.class_counts, device),
         "train": group_probability(model, train_eval_loader, data.class_counts, device),
     }
-    return TrialResult(final, best, progress.best_epoch, data.class_counts, data.train_indices, config.recipe.epochs, group_prob)
+    return TrialResult(final, best, progress.best_epoch, data.class_counts, data.train_indices, config.recipe.epochs, group_prob,
+                       evaluated_on)

@@ -25,6 +25,9 @@ class DataSplit:
     # True: `train` is already long-tailed (e.g. the ImageNet-LT list): build_long_tailed keeps it
     # whole, reports its per-class counts and ignores gamma and n_max.
     presplit: bool = False
+    # A presplit set's own validation list (ImageNet-LT's): what a search evaluates on. Sets cut to
+    # the γ profile hold their validation images out of `train` instead (trainer.data).
+    validation: Dataset | None = None
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,10 @@ def load_imagenet_lt(
                 f"imagenet_lt: {LT_SPLIT_FILES[name]} lists {first}, which does not exist: {layout}"
             )
     train_tf, test_tf = imagenet_transforms(image_size, augment)
+    # The official validation list, for searches (never the test set): only when it is not the test set here.
+    val_file = os.path.join(split_dir, LT_SPLIT_FILES["val"])
+    validation = (ImageList(read_split_file(val_file, root), test_tf)
+                  if test_split == "test" and os.path.isfile(val_file) else None)
     return DataSplit(
         train=ImageList(train_samples, train_tf),
         train_targets=[label for _, label in train_samples],
@@ -141,6 +145,7 @@ def load_imagenet_lt(
         num_classes=NUM_CLASSES,
         in_channels=3,
         presplit=not apply_gamma,
+        validation=validation,
     )
 
 
