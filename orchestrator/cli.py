@@ -52,6 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when no alive node can hold one trial (an autoscaling cluster still scaling up), wait this long "
                         "for one before refusing (default 0: refuse at once)")
 
+    p = sub.add_parser("search", help="Optuna search over the study's `search:` block per pair and γ, on a balanced validation "
+                                      "split, trials run (and early-stopped by ASHA) on Ray, nested under one MLflow run per search")
+    p.add_argument("study", help="study file with a search: block")
+    _add_tracking(p)
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--storage", help="Ray Tune storage path (shared storage on a cluster; default: a temporary folder)")
+    p.add_argument("--optuna-storage", metavar="URI",
+                   help="Optuna's storage (an SQLAlchemy URL, e.g. postgresql://…/optuna; default: a SQLite file beside a SQLite "
+                        "tracking store, else ~/.cache/ltkd/optuna/)")
+    p.add_argument("--outage-limit", type=float, default=30.0, metavar="MINUTES",
+                   help="how long the tracking store may stay unreachable before the search stops (default 30)")
+
+    p = sub.add_parser("best", help="print the best point of each of the study's searches and write the file a grid study "
+                                    "takes them from (methods: {METHOD: {from_search: NAME}})")
+    p.add_argument("study", help="study file with a search: block")
+    _add_tracking(p)
+    p.add_argument("--out", metavar="FILE", help="where to write the points (default: NAME.best.yaml beside the study)")
+
     p = sub.add_parser("tables", help="regenerate the study's tables from what is tracked")
     p.add_argument("study")
     _add_tracking(p)
@@ -130,6 +148,22 @@ def cmd_sweep(args) -> int:
     return run_sweep(args.study, args.tracking_uri, args.address, args.dry_run, args.storage, outage_limit_s=args.outage_limit * 60,
                      resource_wait_s=args.wait_for_resources * 60, retrain_teachers=args.retrain_teacher,
                      tables_every_s=args.tables_every * 60)
+
+
+def cmd_search(args) -> int:
+    from orchestrator.search import run_search
+
+    _stop_on_sigterm_as_on_ctrl_c()
+    if not args.outage_limit > 0:
+        raise UserError(f"--outage-limit {args.outage_limit:g}: must be > 0 minutes")
+    return run_search(args.study, args.tracking_uri, args.address, args.storage, args.optuna_storage,
+                      outage_limit_s=args.outage_limit * 60)
+
+
+def cmd_best(args) -> int:
+    from orchestrator.search import best_points
+
+    return best_points(args.study, args.tracking_uri, args.out)
 
 
 def cmd_tables(args) -> int:
@@ -401,7 +435,7 @@ def _unexpected(exc: BaseException) -> int:
     return 1
 
 
-COMMANDS = {"sweep": cmd_sweep, "tables": cmd_tables, "report": cmd_report, "status": cmd_status, "train": cmd_train}
+COMMANDS = {"sweep": cmd_sweep, "search": cmd_search, "best": cmd_best, "tables": cmd_tables, "report": cmd_report, "status": cmd_status, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

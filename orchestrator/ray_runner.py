@@ -60,8 +60,12 @@ def _train_one(tune_config: dict[str, Any]) -> None:
     where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
     first = [True]
 
+    # A search trial evaluates on its validation split: its accuracies are val_acc_*, never acc_*.
+    prefix = "val_" if payload["config"].get("validation_per_class") else ""
+
     def epoch_metrics(ep) -> dict:
-        metrics = {"epoch": ep.epoch, "loss": ep.loss, "lr": ep.lr, **(ep.eval.metrics() if ep.eval else {})}
+        metrics = {"epoch": ep.epoch, "loss": ep.loss, "lr": ep.lr,
+                   **({prefix + k: v for k, v in ep.eval.metrics().items()} if ep.eval else {})}
         metrics.update({f"loss_{k}": v for k, v in ep.terms.items()})
         return metrics
 
@@ -85,13 +89,14 @@ def _train_one(tune_config: dict[str, Any]) -> None:
             teacher_dir = _local_checkpoint(payload["teacher_checkpoint"], payload["config_hash"])
         elif payload.get("teacher_artifact"):
             teacher_dir = fetch_checkpoint(payload["teacher_artifact"], payload["tracking_uri"], teacher_hash=payload.get("teacher_hash"))
+        keep = payload.get("keep_checkpoint", True)  # a search trial's weights are not kept
         with tempfile.TemporaryDirectory(prefix="ltkd-ckpt-") as ckpt:
-            result = run_trial(config, report=report_epoch, teacher_checkpoint=teacher_dir, checkpoint_dir=ckpt, resume_dir=resume_dir,
-                               saved_report=report_saved_epoch)
+            result = run_trial(config, report=report_epoch, teacher_checkpoint=teacher_dir, checkpoint_dir=ckpt if keep else None,
+                               resume_dir=resume_dir, saved_report=report_saved_epoch)
             final = {
                 "epoch": result.epochs,
-                **result.final.metrics(),
-                **{f"best_{k}": v for k, v in result.best.metrics().items()},
+                **{prefix + k: v for k, v in result.final.metrics().items()},
+                **{f"best_{prefix}{k}": v for k, v in result.best.metrics().items()},
                 "best_epoch": result.best_epoch,
                 "train_seconds": time.time() - started,
                 **{f"pg_{split}_{group}": v for split, groups in result.group_probability.items() for group, v in groups.items()},
@@ -106,8 +111,9 @@ def _train_one(tune_config: dict[str, Any]) -> None:
             with open(os.path.join(ckpt, "long_tailed_split.json"), "w") as f:
                 json.dump({"dataset": config.dataset, "gamma": config.gamma, "split_seed": config.split_seed,
                            "class_counts": result.class_counts, "train_indices": result.train_indices}, f)
-            write_manifest(ckpt)
-            tune.report(final, checkpoint=tune.Checkpoint.from_directory(ckpt))
+            if keep:
+                write_manifest(ckpt)
+            tune.report(final, checkpoint=tune.Checkpoint.from_directory(ckpt) if keep else None)
     except DETERMINISTIC_ERRORS as exc:
         # Reported, not raised: Tune retries what raises, and this would fail the same way again.
         tune.report({ERROR_KEY: error_line(exc, 2000), **where})
@@ -337,13 +343,15 @@ class SweepCallback(Callback):
             self._record(Outcome(t, "FAILED", error=reason), reason)
             return
         payload = final[FINAL_KEY]
-        summary = {k: final[k] for k in final if k.startswith(("acc_", "best_", "pg_")) or k == "train_seconds"}
+        summary = {k: final[k] for k in final if k.startswith(("acc_", "val_", "best_", "pg_")) or k == "train_seconds"}
         # the checkpoint is copied into the spool while it is a local folder (a download for remote storage)
         with trial.checkpoint.as_directory() if trial.checkpoint is not None else contextlib.nullcontext() as local:
             self.runs.finished(t, summary, int(final["epoch"]), payload["per_class"], payload["best_per_class"],
                                payload["class_counts"], local, digest=payload.get("split_digest"))
         self.schedule.teacher_done(t, trial.checkpoint)
-        detail = f"all {summary.get('acc_all', math.nan):5.1f}  tail {summary.get('acc_tail', math.nan):5.1f}  ({summary.get('train_seconds', 0):.1f} s)"
+        p = "val_" if "val_acc_all" in summary else ""  # a search trial: validation accuracy
+        detail = (f"{'val ' if p else ''}all {summary.get(p + 'acc_all', math.nan):5.1f}  tail {summary.get(p + 'acc_tail', math.nan):5.1f}  "
+                  f"({summary.get('train_seconds', 0):.1f} s)")
         self._record(Outcome(t, FINISHED, summary), detail)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -426,6 +434,20 @@ def unsatisfiable(cpu: float, gpu: float) -> str | None:
     return f"no node of the cluster has that much (its nodes: {have})"
 
 
+def trial_payload(t: Trial, sources: dict, tracking_uri: str, resources: dict[str, float], resume_root: str | None,
+                  **extra: Any) -> dict:
+    """What `_train_one` receives for a trial: its config, identity, where to resume and its teacher's source."""
+    return {
+        "config_hash": t.config_hash,
+        "config": t.config.to_dict(),
+        "tracking_uri": tracking_uri,
+        "cpus": resources.get("cpu", 1),
+        "resume_root": resume_root,
+        **sources,
+        **extra,
+    }
+
+
 def run_trials(
     trials: list[Trial],
     runs: TrialRuns,
@@ -442,22 +464,13 @@ def run_trials(
 ) -> dict[str, Outcome]:
     """Run the trials in one Tune run, each as soon as its teacher is done; return outcomes by hash
     (FINISHED, FAILED, SKIPPED, or KILLED when the sweep was stopped)."""
-    from ray import tune
-
     if not trials:
         return {}
     resume_root = resume_root or default_resume_root(storage_path)
     outcomes: dict[str, Outcome] = {}
 
     def payload(t: Trial, sources: dict) -> dict:
-        return {
-            "config_hash": t.config_hash,
-            "config": t.config.to_dict(),
-            "tracking_uri": tracking_uri,
-            "cpus": resources.get("cpu", 1),
-            "resume_root": resume_root,
-            **sources,
-        }
+        return trial_payload(t, sources, tracking_uri, resources, resume_root)
 
     def on_skip(t: Trial, reason: str) -> None:
         outcomes[t.config_hash] = Outcome(t, "SKIPPED", error=reason)
@@ -465,9 +478,25 @@ def run_trials(
 
     schedule = Schedule(trials, teacher_artifacts, payload, on_skip)
     callback = SweepCallback(schedule, runs, progress, outcomes, max_retries + 1, poll)
+    fit_trials(trials, runs, outcomes, DependencySearcher(schedule), None, callback, resources, max_retries, storage_path, name,
+               should_stop)
+    if interrupted(trials, outcomes, should_stop):
+        raise KeyboardInterrupt  # stop the sweep here
+    return outcomes
+
+
+def fit_trials(trials, runs: TrialRuns, outcomes: dict[str, Outcome], search_alg, scheduler, callback, resources: dict[str, float],
+               max_retries: int, storage_path: str | None, name: str, should_stop: Callable[[], bool],
+               max_concurrent: int | None = None) -> None:
+    """One Tune run of `_train_one` trials that `search_alg` hands out, `callback` tracks and
+    `scheduler` (None: first in, first out) may stop early. Trials in flight when it stops (Ctrl-C,
+    `should_stop`) end KILLED; the next sweep continues them from their saved state."""
+    from ray import tune
 
     cpu, gpu = resources.get("cpu", 1), resources.get("gpu", 0)
     slots = max(1, cluster_slots(cpu, gpu))
+    if max_concurrent is not None:
+        slots = max(1, min(slots, max_concurrent))
     own_storage = storage_path is None
     storage = storage_path or tempfile.mkdtemp(prefix="ltkd-tune-")
     if own_storage:
@@ -476,7 +505,7 @@ def run_trials(
         leftovers.record(tune_dir=storage)
     tuner = tune.Tuner(
         tune.with_resources(_train_one, {"cpu": cpu, "gpu": gpu}),
-        tune_config=tune.TuneConfig(search_alg=DependencySearcher(schedule), num_samples=-1, reuse_actors=True,
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=-1, reuse_actors=True,
                                     max_concurrent_trials=slots),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, callbacks=[callback], verbose=0, stop=OutageStopper(should_stop),
@@ -497,7 +526,9 @@ def run_trials(
                 outcomes[t.config_hash] = Outcome(t, "KILLED", error="stopped with the sweep")
         if own_storage:
             shutil.rmtree(storage, ignore_errors=True)
-    if len(outcomes) < len(trials) or any(o.status == "KILLED" for o in outcomes.values()):
-        if not should_stop():
-            raise KeyboardInterrupt  # Tune caught Ctrl-C and returned: stop the sweep here
-    return outcomes
+
+
+def interrupted(trials, outcomes: dict[str, Outcome], should_stop: Callable[[], bool]) -> bool:
+    """Whether the Tune run ended before every trial had an outcome (Tune caught Ctrl-C and
+    returned), rather than because `should_stop` asked it to."""
+    return (len(outcomes) < len(trials) or any(o.status == "KILLED" for o in outcomes.values())) and not should_stop()

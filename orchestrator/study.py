@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, StrictInt, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
+from pydantic import AfterValidator, PrivateAttr, BaseModel, StrictInt, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
 from orchestrator.errors import UserError
 from trainer.config import Recipe, TrialConfig
@@ -380,6 +380,53 @@ class PaperTableSpec(BaseModel):
     rows: dict[str, list[float | None]] = Field(min_length=1)
 
 
+FROM_SEARCH = "from_search"  # methods.<m>.from_search: take its hyperparameters from `ltkd best`'s file
+
+
+class RangeSpec(BaseModel):
+    """A continuous (or, for a whole-number hyperparameter, integer) range to search."""
+
+    model_config = _STRICT
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> "RangeSpec":
+        if not self.low < self.high:
+            raise ValueError(f"empty range: low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low:g}")
+        return self
+
+
+class SearchSpec(BaseModel):
+    """An Optuna search over one distillation method's hyperparameters, per (pair, γ), on a balanced
+    validation split (never the test set); see orchestrator/search.py."""
+
+    model_config = _STRICT
+    method: str
+    space: dict[str, RangeSpec | list[ParamValue]] = Field(min_length=1)
+    trials: int = Field(ge=1, le=10_000)  # per (pair, γ)
+    metric: Literal["val_acc_tail", "val_acc_all", "val_acc_head", "val_acc_medium"] = "val_acc_tail"
+    sampler: Literal["tpe", "random", "gp", "qmc", "cmaes"] = "tpe"
+    pruner: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(default=1, ge=1)  # ASHA: epochs before a trial can be stopped
+    reduction_factor: int = Field(default=3, ge=2)  # ASHA: the top 1/reduction_factor go on at each rung
+    validation_per_class: int = Field(default=20, ge=1)  # images per class held out (a presplit set: its own list)
+    seed: int | None = Field(default=None, ge=0, lt=2**32)  # training seed and sampler seed; default: the study's first seed
+
+    @field_validator("method")
+    @classmethod
+    def _distillation_method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method; allowed: {', '.join(sorted(m for m in METHODS if METHODS[m].needs_teacher))}")
+        if not METHODS[v].needs_teacher:
+            raise ValueError(f"{v} trains without a teacher; a search is over a distillation method: "
+                             f"{', '.join(sorted(m for m in METHODS if METHODS[m].needs_teacher))}")
+        return v
+
+
 class StudySpec(BaseModel):
     model_config = _STRICT
     name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
@@ -394,6 +441,10 @@ class StudySpec(BaseModel):
     resources: ResourcesSpec = ResourcesSpec()
     tables: typing.Annotated[list[TableSpec], AfterValidator(_check_tables)] = [TableSpec()]
     paper: dict[str, PaperTableSpec] = {}  # table name -> the paper's values (`ltkd tables --versus paper`)
+    search: SearchSpec | None = None  # `ltkd search`: Optuna over one method's hyperparameters
+    # methods.<m>.from_search, read by load_study: method -> {(teacher, student, gamma): chosen hyperparameters}
+    # (None: the file is not written yet and the study was loaded for `ltkd search`, which runs first)
+    _search_points: dict[str, dict[tuple[str, str, float], dict[str, Any]] | None] = PrivateAttr(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -467,6 +518,11 @@ class StudySpec(BaseModel):
             allowed = METHODS[name].params
             for key, value in params.items():
                 field = f"methods.{name}.{key}"
+                if key == FROM_SEARCH:
+                    if not isinstance(value, str) or not value.strip():
+                        raise UserError(f"{field} = {value!r}: the name of a search study (its `ltkd best` file, "
+                                        "NAME.best.yaml beside this study) or the path of that file")
+                    continue
                 if key not in allowed:
                     raise UserError(f"{field}: unknown hyperparameter; allowed for {name}: {', '.join(allowed) or 'none'}")
                 values = value if isinstance(value, list) else [value]
@@ -474,10 +530,35 @@ class StudySpec(BaseModel):
                     raise UserError(f"{field} = []: a grid needs at least one value")
                 for v in values:
                     _check_param(field, key, v, allowed[key], num_classes)
+        if self.search is not None:
+            self._check_search(num_classes)
         unknown_teacher_keys = set(self.teacher_recipe) - {f.name for f in dataclasses.fields(Recipe)}
         if unknown_teacher_keys:
             raise UserError(f"teacher_recipe.{sorted(unknown_teacher_keys)[0]}: unknown key; allowed: {', '.join(f.name for f in dataclasses.fields(Recipe))}")
         return self
+
+
+    def _check_search(self, num_classes: int) -> None:
+        search = self.search
+        allowed = METHODS[search.method].params
+        for key, dim in search.space.items():
+            field = f"search.space.{key}"
+            if key not in allowed:
+                raise UserError(f"{field}: unknown hyperparameter; allowed for {search.method}: {', '.join(allowed) or 'none'}")
+            if isinstance(dim, RangeSpec):
+                if isinstance(allowed[key], (bool, str)):
+                    raise UserError(f"{field}: {key} takes {type(allowed[key]).__name__} values: give a list of choices, not a range")
+                for v in (dim.low, dim.high):
+                    _check_param(field, key, int(v) if isinstance(allowed[key], int) and float(v).is_integer() else v,
+                                 allowed[key], num_classes)
+            else:
+                if not dim:
+                    raise UserError(f"{field} = []: give at least one choice, or a range {{low, high}}")
+                for v in dim:
+                    _check_param(field, key, v, allowed[key], num_classes)
+        for key, value in self.methods.get(search.method, {}).items():
+            if isinstance(value, list) and len(value) > 1 and key not in search.space:
+                raise UserError(f"methods.{search.method}.{key}: a grid beside search.space; put {key} in the space, or give one value")
 
 
 def _check_param(field: str, key: str, value: Any, default: Any, num_classes: int) -> None:
@@ -597,7 +678,9 @@ def trial_count(study: StudySpec) -> int:
     return len(study.dataset.gammas) * len(study.seeds) * len(study.pairs) * (grid + 1 + int(study.student_baseline))
 
 
-def load_study(path: str | Path) -> StudySpec:
+def load_study(path: str | Path, search_results_needed: bool = True) -> StudySpec:
+    """The validated study at `path`. search_results_needed=False: a method that takes its values from a
+    search (`from_search`) whose file is not written yet is left out instead of refused."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such study file")
@@ -623,6 +706,7 @@ def load_study(path: str | Path) -> StudySpec:
     if bad:
         raise UserError(f"{path}: {bad}: NaN or infinite numbers are not allowed")
     study = parse_study(data, str(path))
+    _read_search_points(study, path.parent, missing_ok=not search_results_needed)
     count = trial_count(study)
     if count > MAX_TRIALS:
         raise UserError(f"{path}: the study expands into {count:,} trials; at most {MAX_TRIALS:,} are allowed "
@@ -676,6 +760,7 @@ def method_rows(study: StudySpec) -> list[tuple[str, str, dict[str, Any]]]:
     rows = []
     for name, params in study.methods.items():
         spec = METHODS[name]
+        params = {k: v for k, v in params.items() if k != FROM_SEARCH}  # per (pair, γ): see expand
         varied = [k for k, v in params.items() if isinstance(v, list) and len(v) > 1]
         for point in _grid(params):
             rows.append((row_label(spec.display or name, point, varied), name, point))
@@ -715,6 +800,72 @@ def _as_type_of(default: Any, value: Any) -> Any:
     return value
 
 
+def _searched_point(study: StudySpec, method: str, pair: PairSpec, gamma: float) -> dict[str, Any] | None:
+    if method in study._search_points and study._search_points[method] is None:
+        return None
+    points = study._search_points.get(method)
+    if points is None:
+        raise UserError(f"methods.{method}.{FROM_SEARCH}: the search's file was not read (load the study with load_study)")
+    return points[(pair.teacher, pair.student, float(gamma))]
+
+
+def best_file_path(value: str, study_dir: Path) -> Path:
+    """Where `methods.<m>.from_search: VALUE` points: a path (relative to the study's folder) when it
+    names a .yaml file, else the file `ltkd best` writes for the search study of that name."""
+    if value.endswith((".yaml", ".yml")) or "/" in value:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else study_dir / path
+    return study_dir / f"{value}.best.yaml"
+
+
+def _read_search_points(study: StudySpec, study_dir: Path, missing_ok: bool = False) -> None:
+    """Read each `from_search` file and check it covers every (pair, γ) of the study. missing_ok: a
+    method whose file is not written yet is left out of the study (`ltkd search` of a study whose grid
+    takes the search's own result: the search comes first)."""
+    num_classes = num_classes_of(study.dataset.name, study.dataset.options)
+    for method, params in list(study.methods.items()):
+        if FROM_SEARCH not in params:
+            continue
+        field = f"methods.{method}.{FROM_SEARCH}"
+        path = best_file_path(str(params[FROM_SEARCH]), study_dir)
+        if missing_ok and not path.is_file():
+            study._search_points[method] = None  # not written yet: expand leaves the method out
+            continue
+        if not path.is_file():
+            raise UserError(f"{field} = {params[FROM_SEARCH]!r}: no file {path}; run `ltkd search SEARCH_STUDY.yaml`, "
+                            f"then `ltkd best SEARCH_STUDY.yaml` to write it")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise UserError(f"{field}: {path}: cannot read it as YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("points"), list):
+            raise UserError(f"{field}: {path}: not a file of `ltkd best` (no list of points)")
+        if data.get("method") != method:
+            raise UserError(f"{field}: {path} holds a search of {data.get('method')!r}, not of {method}")
+        points: dict[tuple[str, str, float], dict[str, Any]] = {}
+        for i, item in enumerate(data["points"]):
+            try:
+                key = (str(item["teacher"]), str(item["student"]), float(item["gamma"]))
+                chosen = dict(item["params"])
+            except (KeyError, TypeError, ValueError):
+                raise UserError(f"{field}: {path}: points.{i} needs teacher, student, gamma and params") from None
+            for k, v in chosen.items():
+                if k not in METHODS[method].params:
+                    raise UserError(f"{field}: {path}: points.{i}.params.{k}: unknown hyperparameter of {method}")
+                _check_param(f"{path}: points.{i}.params.{k}", k, v, METHODS[method].params[k], num_classes)
+            clash = sorted(k for k, v in params.items() if k != FROM_SEARCH and k in chosen)
+            if clash:
+                raise UserError(f"methods.{method}.{clash[0]}: also chosen by the search ({path}); leave it to the search or drop from_search")
+            points[key] = chosen
+        missing = [f"{p.teacher}>{p.student} γ={g:g}" for p in study.pairs for g in study.dataset.gammas
+                   if (p.teacher, p.student, float(g)) not in points]
+        if missing:
+            have = ", ".join(f"{t}>{s} γ={g:g}" for t, s, g in points) or "none"
+            raise UserError(f"{field}: {path} has no point for {', '.join(missing)} (it has: {have}); "
+                            "search those pairs and γ values, or drop them from this study")
+        study._search_points[method] = points
+
+
 def _short(g: float) -> str:
     return f"{g:g}"
 
@@ -744,6 +895,11 @@ def expand(study: StudySpec, data_root: str | None = None) -> list[Trial]:
                     sh = config_hash(scfg)
                     students.setdefault(sh, Trial(scfg, sh, None, "Student", f"student {pair.student} g{_short(gamma)} s{seed}"))
                 for label, method, point in method_rows(study):
+                    if FROM_SEARCH in study.methods[method]:
+                        searched = _searched_point(study, method, pair, gamma)
+                        if searched is None:
+                            continue
+                        point = {**point, **searched}
                     params = full_params(study, method, point, pair.teacher, pair.student)
                     if not METHODS[method].needs_teacher:
                         # A teacher-free method (balanced softmax, ...) is another Student row.

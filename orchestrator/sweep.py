@@ -42,9 +42,9 @@ def browse_hint(uri: str, experiment: str, experiment_id: str) -> str:
             f"and open {experiment_url('http://127.0.0.1:5000', experiment_id)}")
 
 
-def open_plan(study_path: str, tracking_uri: str | None, create: bool):
+def open_plan(study_path: str, tracking_uri: str | None, create: bool, search_results_needed: bool = True):
     """Validate the study and the tracking store (nothing written on bad input); return its plan."""
-    study = load_study(study_path)
+    study = load_study(study_path, search_results_needed)
     trials = expand(study)
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
@@ -95,9 +95,11 @@ def spool_folder(storage: str | None, uri: str, study: str) -> str:
 
 def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dry_run: bool, storage: str | None, out=None,
               outage_limit_s: float = DEFAULT_OUTAGE_LIMIT_S, resource_wait_s: float = 0.0, retrain_teachers: list[str] | None = None,
-              tables_every_s: float = DEFAULT_TABLES_EVERY_S) -> int:
+              tables_every_s: float = DEFAULT_TABLES_EVERY_S, only: set[str] | None = None) -> int:
+    """only: run just these trials (config hashes) of the study, and leave its tables alone (`ltkd search`
+    trains the teachers it needs this way)."""
     out = out or sys.stdout
-    study, uri, tracker, exp_id, plan = open_plan(study_path, tracking_uri, create=False)
+    study, uri, tracker, exp_id, plan = _only(only, *open_plan(study_path, tracking_uri, create=False, search_results_needed=only is None))
     retrain = teachers_to_retrain(plan.trials, retrain_teachers or [])
     address = address or os.environ.get("RAY_ADDRESS")
     if address and not storage:
@@ -129,7 +131,7 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
         print(line, file=out, flush=True)
     start_ray(address, study.resources.cpu, study.resources.gpu, resource_wait_s, out)
     if tracker is None or exp_id is None:
-        study, uri, tracker, exp_id, plan = open_plan(study_path, tracking_uri, create=True)
+        study, uri, tracker, exp_id, plan = _only(only, *open_plan(study_path, tracking_uri, create=True, search_results_needed=only is None))
     try:
         lease = Lease(tracker, exp_id, study.name)
         lease.claim()
@@ -139,7 +141,7 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
         raise UserError(f"--tracking-uri {uri}: cannot use the tracking store ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     try:
         return _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease, retrain,
-                           tables_every_s)
+                           tables_every_s, tables=only is None)
     except Exception as exc:  # noqa: BLE001 - the driver's own store calls (plan, run states): one line
         if not is_transient_failure(exc):
             raise
@@ -149,6 +151,12 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
     finally:
         lease.release()
         leftovers.forget()  # Ray stops with this process; its folder was removed by run_trials
+
+
+def _only(only: set[str] | None, study, uri, tracker, exp_id, plan):
+    if only is not None:
+        plan = make_plan([t for t in plan.trials if t.config_hash in only], plan.done)
+    return study, uri, tracker, exp_id, plan
 
 
 def teachers_to_retrain(trials, given: list[str]) -> list:
@@ -220,7 +228,7 @@ def _read_state(tracker, exp_id, trials) -> tuple:
 
 
 def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease, retrain=(),
-                tables_every_s: float = 0.0) -> int:
+                tables_every_s: float = 0.0, tables: bool = True) -> int:
     from orchestrator.progress import SweepProgress
     from orchestrator.ray_runner import run_trials
 
@@ -265,9 +273,10 @@ def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage,
         base_tags = {"study": study.name, "git_commit": git_commit(), "study_file": str(Path(study_path))}
         runs = TrialRuns(writer, exp_id, base_tags, resumable)
         # The study's tables, kept current in its MLflow `tables` run while trials finish.
-        refresher = TablesRefresher(study, plan.trials, tracker, exp_id, Path(spool + "-tables"), tables_every_s, notes.append)
-        refresher.out.mkdir(parents=True, exist_ok=True)
-        refresher.start()
+        if tables:
+            refresher = TablesRefresher(study, plan.trials, tracker, exp_id, Path(spool + "-tables"), tables_every_s, notes.append)
+            refresher.out.mkdir(parents=True, exist_ok=True)
+            refresher.start()
         progress = SweepProgress(len(todo), out=out, pending={t.config_hash: (t.run_name, t.config.recipe.epochs) for t in todo})
         last_poll = [0.0]
 

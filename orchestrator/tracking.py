@@ -747,7 +747,9 @@ def fetch_checkpoint(artifact_uri: str, tracking_uri: str, cache_root: str | Non
 
 SCHEMA_METHOD_PARAMS = ("alpha", "beta", "n_groups", "temperature")
 # plus loss_<term> per loss term, and system/<...> (CPU, memory, GPU: the UI's System metrics tab)
-EPOCH_METRICS = ("loss", "lr", "acc_all", "acc_head", "acc_medium", "acc_tail")
+EPOCH_METRICS = ("loss", "lr", "acc_all", "acc_head", "acc_medium", "acc_tail",
+                 # a search trial's accuracies, on its validation split (it has no acc_*)
+                 "val_acc_all", "val_acc_head", "val_acc_medium", "val_acc_tail")
 SYSTEM_PREFIX = "system/"
 PER_CLASS_FILE = "per_class_accuracy.json"
 BEST_PER_CLASS_FILE = "best_epoch_per_class_accuracy.json"
@@ -1008,7 +1010,7 @@ class TrialRuns:
         self.writer.log_metrics(key, {k: v for k, v in summary.items() if not k.startswith("acc_")}, step)
         self.writer.log_json(key, per_class_artifact(per_class, class_counts), PER_CLASS_FILE)
         self.writer.log_json(key, per_class_artifact(best_per_class, class_counts), BEST_PER_CLASS_FILE)
-        if trial.role == "distill":
+        if trial.role == "distill" and not trial.config.validation_per_class:
             self.writer.log_per_class_plot(key, per_class, class_counts, f"{run_name(trial)}: per-class test accuracy (final epoch)",
                                            PER_CLASS_PLOT)
         if digest:

@@ -10,8 +10,9 @@ from orchestrator.study import load_study
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
-# tinyimagenet_lt_main_smoke runs in tests/test_tables.py; the others here.
-TWINS = sorted(p.name for p in (REPO / "studies").glob("*_smoke.yaml") if p.stem != "tinyimagenet_lt_main_smoke")
+# tinyimagenet_lt_main_smoke runs in tests/test_tables.py, search_smoke (a search, then its grid) in
+# tests/test_search.py; the others here.
+TWINS = sorted(p.name for p in (REPO / "studies").glob("*_smoke.yaml") if p.stem not in ("tinyimagenet_lt_main_smoke", "search_smoke"))
 
 
 @pytest.mark.parametrize("name", TWINS)
