@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.losses import balanced_softmax_loss, kd_loss, log_class_prior, ltkd_loss
+from trainer.losses import balanced_softmax_loss, group_layout, kd_loss, log_class_prior, ltkd_loss
 
 RTOL = 1e-10
 ATOL = 1e-12
@@ -317,8 +317,9 @@ def _aten_ops(fn) -> list[str]:
 
 
 def test_ltkd_runs_the_same_operations_at_every_n_groups():
-    """The loss is vectorised over groups (scatter ops), not a loop: n(G) = 100 runs exactly the
-    operations n(G) = 3 runs. Counted, not timed (a timed test fails on a busy machine); the speed
+    """The loss is vectorised over groups (a padded group layout, dense reductions), not a loop:
+    n(G) = 100 runs exactly the operations n(G) = 3 runs, per batch as a method calls it (with the
+    layout it built once). Counted, not timed (a timed test fails on a busy machine); the speed
     itself is measured in bench/bench_losses.py."""
     torch.manual_seed(0)
     B, C = 64, 100
@@ -328,9 +329,12 @@ def test_ltkd_runs_the_same_operations_at_every_n_groups():
     g100 = torch.arange(C)[torch.randperm(C)]
 
     def step(groups, G):
+        layout = group_layout(groups, G)
+        assert layout is not None
+
         def run():
             zs.grad = None
-            ltkd_loss(zs, zt, groups, num_groups=G).backward()
+            ltkd_loss(zs, zt, groups, layout=layout).backward()
         return run
 
     with torch.inference_mode(False):
@@ -353,3 +357,49 @@ def test_balanced_softmax_loss_with_the_class_prior():
     assert float(got) == pytest.approx(ref, rel=1e-6)
     plain = torch.nn.functional.cross_entropy(torch.tensor(z), torch.tensor(y))
     assert float(balanced_softmax_loss(torch.tensor(z), torch.tensor(y), log_class_prior([7] * 4))) == pytest.approx(float(plain), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# The group layout (issue 14): both orientations and the scatter fallback give the reference value
+# ---------------------------------------------------------------------------------------------
+
+def test_group_layout_pads_each_group_to_the_largest():
+    groups = torch.tensor([2, 0, 1, 1, 0, 2, 2, 0, 1, 1])  # sizes 3 / 4 / 3
+    layout = group_layout(groups)
+    assert (layout.num_groups, layout.size, layout.slot_major) == (3, 4, True)
+    index = layout.index.view(4, 3).t()  # [G, S]
+    real = layout.padding.t() == 0
+    for g in range(3):
+        assert sorted(index[g][real[g]].tolist()) == torch.nonzero(groups == g).flatten().tolist()
+        assert torch.all(groups[index[g]] == g)  # a padding slot repeats a class of its own group
+    assert int((~real).sum()) == 2 and float(layout.padding.min()) == pytest.approx(-1e30)
+
+
+@pytest.mark.parametrize("rebalance,reweight", FLAGS)
+def test_layout_orientations_and_scatter_fallback_match_the_reference(rebalance, reweight):
+    rng = np.random.default_rng(77)
+    zs, zt = rng.normal(size=(9, 40)) * 4, rng.normal(size=(9, 40)) * 4
+    even = _random_groups(rng, 40, 2, "permuted")  # large groups: [B, G, S]
+    many = _random_groups(rng, 40, 13, "permuted")  # small groups: [B, S, G]
+    lopsided = np.concatenate([np.zeros(30, int), np.arange(1, 11)])[rng.permutation(40)]  # 11 x 30 > 4 C: scatter
+    layouts = [group_layout(torch.tensor(g)) for g in (even, many, lopsided)]
+    assert layouts[0].slot_major is False and layouts[1].slot_major is True and layouts[2] is None
+    for groups, layout in zip((even, many, lopsided), layouts):
+        expected = ref_ltkd(zs, zt, groups, 0.8, 1.7, 3.0, rebalance, reweight)
+        for given in (layout, None):
+            got = ltkd_loss(_t(zs), _t(zt), torch.tensor(groups), alpha=0.8, beta=1.7, temperature=3.0,
+                            rebalance=rebalance, reweight=reweight, layout=given)
+            np.testing.assert_allclose(got.item(), expected, rtol=RTOL, atol=ATOL)
+
+
+def test_ltkd_method_builds_its_layout_once_and_matches_the_plain_call():
+    from trainer.methods import build_method
+
+    counts = sorted(np.random.default_rng(2).integers(5, 500, 100).tolist(), reverse=True)
+    method = build_method("ltkd", {"n_groups": 10}, counts)
+    kwargs = method.loss_kwargs()
+    assert kwargs["layout"] is not None and kwargs["layout"].index is method.group_index
+    torch.manual_seed(3)
+    zs, zt = torch.randn(16, 100), torch.randn(16, 100)
+    plain = ltkd_loss(zs, zt, method.groups, alpha=1.0, beta=1.0, temperature=4.0)
+    assert float(method.distill_loss(zs, zt)) == pytest.approx(float(plain), rel=1e-6)

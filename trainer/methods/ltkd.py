@@ -7,7 +7,7 @@ within-group terms by the teacher's group probability (plain KD's decomposition)
 from __future__ import annotations
 
 from trainer.groups import partition_groups
-from trainer.losses import ltkd_loss
+from trainer.losses import group_layout, ltkd_loss
 from trainer.methods.base import Method
 
 
@@ -18,6 +18,12 @@ class LTKD(Method):
         super().__init__(class_counts, **params)
         self.n_groups = int(self.hparams["n_groups"])
         self.register_buffer("groups", partition_groups(self.class_counts, self.n_groups), persistent=False)
+        # The classes laid out by group, built once (it reads the group sizes on the host) and kept
+        # on the method's device like the groups: no host read or copy per batch.
+        layout = group_layout(self.groups, self.n_groups)
+        self._layout = layout._replace(index=None, padding=None) if layout is not None else None  # the sizes
+        self.register_buffer("group_index", layout.index if layout is not None else None, persistent=False)
+        self.register_buffer("group_padding", layout.padding if layout is not None else None, persistent=False)
 
     def losses(self, student_logits, teacher_logits, target, epoch, student_features=None, teacher_features=None):
         return {
@@ -38,4 +44,6 @@ class LTKD(Method):
             "temperature": h["temperature"],
             "rebalance": bool(h["rebalance"]),
             "num_groups": self.n_groups,
+            "layout": (self._layout._replace(index=self.group_index, padding=self.group_padding)
+                       if self._layout is not None else None),
         }
