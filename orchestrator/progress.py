@@ -278,7 +278,7 @@ class SweepProgress:
         t.state, t.restarting = _CLOSED, False
         self._running.pop(key, None)
         self._pending_key_by_name.pop(t.name, None)
-        if status == FINISHED:
+        if status in (FINISHED, "PRUNED"):  # a search trial that ASHA stopped ended as searches end
             self._finished += 1
         else:  # FAILED and KILLED alike: the trial has no result
             self._failed += 1

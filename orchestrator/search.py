@@ -234,13 +234,17 @@ def make_searcher(ostudy, dists: dict[str, Any], budget: int, make_trial: Callab
             self.number[trial_id] = number
             return {"payload": payload(t)}
 
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            # The learning curve on the validation metric: Optuna's plots and importances read it.
+        def report(self, trial_id: str, result: dict) -> None:
+            """The learning curve on the validation metric, for Optuna's plots (called by the callback:
+            Tune does not pass the searcher the result on which its scheduler stopped a trial)."""
             if metric in result and "epoch" in result and trial_id in self.optuna_id:
                 step = int(result["epoch"])
                 if step not in self.reported[trial_id]:
                     self.reported[trial_id].add(step)
                     ostudy._storage.set_trial_intermediate_value(self.optuna_id[trial_id], step, float(result[metric]))
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            pass  # see report
 
         def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
             pass  # the callback tells Optuna: it knows whether ASHA stopped the trial
@@ -312,6 +316,10 @@ def make_callback(searcher, asha, runs, progress, outcomes, max_attempts: int, p
     class SearchCallback(SweepCallback):
         """SweepCallback's tracking, plus the outcome told to Optuna: COMPLETE with the final
         validation metric, PRUNED (the run ends KILLED, tagged pruned) or FAIL."""
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            super().on_trial_result(iteration, trials, trial, result, **info)
+            searcher.report(trial.trial_id, result)
 
         def on_trial_start(self, iteration, trials, trial, **info):
             super().on_trial_start(iteration, trials, trial, **info)
@@ -654,6 +662,11 @@ def best_points(study_path: str, tracking_uri: str | None, out_file: str | None,
         raise UserError(f"{study_path}: the study has no search: block; `ltkd best` reads the searches of a study that has one")
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
+    from orchestrator.sweep import _store_exists as store_exists
+
+    if not store_exists(uri):  # reading creates nothing
+        raise UserError(f"{study_path}: no search of this study has a completed trial in {uri} (no store there); "
+                        f"run `ltkd search {study_path}` first")
     tracker = Tracker(uri)
     exp_id = tracker.experiment_id(study.name, create=False)
     metric = study.search.metric

@@ -18,6 +18,11 @@ seeds: [0]
 recipe: {epochs: 1}
 """
 
+def search_block(space: str, extra: str = "") -> str:
+    """GOOD's seeds line followed by a search block with this space (and extra keys)."""
+    return "seeds: [0]\nsearch: {method: ltkd, trials: 4, space: {" + space + "}" + extra + "}"
+
+
 CASES = [
     # (replace this, with this, expected fragments of the one error line)
     ("gammas: [10]", "gammas: [0.5]", ["dataset.gammas", "0.5", ">= 1"]),
@@ -66,7 +71,29 @@ CASES = [
     # issue 17: the supervised term of a distillation method
     ("alpha: 1.0", "alpha: 1.0, ce: focal", ["methods.ltkd.ce = 'focal'", "allowed: standard, balanced_softmax"]),
     ("alpha: 1.0", "alpha: 1.0, ce: [standard, Balanced_Softmax]", ["methods.ltkd.ce = 'Balanced_Softmax'", "allowed: standard, balanced_softmax"]),
+    # issue 11: the search block
+    ("seeds: [0]", search_block("alpha: {low: 2, high: 2}"), ["search.space.alpha", "empty range: low (2) must be below high (2)"]),
+    ("seeds: [0]", search_block("alpha: {low: 0, high: 2, log: true}"), ["search.space.alpha", "a log range needs low > 0"]),
+    ("seeds: [0]", search_block("alpha: []"), ["search.space.alpha = []", "at least one choice"]),
+    ("seeds: [0]", search_block("alpah: [1, 2]"), ["search.space.alpah: unknown hyperparameter", "allowed for ltkd", "alpha"]),
+    ("seeds: [0]", search_block("n_groups: [3, 12]"), ["search.space.n_groups = 12", "between 1 and the number of classes (10)"]),
+    ("seeds: [0]", search_block("n_groups: {low: 2, high: 11}"), ["search.space.n_groups = 11", "between 1 and the number of classes"]),
+    ("seeds: [0]", search_block("ce: {low: 1, high: 2}"), ["search.space.ce", "give a list of choices, not a range"]),
+    ("seeds: [0]", search_block("beta: {low: -1, high: 2}"), ["search.space.beta = -1", "must be >= 0"]),
+    ("seeds: [0]", search_block("alpha: [1]", ", metric: acc_tail"), ["search.metric = 'acc_tail'", "val_acc_tail"]),
+    ("seeds: [0]", search_block("alpha: [1]", ", sampler: grid"), ["search.sampler = 'grid'", "tpe"]),
+    ("seeds: [0]", search_block("alpha: [1]", ", pruner: hyperband"), ["search.pruner = 'hyperband'", "asha"]),
+    ("seeds: [0]", search_block("alpha: [1]").replace("trials: 4", "trials: 0"), ["search.trials = 0", "greater than or equal to 1"]),
+    ("seeds: [0]", search_block("alpha: [1]").replace("method: ltkd", "method: ce"), ["search.method = 'ce'", "trains without a teacher"]),
+    ("seeds: [0]", search_block("alpha: [1]", ", budget: 3"), ["search.budget: unknown key"]),
+    ("seeds: [0]", "seeds: [0]\nsearch: {method: ltkd, trials: 4}", ["search.space: required field is missing"]),
+    ("methods:\n  ltkd: {alpha: 1.0,", "search: {method: ltkd, trials: 4, space: {beta: [1, 2]}}\nmethods:\n  ltkd: {alpha: [1.0, 2.0],",
+     ["methods.ltkd.alpha: a grid beside search.space", "put alpha in the space, or give one value"]),
+    ("alpha: 1.0", "alpha: 1.0, from_search: ''", ["methods.ltkd.from_search = ''", "the name of a search study"]),
+    ("alpha: 1.0", "alpha: 1.0, from_search: nowhere", ["methods.ltkd.from_search = 'nowhere'", "no file", "nowhere.best.yaml",
+                                                       "ltkd best"]),
 ]
+
 
 
 def run_cli(args, cwd, capsys):

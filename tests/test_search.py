@@ -1,0 +1,261 @@
+"""`ltkd search` / `ltkd best` (issue 11) with a real local Ray, a real Optuna storage and MLflow store:
+ASHA stops trials early, trials nest under their parent, the chosen point is the best completed trial
+on the validation metric, no test metric reaches the search, a stopped search resumes without
+repeating a finished trial, and a grid study runs the chosen point."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from orchestrator.search import SEARCH_KEY_TAG, targets
+from orchestrator.study import load_study
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "studies" / "search_smoke.yaml"
+BIN = Path(sys.executable).parent
+
+
+def _ostudy(folder: Path, study_file: Path):
+    study = load_study(study_file, search_results_needed=False)
+    (target,) = targets(study)
+    storage = f"sqlite:///{folder}/mlflow-optuna.db"
+    return optuna.load_study(study_name=f"{study.name} | {target.label} | {target.key}", storage=storage), target
+
+
+def _runs(uri: str, name: str):
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    return client, client.search_runs([exp.experiment_id], run_view_type=mlflow.entities.ViewType.ALL, max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def searched(ray_local, tmp_path_factory):
+    """search_smoke searched once in-process; every result Tune hands the driver is recorded."""
+    folder = tmp_path_factory.mktemp("search")
+    study_file = folder / "search_smoke.yaml"
+    shutil.copy(SMOKE, study_file)
+    uri = f"sqlite:///{folder}/mlflow.db"
+    seen: list[dict] = []
+    from orchestrator import ray_runner
+
+    original = ray_runner.SweepCallback.on_trial_result
+
+    def spy(self, iteration, trials, trial, result, **info):
+        if type(self).__name__ == "SearchCallback":  # not the teacher's trial, which the sweep runs first
+            seen.append(dict(result))
+        return original(self, iteration, trials, trial, result, **info)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ray_runner.SweepCallback, "on_trial_result", spy)
+        started = time.time()
+        code = main(["search", str(study_file), "--tracking-uri", uri])
+        wall = time.time() - started
+    assert code == 0
+    return folder, study_file, uri, seen, wall
+
+
+def test_asha_stops_trials_early_and_they_are_marked_pruned(searched):
+    folder, study_file, uri, _, wall = searched
+    ostudy, target = _ostudy(folder, study_file)
+    states = [t.state for t in ostudy.trials]
+    assert len(states) == 8 and optuna.trial.TrialState.RUNNING not in states
+    pruned = [t for t in ostudy.trials if t.state == optuna.trial.TrialState.PRUNED]
+    complete = [t for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert pruned and complete, states
+    client, runs = _runs(uri, "search_smoke")
+    children = {int(r.data.tags["search_trial"]): r for r in runs if r.data.tags.get(SEARCH_KEY_TAG) == target.key
+                and r.data.tags.get("role") == "distill"}
+    epochs = target.base.recipe.epochs
+    for t in pruned:
+        run = children[t.number]
+        assert run.info.status == "KILLED" and run.data.tags["pruned"] == "true"
+        logged = client.get_metric_history(run.info.run_id, "val_acc_tail")
+        assert len(logged) == int(run.data.tags["pruned_after_epoch"]) < epochs  # fewer epochs than a finished trial
+        assert max(t.intermediate_values) == len(logged)
+    for t in complete:
+        run = children[t.number]
+        assert run.info.status == "FINISHED" and "pruned" not in run.data.tags
+        assert len(client.get_metric_history(run.info.run_id, "val_acc_tail")) == epochs
+    print(f"search_smoke: {len(complete)} complete, {len(pruned)} pruned in {wall:.0f} s")
+
+
+def test_every_trial_is_nested_under_its_parent_which_holds_the_best_completed_point(searched):
+    folder, study_file, uri, _, _ = searched
+    ostudy, target = _ostudy(folder, study_file)
+    client, runs = _runs(uri, "search_smoke")
+    (parent,) = [r for r in runs if r.data.tags.get("role") == "search"]
+    children = [r for r in runs if r.data.tags.get(SEARCH_KEY_TAG) == target.key and r.data.tags.get("role") == "distill"]
+    assert len(children) == 8 and all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    assert parent.info.status == "FINISHED" and parent.data.tags[SEARCH_KEY_TAG] == target.key
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    best = max(finished, key=lambda r: (r.data.metrics["val_acc_tail"], -int(r.data.tags["search_trial"])))
+    assert parent.data.metrics["best_val_acc_tail"] == best.data.metrics["val_acc_tail"] == ostudy.best_value
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    chosen = json.loads(parent.data.tags["best_params"])
+    assert chosen == ostudy.best_params
+    for key, value in chosen.items():
+        assert float(best.data.params[key]) == pytest.approx(float(value), rel=1e-9)
+    assert parent.data.metrics["trials_complete"] + parent.data.metrics["trials_pruned"] == 8
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
+    assert {"search/best.json", "search/optimization_history.png", "search/parallel_coordinate.png",
+            "search/param_importances.png"} <= artifacts
+    local = client.download_artifacts(parent.info.run_id, "search/optimization_history.png", str(folder / "dl"))
+    assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_test_metric_reaches_the_search_or_its_runs(searched):
+    folder, study_file, uri, seen, _ = searched
+    ostudy, target = _ostudy(folder, study_file)
+    search_results = [r for r in seen if "val_acc_tail" in r or "epoch" in r]
+    assert len(search_results) >= 8 * 2
+    # what Tune handed the driver (the searcher, ASHA and the tracking callback all read these): no acc_*
+    read = {k for r in seen for k in r}
+    assert "val_acc_tail" in read and not {k for k in read if k.startswith(("acc_", "best_acc_"))}, sorted(read)
+    _, runs = _runs(uri, "search_smoke")
+    for r in runs:
+        if r.data.tags.get(SEARCH_KEY_TAG) == target.key:
+            assert not [k for k in r.data.metrics if k.startswith(("acc_", "best_acc_"))], (r.info.run_name, r.data.metrics)
+    # Optuna's values are the validation metric the runs logged
+    assert sorted(t.value for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE) == sorted(
+        r.data.metrics["val_acc_tail"] for r in runs if r.data.tags.get(SEARCH_KEY_TAG) == target.key
+        and r.data.tags.get("role") == "distill" and r.info.status == "FINISHED")
+
+
+def test_rerun_of_a_finished_search_does_nothing(searched, capsys):
+    folder, study_file, uri, _, _ = searched
+    _, before = _runs(uri, "search_smoke")
+    capsys.readouterr()
+    assert main(["search", str(study_file), "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "search ltkd cnn_w32>cnn_w8 g10: done (" in out and "started" not in out
+    _, after = _runs(uri, "search_smoke")
+    assert len(after) == len(before)
+    ostudy, _ = _ostudy(folder, study_file)
+    assert len(ostudy.trials) == 8
+
+
+def test_best_writes_the_override_and_the_grid_runs_the_chosen_point(searched, capsys):
+    folder, study_file, uri, _, _ = searched
+    capsys.readouterr()
+    assert main(["best", str(study_file), "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    ostudy, target = _ostudy(folder, study_file)
+    written = yaml.safe_load((folder / "search_smoke.best.yaml").read_text())
+    (point,) = written["points"]
+    assert point["params"] == ostudy.best_params and point["val_acc_tail"] == ostudy.best_value
+    assert (point["teacher"], point["student"], point["gamma"]) == ("cnn_w32", "cnn_w8", 10.0)
+    assert "ltkd cnn_w32>cnn_w8 g10: val_acc_tail" in out and "acc_tail" not in out.replace("val_acc_tail", "")
+    # The grid (one seed here, to keep it short): KD and LTKD at the chosen point, on the search's own teacher.
+    grid = folder / "search_smoke.yaml"
+    grid.write_text(grid.read_text().replace("seeds: [0, 1, 2]", "seeds: [0]"))
+    assert main(["sweep", str(grid), "--tracking-uri", uri, "--tables-every", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "1 already done before" in out  # the teacher the search trained
+    client, runs = _runs(uri, "search_smoke")
+    (ltkd,) = [r for r in runs if r.data.tags.get("row") == "LTKD" and r.data.tags.get("role") == "distill"]
+    assert ltkd.info.status == "FINISHED" and "acc_tail" in ltkd.data.metrics  # the table's run reports on the test set
+    for key, value in ostudy.best_params.items():
+        assert float(ltkd.data.params[key]) == pytest.approx(float(value), rel=1e-9)
+    assert main(["tables", str(grid), "--tracking-uri", uri]) == 0
+    table = capsys.readouterr().out
+    assert "LTKD" in table and "KD" in table
+
+
+def test_search_and_best_refuse_bad_input_with_one_line(tmp_path, capsys):
+    plain = tmp_path / "plain.yaml"
+    plain.write_text((REPO / "studies" / "smoke.yaml").read_text())
+    for command in ("search", "best"):
+        assert main([command, str(plain), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "the study has no search: block" in err, err
+    study = tmp_path / "search_smoke.yaml"
+    shutil.copy(SMOKE, study)
+    assert main(["best", str(study), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no search of this study has a completed trial" in err, err
+    # the grid needs the search's file: refused before anything runs, naming what to do
+    assert main(["sweep", str(study), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "methods.ltkd.from_search = 'search_smoke': no file" in err and "ltkd best" in err, err
+    # a file of another search, or one missing this study's pair, is refused too
+    (tmp_path / "search_smoke.best.yaml").write_text(yaml.safe_dump({"method": "ltkd", "points": [
+        {"teacher": "cnn_w16", "student": "cnn_w8", "gamma": 10, "params": {"alpha": 2.0}}]}))
+    assert main(["sweep", str(study), "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    err = capsys.readouterr().err
+    assert "has no point for cnn_w32>cnn_w8 γ=10 (it has: cnn_w16>cnn_w8 γ=10)" in err, err
+    (tmp_path / "search_smoke.best.yaml").unlink()
+    study.write_text(SMOKE.read_text().replace("grace_period: 2", "grace_period: 16"))
+    assert main(["search", str(study), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    err = capsys.readouterr().err
+    assert "search.grace_period = 16: the trials run 16 epochs" in err, err
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "m-optuna.db").exists()
+
+
+def test_a_stopped_search_resumes_without_repeating_a_finished_trial(tmp_path):
+    """A real `ltkd search` process is interrupted (SIGINT) once two trials have finished; the rerun
+    continues the unfinished ones and asks only for the rest of the budget."""
+    study_file = tmp_path / "search_resume.yaml"
+    study_file.write_text(SMOKE.read_text().replace("name: search_smoke", "name: search_resume")
+                          .replace("pruner: asha", "pruner: none").replace("trials: 8", "trials: 6")
+                          .replace("epochs: 16", "epochs: 30").replace("milestones: [12]", "milestones: [24]"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [str(BIN / "ltkd"), "search", str(study_file), "--tracking-uri", uri]
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + 400
+    complete_before: dict[int, float] = {}
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(1)
+            if not (tmp_path / "mlflow-optuna.db").exists():
+                continue
+            try:
+                ostudy, _ = _ostudy(tmp_path, study_file)
+            except KeyError:
+                continue  # the search's study is not created yet
+            done = {t.number: t.value for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE}
+            if len(done) >= 2:
+                proc.send_signal(signal.SIGINT)
+                break
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first = (tmp_path / "first.log").read_text()
+    assert proc.returncode == 130, first[-3000:]
+    ostudy, target = _ostudy(tmp_path, study_file)
+    complete_before = {t.number: t.value for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    running_before = [t.number for t in ostudy.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(complete_before) >= 2 and len(ostudy.trials) < 6 + 1, first[-2000:]
+
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=400)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    ended = len(complete_before)
+    assert f"{6 - ended} trial(s) to run ({ended} ended before" in second.stdout, second.stdout
+    for number in complete_before:
+        assert f"#{number} " not in second.stdout.replace(f"#{number}\n", f"#{number} ")  # never started again
+    ostudy, _ = _ostudy(tmp_path, study_file)
+    assert sorted(t.number for t in ostudy.trials) == list(range(6))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ostudy.trials)
+    assert {t.number: t.value for t in ostudy.trials if t.number in complete_before} == complete_before
+    for number in running_before:  # continued with its point, not replaced by a new one
+        assert f"search ltkd cnn_w32>cnn_w8 g10 #{number}" in second.stdout
+    _, runs = _runs(uri, "search_resume")
+    numbers = [int(r.data.tags["search_trial"]) for r in runs if r.data.tags.get(SEARCH_KEY_TAG) == target.key
+               and r.data.tags.get("role") == "distill"]
+    assert sorted(numbers) == list(range(6))  # one run per trial: none repeated, the stopped ones continued
