@@ -10,7 +10,13 @@ Role = Literal["teacher", "student", "distill"]
 
 # Fields that say where and how a trial runs, not what it computes: left out of its identity.
 NOT_IDENTITY = ("data_root", "device")
-RECIPE_NOT_IDENTITY = ("num_workers", "checkpoint_every", "eval_every")
+RECIPE_NOT_IDENTITY = ("num_workers", "checkpoint_every", "eval_every", "data_path", "compile")
+# The device data path draws a trial's crops and flips from a stream of its own (trainer.device_batches),
+# not image by image from the global one as the DataLoader did: the same distribution, other draws.
+# An augmented trial on that path says so in its identity, so runs of the DataLoader path (all such
+# runs before it existed) are not taken for its runs; without augmentation both paths read the same
+# batches and the identity is unchanged.
+AUGMENT_STREAM = "device-v1"
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,10 @@ class Recipe:
     # It does not change what is computed.
     checkpoint_every: int = 0
     eval_every: int = 1  # evaluate on the test set every N epochs (the last epoch always)
+    # Training data path: "auto" (the device-resident path for in-memory sets, a DataLoader for image
+    # folders), "device" or "loader". Its effect on the draws enters the identity (AUGMENT_STREAM).
+    data_path: Literal["auto", "device", "loader"] = "auto"
+    compile: bool = False  # torch.compile the trained model (CUDA; the same computation, compiled)
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,8 @@ class TrialConfig:
         value that reproduces what ran before they existed (`trainer.methods.IDENTITY_NEUTRAL`).
         A method whose implementation was corrected after studies had run adds its `revision`
         (`MethodSpec.revision`), so its old runs are not taken for the corrected ones; revision 0
-        adds nothing, so no other trial's identity moved."""
+        adds nothing, so no other trial's identity moved. Likewise an augmented trial on the device
+        data path adds `augment_stream` (AUGMENT_STREAM); the rest keep their identity."""
         from trainer.methods import IDENTITY_NEUTRAL, METHODS  # declarations only: no PyTorch
 
         ident = self.to_dict()
@@ -85,10 +96,25 @@ class TrialConfig:
             ident.pop("validation_per_class")  # added with searches: grid trials keep their identity
         ident["method_params"] = {k: v for k, v in ident["method_params"].items()
                                   if not (k in IDENTITY_NEUTRAL and v == IDENTITY_NEUTRAL[k])}
+        if self.augment_stream() is not None:
+            ident["augment_stream"] = self.augment_stream()
         spec = METHODS.get(self.method)
         if spec is not None and spec.revision:
             ident["method_revision"] = spec.revision
         return json.loads(json.dumps(ident, sort_keys=True, default=str))  # tuples -> lists, as stored
+
+    def augment_stream(self) -> str | None:
+        """AUGMENT_STREAM when this trial's training images are augmented on the device path, else None."""
+        from trainer.datasets import DATASET_INFO, data_path_of  # declarations only: no PyTorch
+
+        info = DATASET_INFO.get(self.dataset)
+        if info is None or not info.augments or self.dataset_options.get("augment", True) is False:
+            return None
+        try:
+            path = data_path_of(self.dataset, self.recipe.data_path)
+        except ValueError:  # a path the dataset cannot take: refused where the trial is validated or run
+            return None
+        return AUGMENT_STREAM if path == "device" else None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrialConfig":

@@ -172,8 +172,25 @@ class _TensorBatches:
             yield tuple(t[idx] for t in self.tensors)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0, pin_memory: bool = False):
-    """An iterable of (x, y) batches, shuffled by a generator seeded from the trial's seed."""
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0, pin_memory: bool = False,
+                device: torch.device | str | None = None, path: str = "loader"):
+    """An iterable of (x, y) batches, shuffled by a generator seeded from the trial's seed.
+
+    path: "loader" (a DataLoader, or tensor indexing for in-memory tensors), "device" (the
+    device-resident path on `device`, `trainer.device_batches`; ValueError when the set is not an
+    in-memory image set it reads exactly) or "auto" (the device path where it applies, else the
+    loader: for passes that draw nothing, where both give the same batches)."""
+    if path not in ("loader", "device", "auto"):
+        raise ValueError(f"data path {path!r}: allowed are loader, device, auto")
+    if path != "loader":
+        from trainer.device_batches import device_batches
+
+        batches = device_batches(dataset, batch_size, shuffle, seed, device if device is not None else "cpu")
+        if batches is not None:
+            return batches
+        if path == "device":
+            raise ValueError(f"the device data path cannot read this {type(dataset).__name__} (it reads in-memory tensors and "
+                             "image sets whose transform is [RandomCrop] [RandomHorizontalFlip] ToTensor Normalize)")
     generator = torch.Generator().manual_seed(seed)
     if isinstance(dataset, TensorDataset):
         return _TensorBatches(dataset, batch_size, shuffle, generator)

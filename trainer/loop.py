@@ -14,6 +14,7 @@ import torch
 
 from trainer.config import TrialConfig
 from trainer.data import build_long_tailed, make_loader, without_augmentation
+from trainer.datasets import data_path_of
 from trainer.evaluate import EvalResult, evaluate, group_probability
 from trainer.methods import IDENTITY_NEUTRAL, METHODS, build_method
 from trainer.methods.base import features_of
@@ -122,7 +123,13 @@ def _rng_states(train_loader) -> dict[str, Any]:
         "python": random.getstate(),
         "numpy": {**np_state, "state": {"key": np_state["state"]["key"].tolist(), "pos": int(np_state["state"]["pos"])}},
         "loader": train_loader.generator.get_state(),  # the train loader's shuffle stream
+        **({"augment": augment.get_state()} if (augment := _augment_generator(train_loader)) is not None else {}),
     }
+
+
+def _augment_generator(train_loader) -> torch.Generator | None:
+    """The device path's augmentation stream (crop offsets and flips), None on the other paths."""
+    return getattr(train_loader, "augment_generator", None)
 
 
 def _set_rng_states(states: dict[str, Any], train_loader) -> None:
@@ -135,6 +142,11 @@ def _set_rng_states(states: dict[str, Any], train_loader) -> None:
     np_state["state"] = {"key": np.asarray(np_state["state"]["key"], dtype=np.uint32), "pos": np_state["state"]["pos"]}
     np.random.set_state(np_state)
     train_loader.generator.set_state(states["loader"])
+    augment = _augment_generator(train_loader)
+    if augment is not None:
+        if "augment" not in states:
+            raise ValueError("the saved state has no augmentation stream, this trial draws its augmentation on the device path")
+        augment.set_state(states["augment"])
 
 
 def _report_to_dict(report: EpochReport) -> dict[str, Any]:
@@ -245,16 +257,20 @@ def _forward(model, teacher, method, x, y, epoch: int, autocast: bool) -> dict[s
         )
 
 
-def _train_epoch(model, teacher, method, optimizer, train_loader, epoch: int, device, autocast: bool
-                 ) -> tuple[float, dict[str, float]]:
-    """One pass over the training set: the mean loss and the mean of each loss term."""
+def _train_epoch(model, teacher, method, optimizer, train_loader, epoch: int, device, autocast: bool,
+                 channels_last: bool = False) -> tuple[float, dict[str, float]]:
+    """One pass over the training set: the mean loss and the mean of each loss term.
+
+    Nothing in the pass waits for the device: the loss and its terms are summed on it and read once,
+    at the end (the device path's batches are already there; the loader's are copied asynchronously)."""
     model.train()
     method.train()
     loss_sum = torch.zeros((), device=device)
     term_sums: dict[str, torch.Tensor] = {}
     seen = 0
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for x, y in train_loader:
-        x = x.to(device, non_blocking=True)
+        x = x.to(device, non_blocking=True, memory_format=memory_format)
         y = y.to(device, non_blocking=True)
         terms = _forward(model, teacher, method, x, y, epoch, autocast)
         loss = sum(terms.values())
@@ -300,25 +316,35 @@ def run_trial(
     saved = _read_resume_state(resume_dir, config) if resume_dir is not None else None
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    autocast = config.recipe.amp and device.type == "cuda"
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    autocast = config.recipe.amp and cuda
+    if cuda:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    # channels_last on CUDA: cuDNN's bf16 convolutions run on tensor cores in NHWC without transposes.
+    memory_format = torch.channels_last if cuda else torch.contiguous_format
     data = build_long_tailed(
         config.dataset, config.gamma, root=config.data_root, split_seed=config.split_seed,
         n_max=config.n_max, options=config.dataset_options, validation_per_class=config.validation_per_class,
     )
     pin = device.type == "cuda"
-    train_loader = make_loader(data.train, config.recipe.batch_size, True, config.seed, config.recipe.num_workers, pin)
+    # The device-resident path for in-memory sets (trainer.device_batches), a DataLoader for folders;
+    # passes that draw nothing (evaluation) take the device path wherever it can read the set.
+    data_path = data_path_of(config.dataset, config.recipe.data_path)
+    eval_path = "auto" if data_path == "device" else "loader"
+    train_loader = make_loader(data.train, config.recipe.batch_size, True, config.seed, config.recipe.num_workers, pin,
+                               device=device, path=data_path)
     # A search trial evaluates on its validation set and never builds a loader over the test set.
     evaluated_on = "val" if config.validation_per_class else "test"
     eval_set = data.validation if evaluated_on == "val" else data.test
-    eval_loader = make_loader(eval_set, max(256, config.recipe.batch_size), False, config.seed, config.recipe.num_workers, pin)
+    eval_loader = make_loader(eval_set, max(256, config.recipe.batch_size), False, config.seed, config.recipe.num_workers, pin,
+                              device=device, path=eval_path)
 
-    model = build_model(config.model, data.num_classes, in_channels=data.in_channels).to(device)
+    model = build_model(config.model, data.num_classes, in_channels=data.in_channels).to(device, memory_format=memory_format)
     method = build_method(config.method, config.method_params, data.class_counts).to(device)
     teacher = None
     if spec.needs_teacher:
-        teacher = load_checkpoint(teacher_checkpoint, map_location=device, expected_model=config.teacher).to(device).eval()
+        teacher = load_checkpoint(teacher_checkpoint, map_location=device, expected_model=config.teacher).to(
+            device, memory_format=memory_format).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
 
@@ -326,7 +352,12 @@ def run_trial(
     method.setup(model, teacher, sample_x)
     method.to(device)
     params = list(model.parameters()) + list(method.parameters())
-    optimizer = torch.optim.SGD(params, lr=config.recipe.lr, momentum=config.recipe.momentum, weight_decay=config.recipe.weight_decay)
+    # On CUDA: one fused kernel for the whole update (PyTorch's fused SGD); on the CPU the reference
+    # per-tensor update, which keeps CPU runs bit-identical to the runs before it.
+    optimizer = torch.optim.SGD(params, lr=config.recipe.lr, momentum=config.recipe.momentum, weight_decay=config.recipe.weight_decay,
+                                fused=True if cuda else None)
+    if config.recipe.compile:
+        model.compile()  # in place: the state_dict keeps its keys (no `_orig_mod.` prefix)
 
     progress = _Progress()
     if saved is not None:
@@ -352,7 +383,7 @@ def run_trial(
         lr = lr_at(config.recipe, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        epoch_loss, terms = _train_epoch(model, teacher, method, optimizer, train_loader, epoch, device, autocast)
+        epoch_loss, terms = _train_epoch(model, teacher, method, optimizer, train_loader, epoch, device, autocast, channels_last=cuda)
         evaluated = None
         if (epoch + 1) % max(1, config.recipe.eval_every) == 0 or epoch + 1 == config.recipe.epochs:
             # In float32, also on a GPU: bf16 logits tie often enough to bias argmax toward low class ids (the head).
@@ -374,7 +405,7 @@ def run_trial(
         save_checkpoint(checkpoint_dir, model, config, data.num_classes, data.in_channels)
     # No shuffling and the test-size batches: a pass over the training set without touching the RNG streams.
     train_eval_loader = make_loader(without_augmentation(data.train, data.test), max(256, config.recipe.batch_size), False,
-                                    config.seed, config.recipe.num_workers, pin)
+                                    config.seed, config.recipe.num_workers, pin, device=device, path=eval_path)
     group_prob = {
         evaluated_on: group_probability(model, eval_loader, data.class_counts, device),
         "train": group_probability(model, train_eval_loader, data.class_counts, device),

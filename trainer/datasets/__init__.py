@@ -36,6 +36,11 @@ class DatasetInfo:
     in_channels: int
     description: str
     default_num_classes: int | None = None  # with num_classes None: the option's default
+    # The training set is read with random crops and flips (unless the reader's `augment: false`).
+    augments: bool = False
+    # Small enough to be held in memory: the device-resident path (`trainer.device_batches`) serves
+    # it by default; False: read per batch by a DataLoader (ImageNet-size folders).
+    in_memory: bool = True
 
 
 # name -> reader(root=..., **options) -> DataSplit
@@ -54,11 +59,13 @@ DATASET_INFO: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(10, 1, "scikit-learn's 8x8 handwritten digits, offline (1,797 images)"),
     "synthetic": DatasetInfo(None, 1, "generated in code: learnable class prototypes plus noise, deterministic by seed",
                              default_num_classes=100),
-    "cifar10": DatasetInfo(10, 3, "CIFAR-10 via torchvision from <root>/cifar-10-batches-py (50,000 train, 10,000 test, 32x32)"),
-    "cifar100": DatasetInfo(100, 3, "CIFAR-100 via torchvision from <root>/cifar-100-python (50,000 train, 10,000 test, 32x32)"),
-    "tinyimagenet": DatasetInfo(200, 3, "Tiny ImageNet from <root>/tiny-imagenet-200 (100,000 train, 10,000 val as test, 64x64)"),
-    "imagenet_lt": DatasetInfo(1000, 3, "ImageNet-LT: OLTR split lists over ImageNet, already long-tailed (gamma not applied)"),
-    "imagenet": DatasetInfo(1000, 3, "ImageNet-1k class folders <root>/train and <root>/val, cut to the gamma profile"),
+    "cifar10": DatasetInfo(10, 3, "CIFAR-10 via torchvision from <root>/cifar-10-batches-py (50,000 train, 10,000 test, 32x32)", augments=True),
+    "cifar100": DatasetInfo(100, 3, "CIFAR-100 via torchvision from <root>/cifar-100-python (50,000 train, 10,000 test, 32x32)", augments=True),
+    "tinyimagenet": DatasetInfo(200, 3, "Tiny ImageNet from <root>/tiny-imagenet-200 (100,000 train, 10,000 val as test, 64x64)", augments=True),
+    "imagenet_lt": DatasetInfo(1000, 3, "ImageNet-LT: OLTR split lists over ImageNet, already long-tailed (gamma not applied)",
+                             augments=True, in_memory=False),
+    "imagenet": DatasetInfo(1000, 3, "ImageNet-1k class folders <root>/train and <root>/val, cut to the gamma profile",
+                             augments=True, in_memory=False),
     "fashion_mnist": DatasetInfo(10, 1, "Fashion-MNIST idx files, in memory (60,000 train, 10,000 test, 28x28)"),
 }
 
@@ -68,6 +75,23 @@ def num_classes_of(name: str, options: dict | None = None) -> int:
     if info.num_classes is not None:
         return info.num_classes
     return int((options or {}).get("num_classes", info.default_num_classes))
+
+
+DATA_PATHS = ("auto", "device", "loader")
+
+
+def data_path_of(name: str, requested: str = "auto") -> str:
+    """The training data path a trial of dataset `name` takes ("device" or "loader") for the
+    recipe's `data_path`: "auto" is the device path for in-memory sets and the loader for the others."""
+    if requested not in DATA_PATHS:
+        raise ValueError(f"data_path {requested!r}: allowed are {', '.join(DATA_PATHS)}")
+    info = DATASET_INFO[name]
+    if requested == "device" and not info.in_memory:
+        raise ValueError(f"data_path device: dataset {name!r} is read from image folders per batch, not held in memory; "
+                         "use auto or loader")
+    if requested == "auto":
+        return "device" if info.in_memory else "loader"
+    return requested
 
 
 def load_dataset(name: str, root: str | None = None, **options) -> DataSplit:
