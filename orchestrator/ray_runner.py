@@ -55,6 +55,9 @@ def _train_one(tune_config: dict[str, Any]) -> None:
 
     payload = tune_config["payload"]
     torch.set_num_threads(max(1, int(payload.get("cpus", 1))))
+    from orchestrator.packing import cap_gpu_memory
+
+    cap_gpu_memory(payload.get("gpus", 0))  # a packed trial keeps to its share of the GPU's memory
     system_metrics = system_sampler()
     started = time.time()
     where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
@@ -399,19 +402,11 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
 
 def cluster_slots(cpu: float, gpu: float) -> int:
-    """How many trials of this size the cluster's alive nodes hold at once (each trial on one node)."""
-    import ray
+    """How many trials of this size the cluster's alive nodes hold at once (each trial on one node;
+    a fractional GPU request on one GPU: `orchestrator.packing.trials_per_node`)."""
+    from orchestrator.packing import trials_per_node
 
-    slots = 0
-    for node in ray.nodes():
-        if not node.get("Alive"):
-            continue
-        res = node.get("Resources", {})
-        fit = math.floor(res.get("CPU", 0) / cpu + 1e-9) if cpu > 0 else 10**6
-        if gpu > 0:
-            fit = min(fit, math.floor(res.get("GPU", 0) / gpu + 1e-9))
-        slots += fit
-    return slots
+    return sum(trials_per_node(cpu, gpu, node["cpu"], node["gpu"]).trials for node in largest_nodes())
 
 
 def largest_nodes() -> list[dict[str, float]]:
@@ -442,6 +437,7 @@ def trial_payload(t: Trial, sources: dict, tracking_uri: str, resources: dict[st
         "config": t.config.to_dict(),
         "tracking_uri": tracking_uri,
         "cpus": resources.get("cpu", 1),
+        "gpus": resources.get("gpu", 0),
         "resume_root": resume_root,
         **sources,
         **extra,

@@ -193,6 +193,11 @@ def start_ray(address: str | None, cpu: float, gpu: float, wait_s: float, out) -
     if why:
         raise UserError(f"resources: a trial asks for {cpu:g} CPU and {gpu:g} GPU on one node, and {why}; lower resources.cpu/gpu "
                         "in the study, add a node that size, or pass --wait-for-resources MINUTES to an autoscaling cluster")
+    from orchestrator.packing import packing_lines
+    from orchestrator.ray_runner import largest_nodes
+
+    for line in packing_lines(largest_nodes(), cpu, gpu):  # how many trials run at once, before any starts
+        print(line, file=out, flush=True)
 
 
 def _close_orphans_alone(tracker, exp_id: str, study: str, out) -> None:
