@@ -289,3 +289,23 @@ def test_tensor_datasets_keep_their_tensors():
     data = image_tensors(TensorDataset(x, y))
     assert data.images is x and data.augmentation is None
     assert image_tensors(TensorDataset(x, y, y)) is None
+
+
+def test_a_state_saved_with_fused_sgd_resumes_with_this_devices_update(tmp_path):
+    """A state written on CUDA (fused SGD) continued on the CPU keeps the CPU's per-tensor update."""
+    from trainer.loop import _restore
+
+    model = torch.nn.Linear(3, 2)
+    saved_opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    saved_opt.param_groups[0]["fused"] = True  # as a CUDA trial writes it
+    saved = {"model": model.state_dict(), "method": {}, "optimizer": saved_opt.state_dict(), "epoch": 1,
+             "final": None, "best": None, "best_epoch": 0, "reports": [], "rng": None}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    loader = make_loader(TensorDataset(torch.randn(4, 3), torch.zeros(4, dtype=torch.long)), 2, True, 0)
+    import trainer.loop as loop
+
+    saved["rng"] = loop._rng_states(loader)
+    _restore(saved, model, torch.nn.Module(), optimizer, loader, None)
+    assert optimizer.param_groups[0]["fused"] is None and optimizer.param_groups[0]["lr"] == 0.1
+    model(torch.randn(2, 3)).sum().backward()
+    optimizer.step()

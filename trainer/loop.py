@@ -47,6 +47,7 @@ class TrialResult:
     # What `final` and `best` were measured on: "test", or "val" (the balanced validation set of a
     # search trial, `TrialConfig.validation_per_class`; such a trial never reads the test set).
     evaluated_on: str = "test"
+    validation_indices: list[int] | None = None  # the held-out images of the full training set (a search trial)
 
 
 def seed_everything(seed: int) -> None:
@@ -220,7 +221,12 @@ def _restore(saved: dict[str, Any], model, method, optimizer, train_loader,
     """Put a saved state back into the freshly built trial and hand its reports to `saved_report`."""
     model.load_state_dict(saved["model"])
     method.load_state_dict(saved["method"])
+    # How the update is run (fused on CUDA, per tensor on the CPU) is this device's choice, not the
+    # saved one's: load_state_dict would take the saved groups' flags along with their hyperparameters.
+    kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
     optimizer.load_state_dict(saved["optimizer"])
+    for group, flags in zip(optimizer.param_groups, kernels):
+        group.update(flags)
     progress = _Progress(
         start_epoch=saved["epoch"],
         final=EvalResult(**saved["final"]) if saved["final"] is not None else None,
@@ -411,4 +417,4 @@ def run_trial(
         "train": group_probability(model, train_eval_loader, data.class_counts, device),
     }
     return TrialResult(final, best, progress.best_epoch, data.class_counts, data.train_indices, config.recipe.epochs, group_prob,
-                       evaluated_on)
+                       evaluated_on, data.validation_indices)
