@@ -110,12 +110,18 @@ def _train_one(tune_config: dict[str, Any]) -> None:
                     "split_digest": split_digest(result.train_indices),
                 },
             }
-            # The long-tailed choice of images, recorded beside the weights so the split can be rebuilt anywhere.
-            with open(os.path.join(ckpt, "long_tailed_split.json"), "w") as f:
-                json.dump({"dataset": config.dataset, "gamma": config.gamma, "split_seed": config.split_seed,
-                           "class_counts": result.class_counts, "train_indices": result.train_indices}, f)
+            # The long-tailed choice of images, recorded beside the weights so the split can be rebuilt anywhere
+            # (a search trial keeps no weights: its split, with the held-out validation images, goes to its run).
+            split = {"dataset": config.dataset, "gamma": config.gamma, "split_seed": config.split_seed,
+                     "class_counts": result.class_counts, "train_indices": result.train_indices}
+            if config.validation_per_class:
+                split.update(validation_per_class=config.validation_per_class, validation_indices=result.validation_indices)
             if keep:
+                with open(os.path.join(ckpt, "long_tailed_split.json"), "w") as f:
+                    json.dump(split, f)
                 write_manifest(ckpt)
+            else:
+                final[FINAL_KEY]["split"] = split
             tune.report(final, checkpoint=tune.Checkpoint.from_directory(ckpt) if keep else None)
     except DETERMINISTIC_ERRORS as exc:
         # Reported, not raised: Tune retries what raises, and this would fail the same way again.
@@ -350,7 +356,7 @@ class SweepCallback(Callback):
         # the checkpoint is copied into the spool while it is a local folder (a download for remote storage)
         with trial.checkpoint.as_directory() if trial.checkpoint is not None else contextlib.nullcontext() as local:
             self.runs.finished(t, summary, int(final["epoch"]), payload["per_class"], payload["best_per_class"],
-                               payload["class_counts"], local, digest=payload.get("split_digest"))
+                               payload["class_counts"], local, digest=payload.get("split_digest"), split=payload.get("split"))
         self.schedule.teacher_done(t, trial.checkpoint)
         p = "val_" if "val_acc_all" in summary else ""  # a search trial: validation accuracy
         detail = (f"{'val ' if p else ''}all {summary.get(p + 'acc_all', math.nan):5.1f}  tail {summary.get(p + 'acc_tail', math.nan):5.1f}  "

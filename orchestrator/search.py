@@ -489,6 +489,7 @@ def run_search(study_path: str, tracking_uri: str | None, address: str | None, s
     chosen = targets(study, trials)
     ostorage = optuna_storage_uri(uri, optuna_storage)
     search = study.search
+    make_sampler(search.sampler, 0)  # a sampler whose package is missing: refused before anything runs
     for target in chosen:
         if search.pruner == "asha" and search.grace_period >= target.base.recipe.epochs:
             raise UserError(f"search.grace_period = {search.grace_period}: the trials run {target.base.recipe.epochs} epochs; "

@@ -706,7 +706,10 @@ def load_study(path: str | Path, search_results_needed: bool = True) -> StudySpe
     if bad:
         raise UserError(f"{path}: {bad}: NaN or infinite numbers are not allowed")
     study = parse_study(data, str(path))
-    _read_search_points(study, path.parent, missing_ok=not search_results_needed)
+    try:
+        _read_search_points(study, path.parent, missing_ok=not search_results_needed)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
     count = trial_count(study)
     if count > MAX_TRIALS:
         raise UserError(f"{path}: the study expands into {count:,} trials; at most {MAX_TRIALS:,} are allowed "
@@ -832,8 +835,8 @@ def _read_search_points(study: StudySpec, study_dir: Path, missing_ok: bool = Fa
             study._search_points[method] = None  # not written yet: expand leaves the method out
             continue
         if not path.is_file():
-            raise UserError(f"{field} = {params[FROM_SEARCH]!r}: no file {path}; run `ltkd search SEARCH_STUDY.yaml`, "
-                            f"then `ltkd best SEARCH_STUDY.yaml` to write it")
+            raise UserError(f"{field} = {params[FROM_SEARCH]!r}: no file {path}; `ltkd search` the study that searches "
+                            f"{method}, then `ltkd best` it, to write that file")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:

@@ -747,6 +747,7 @@ def fetch_checkpoint(artifact_uri: str, tracking_uri: str, cache_root: str | Non
 
 SCHEMA_METHOD_PARAMS = ("alpha", "beta", "n_groups", "temperature")
 # plus loss_<term> per loss term, and system/<...> (CPU, memory, GPU: the UI's System metrics tab)
+SPLIT_FILE = "long_tailed_split.json"
 EPOCH_METRICS = ("loss", "lr", "acc_all", "acc_head", "acc_medium", "acc_tail",
                  # a search trial's accuracies, on its validation split (it has no acc_*)
                  "val_acc_all", "val_acc_head", "val_acc_medium", "val_acc_tail")
@@ -904,6 +905,7 @@ def trial_params(trial) -> dict[str, Any]:
         "model": cfg.model,
         "n_max": cfg.n_max,
         "split_seed": cfg.split_seed,
+        **({"validation_per_class": cfg.validation_per_class} if cfg.validation_per_class else {}),
     }
     for key, value in mp.items():
         if key not in SCHEMA_METHOD_PARAMS:
@@ -1001,7 +1003,8 @@ class TrialRuns:
             self.writer.set_tags(self.key_of[trial.config_hash], tags)
 
     def finished(self, trial, summary: dict[str, float], step: int, per_class: list[float], best_per_class: list[float],
-                 class_counts: list[int], checkpoint_dir: str | None, digest: str | None = None) -> None:
+                 class_counts: list[int], checkpoint_dir: str | None, digest: str | None = None,
+                 split: dict[str, Any] | None = None) -> None:
         """The trial's results: final metrics, per-class accuracy (JSON; a plot for distillation
         runs), its training data as a dataset input, its checkpoint (teachers are fetched from it)
         and the same weights as an MLflow model. All queued: the writer's threads do the work."""
@@ -1015,6 +1018,8 @@ class TrialRuns:
                                            PER_CLASS_PLOT)
         if digest:
             self.writer.log_input(key, dataset_input(trial, class_counts, digest))
+        if split is not None:  # a run without a checkpoint (a search trial): its split, validation images included
+            self.writer.log_json(key, split, SPLIT_FILE)
         if checkpoint_dir is not None:
             self.writer.log_dir(key, checkpoint_dir, CHECKPOINT_DIR, model_path=MODEL_DIR)
         self.writer.end_run(key, FINISHED)

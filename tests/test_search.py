@@ -115,6 +115,12 @@ def test_every_trial_is_nested_under_its_parent_which_holds_the_best_completed_p
             "search/param_importances.png"} <= artifacts
     local = client.download_artifacts(parent.info.run_id, "search/optimization_history.png", str(folder / "dl"))
     assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the split is recorded with each finished trial (it keeps no checkpoint): 10 validation images per
+    # class, none of them among the training images; and the runs say how it was made
+    split = json.loads(Path(client.download_artifacts(best.info.run_id, "long_tailed_split.json", str(folder / "dl"))).read_text())
+    assert split["validation_per_class"] == 10 and len(split["validation_indices"]) == 100
+    assert not set(split["validation_indices"]) & set(split["train_indices"])
+    assert all(r.data.params["validation_per_class"] == "10" for r in children)
 
 
 def test_no_test_metric_reaches_the_search_or_its_runs(searched):
@@ -202,6 +208,13 @@ def test_search_and_best_refuse_bad_input_with_one_line(tmp_path, capsys):
     assert main(["search", str(study), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
     err = capsys.readouterr().err
     assert "search.grace_period = 16: the trials run 16 epochs" in err, err
+    study.write_text(SMOKE.read_text().replace("sampler: tpe", "sampler: cmaes"))
+    try:
+        import cmaes  # noqa: F401
+    except ImportError:
+        assert main(["search", str(study), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "search.sampler = 'cmaes'" in err and "pip install cmaes" in err, err
     assert not (tmp_path / "m.db").exists() and not (tmp_path / "m-optuna.db").exists()
 
 
