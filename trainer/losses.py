@@ -100,10 +100,19 @@ def _group_logsumexp(logits: torch.Tensor, groups: torch.Tensor, num_groups: int
 
 
 class _Decomposition(NamedTuple):
-    cross: torch.Tensor  # [B]: KL(q || p_G^S), q the (optionally rebalanced) teacher group distribution
+    cross_terms: torch.Tensor  # [B, G]: q_G (log q_G - log p_G^S); a row's sum is KL(q || p_G^S), q the
+    #                            (optionally rebalanced) teacher group distribution
     within: torch.Tensor  # [B, G]: KL(p~_G^T || p~_G^S), each group's within-group KL
     log_pg_t: torch.Tensor  # [B, G]: log p_G^T
-    log_pb: torch.Tensor  # [G]: log p^B_G, the teacher's group probabilities averaged over the batch
+    log_pb_sum: torch.Tensor  # [G]: log sum_b p_G^T = log p^B_G + log B (p^B: the batch mean)
+
+    @property
+    def cross(self) -> torch.Tensor:  # [B]
+        return self.cross_terms.sum(dim=1)
+
+    @property
+    def log_pb(self) -> torch.Tensor:  # [G]: log p^B_G
+        return self.log_pb_sum - math.log(self.log_pg_t.shape[0])
 
 
 def _decompose(student_logits, teacher_logits, groups, temperature, rebalance, num_groups,
@@ -128,15 +137,15 @@ def _decompose(student_logits, teacher_logits, groups, temperature, rebalance, n
         index = groups.unsqueeze(0).expand_as(z_t)
         p_within_t = torch.exp(z_t - group_lse_t.gather(1, index))
         mean_diff = z_t.new_zeros(group_lse_t.shape).scatter_add(1, index, p_within_t * (z_t - z_s))
-    within = mean_diff - group_lse_t + group_lse_s
+    within = mean_diff + (group_lse_s - group_lse_t)
     log_pg_s = F.log_softmax(group_lse_s, dim=1)  # log p_G, student
     log_pg_t = F.log_softmax(group_lse_t, dim=1)  # log p_G, teacher
-    log_pb = torch.logsumexp(log_pg_t, dim=0) - math.log(log_pg_t.shape[0])  # log p^B_G
-    # q_G = s_G p_G / sum(s p), s_G = mean(p^B) / p^B_G: mean(p^B) is a constant factor that the
-    # normalisation cancels, so log q = log_softmax(log p_G - log p^B_G).
-    log_q = F.log_softmax(log_pg_t - log_pb, dim=1) if rebalance else log_pg_t
-    cross = F.kl_div(log_pg_s, log_q, log_target=True, reduction="none").sum(dim=1)
-    return _Decomposition(cross, within, log_pg_t, log_pb)
+    log_pb_sum = torch.logsumexp(log_pg_t, dim=0)  # log (B p^B_G)
+    # q_G = s_G p_G / sum(s p), s_G = mean(p^B) / p^B_G: mean(p^B), and B, are constant factors that
+    # the normalisation cancels, so log q = log_softmax(log p_G - log (B p^B_G)).
+    log_q = F.log_softmax(log_pg_t - log_pb_sum, dim=1) if rebalance else log_pg_t
+    cross_terms = F.kl_div(log_pg_s, log_q, log_target=True, reduction="none")
+    return _Decomposition(cross_terms, within, log_pg_t, log_pb_sum)
 
 
 def _layout_for(groups: torch.Tensor, num_groups: int | None, layout: GroupLayout | None):
@@ -175,13 +184,13 @@ def ltkd_loss(
     groups = groups.to(student_logits.device)
     num_groups, layout = _layout_for(groups, num_groups, layout)
     d = _decompose(student_logits, teacher_logits, groups, temperature, rebalance, num_groups, layout)
-    if reweight:
-        # Uniform weight: every group's KL counts once, whatever the teacher's mass on it.
-        within = d.within.sum(dim=1)
-    else:
-        # Weighted by the teacher's group probability p_G^T (KD's own decomposition).
-        within = (torch.exp(d.log_pg_t) * d.within).sum(dim=1)
-    return (alpha * d.cross + beta * within).mean() * temperature**2
+    # Uniform weight (reweight): every group's KL counts once, whatever the teacher's mass on it;
+    # else weighted by the teacher's group probability p_G^T (KD's own decomposition).
+    within = d.within if reweight else torch.exp(d.log_pg_t) * d.within
+    # One [B, G] sum for both terms: alpha * cross + beta * within, batch mean, times T^2.
+    terms = (torch.add(d.cross_terms * alpha, within, alpha=beta) if isinstance(beta, (int, float))
+             else d.cross_terms * alpha + within * beta)
+    return terms.sum() * (temperature**2 / student_logits.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------
