@@ -91,31 +91,55 @@ def test_transforms_it_cannot_reproduce_stay_on_the_loader():
 # ---------------------------------------------------------------- the same images, exactly
 
 
-def test_same_images_as_the_dataloader_path_for_the_same_draws(cifar, monkeypatch):
-    """A DataLoader over the dataset (its own __getitem__: PIL, RandomCrop, RandomHorizontalFlip,
+def _assert_same_as_the_loader(train, size, monkeypatch):
+    """A DataLoader over `train` (its own __getitem__: PIL, RandomCrop, RandomHorizontalFlip,
     ToTensor, Normalize) with torchvision's draws replaced by given ones, against the device path
     with the same draws: equal float32 tensors, every crop position and both flips covered."""
     import torchvision.transforms as T
     import torchvision.transforms.functional as TF
 
-    n = len(cifar.train)
-    grid = [(i, j, f) for i in range(9) for j in range(9) for f in (False, True)]
-    draws = [grid[k % len(grid)] for k in range(n)]
-    crops = iter([(i, j, 32, 32) for i, j, _ in draws])
-    flips = iter([f for _, _, f in draws])
-    monkeypatch.setattr(T.RandomCrop, "get_params", staticmethod(lambda img, size: next(crops)))
-    monkeypatch.setattr(T.RandomHorizontalFlip, "forward", lambda self, img: TF.hflip(img) if next(flips) else img)
-    expected_x, expected_y = next(iter(DataLoader(cifar.train, batch_size=n, shuffle=False)))
-
-    data = image_tensors(cifar.train)
-    top, left, flip = (torch.tensor(v) for v in zip(*draws))
-    got = crop_flip(data.images, top, left, flip, data.augmentation)
     from trainer.device_batches import normalise
 
-    got = normalise(got, torch.tensor(data.mean), torch.tensor(data.std))
+    n = len(train)
+    grid = [(i, j, f) for i in range(9) for j in range(9) for f in (False, True)]
+    draws = [grid[k % len(grid)] for k in range(n)]
+    crops = iter([(i, j, size, size) for i, j, _ in draws])
+    flips = iter([f for _, _, f in draws])
+    monkeypatch.setattr(T.RandomCrop, "get_params", staticmethod(lambda img, output_size: next(crops)))
+    monkeypatch.setattr(T.RandomHorizontalFlip, "forward", lambda self, img: TF.hflip(img) if next(flips) else img)
+    expected_x, expected_y = next(iter(DataLoader(train, batch_size=n, shuffle=False)))
+
+    data = image_tensors(train)
+    assert data.augmentation == Augmentation((size, size), 4, 0.5)
+    top, left, flip = (torch.tensor(v) for v in zip(*draws))
+    got = normalise(crop_flip(data.images, top, left, flip, data.augmentation), torch.tensor(data.mean), torch.tensor(data.std))
     assert got.dtype == expected_x.dtype and got.shape == expected_x.shape
     assert torch.equal(got, expected_x)
     assert torch.equal(data.targets, expected_y)
+
+
+def test_same_images_as_the_dataloader_path_for_the_same_draws(cifar, monkeypatch):
+    _assert_same_as_the_loader(cifar.train, 32, monkeypatch)
+
+
+def test_tiny_imagenet_files_are_decoded_once_and_read_alike(tmp_path, monkeypatch):
+    """An image list (Tiny ImageNet's reader): its files decoded once, as its __getitem__ decodes
+    them (PIL, RGB); then the same images as the DataLoader path for the same draws."""
+    from PIL import Image
+
+    folder = tmp_path / "tiny-imagenet-200"
+    rng = np.random.default_rng(4)
+    wnids = [f"n{i:08d}" for i in range(200)]
+    folder.mkdir()
+    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    for w in wnids:
+        (folder / "train" / w / "images").mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / "train" / w / "images" / f"{w}_0.png")
+    (folder / "val" / "images").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / "val" / "images" / "val_0.png")
+    (folder / "val" / "val_annotations.txt").write_text(f"val_0.png\t{wnids[0]}\t0\t0\t63\t63\n")
+    data = build_long_tailed("tinyimagenet", 1, root=str(tmp_path))
+    _assert_same_as_the_loader(data.train, 64, monkeypatch)
 
 
 def test_device_batches_serve_the_drawn_crops_in_the_shuffled_order(cifar):
