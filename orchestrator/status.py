@@ -58,7 +58,8 @@ def detail(trial: Trial, state: str, states: dict[str, RunState], names: dict[st
 
 def show_status(study_path: str, tracking_uri: str | None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    study, uri, tracker, exp_id, plan = open_plan(study_path, tracking_uri, create=False)
+    # A grid method that takes its values from a search not run yet is left out, not refused.
+    study, uri, tracker, exp_id, plan = open_plan(study_path, tracking_uri, create=False, search_results_needed=False)
     states: dict[str, RunState] = {}
     if tracker is not None and exp_id is not None:
         try:
@@ -80,4 +81,39 @@ def show_status(study_path: str, tracking_uri: str | None, out: TextIO | None = 
     print(f"study {study.name}: " + ", ".join(f"{counts[s]} {s}" for s in SUMMARY_STATES), file=out)
     if by_state["skipped"]:
         print(f"  ({len(by_state['skipped'])} of the missing are skipped: their teacher failed)", file=out)
+    if study.search is not None:
+        for line in search_lines(study, tracker, exp_id):
+            print(line, file=out)
     return 0
+
+
+def search_lines(study, tracker, exp_id: str | None) -> list[str]:
+    """One line per (pair, γ) search of the study: its trials by outcome, and its best point so far."""
+    from orchestrator.search import SEARCH_KEY_TAG, targets
+    from orchestrator.tracking import filter_literal
+
+    metric = study.search.metric
+    lines = []
+    for target in targets(study):
+        counts = {"complete": 0, "pruned": 0, "failed": 0, "running": 0}
+        best = None
+        if tracker is not None and exp_id is not None:
+            runs = tracker.client.search_runs([exp_id], f"tags.`{SEARCH_KEY_TAG}` = {filter_literal(target.key)} and tags.role = 'distill'",
+                                              max_results=50_000)
+            for run in runs:
+                status = run.info.status
+                if status == FINISHED:
+                    counts["complete"] += 1
+                    value, number = run.data.metrics.get(metric), int(run.data.tags.get("search_trial", -1))
+                    if value is not None and (best is None or (value, -number) > (best[0], -best[1])):
+                        best = (value, number)  # ties: the earliest trial, as Optuna's best_trial and `ltkd best`
+                elif status == "KILLED" and run.data.tags.get("pruned") == "true":
+                    counts["pruned"] += 1
+                elif status == "FAILED":
+                    counts["failed"] += 1
+                else:
+                    counts["running"] += 1  # RUNNING, or KILLED by a stopped search: continued by the next one
+        shown = ", ".join(f"{n} {k}" for k, n in counts.items())
+        best_text = f"; best {metric} {best[0]:.2f} (trial #{best[1]})" if best else ""
+        lines.append(f"search {target.label}: {shown} of {study.search.trials}{best_text}")
+    return lines

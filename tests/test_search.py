@@ -152,6 +152,12 @@ def test_rerun_of_a_finished_search_does_nothing(searched, capsys):
     assert len(after) == len(before)
     ostudy, _ = _ostudy(folder, study_file)
     assert len(ostudy.trials) == 8
+    # `ltkd status` says where the search stands, from the tracking store alone
+    assert main(["status", str(study_file), "--tracking-uri", uri]) == 0
+    status = capsys.readouterr().out
+    counts = {s.name: sum(t.state == s for t in ostudy.trials) for s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
+    assert (f"search ltkd cnn_w32>cnn_w8 g10: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, 0 failed, 0 running of 8; "
+            f"best val_acc_tail {ostudy.best_value:.2f} (trial #{ostudy.best_trial.number})") in status, status
 
 
 def test_best_writes_the_override_and_the_grid_runs_the_chosen_point(searched, capsys):
