@@ -333,3 +333,17 @@ def test_a_state_saved_with_fused_sgd_resumes_with_this_devices_update(tmp_path)
     assert optimizer.param_groups[0]["fused"] is None and optimizer.param_groups[0]["lr"] == 0.1
     model(torch.randn(2, 3)).sum().backward()
     optimizer.step()
+
+
+def test_which_path_a_dataset_takes():
+    from trainer.datasets import data_path_of
+
+    assert [data_path_of(d) for d in ("cifar100", "tinyimagenet", "fashion_mnist", "digits", "imagenet", "imagenet_lt")] == \
+        ["device"] * 4 + ["loader"] * 2
+    assert data_path_of("cifar100", "loader") == "loader" and data_path_of("digits", "device") == "device"
+    with pytest.raises(ValueError, match="image folders"):
+        data_path_of("imagenet", "device")
+    with pytest.raises(ValueError, match="allowed"):
+        data_path_of("cifar100", "gpu")
+    with pytest.raises(ValueError, match="allowed"):
+        make_loader(TensorDataset(torch.zeros(2, 1), torch.zeros(2)), 1, False, 0, path="gpu")
