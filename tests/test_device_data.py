@@ -347,3 +347,19 @@ def test_which_path_a_dataset_takes():
         data_path_of("cifar100", "gpu")
     with pytest.raises(ValueError, match="allowed"):
         make_loader(TensorDataset(torch.zeros(2, 1), torch.zeros(2)), 1, False, 0, path="gpu")
+
+
+def test_a_trial_without_augmentation_is_the_same_on_both_paths(tmp_path):
+    """digits (an in-memory set, no augmentation): the same trial through the device path and through
+    tensor indexing (the former path) ends with bit-identical weights and results."""
+    from trainer.loop import CHECKPOINT_FILE, run_trial
+
+    out = []
+    for path in ("device", "loader"):
+        config = TrialConfig(role="student", dataset="digits", gamma=10, model="cnn_w8", seed=3, device="cpu",
+                             recipe=Recipe(epochs=2, data_path=path))
+        result = run_trial(config, checkpoint_dir=str(tmp_path / path))
+        out.append((result, torch.load(str(tmp_path / path / CHECKPOINT_FILE), weights_only=True)["state_dict"]))
+    (a, wa), (b, wb) = out
+    assert a.final == b.final and a.group_probability == b.group_probability
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
