@@ -512,6 +512,19 @@ class StudySpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _check_data_path(self) -> "StudySpec":
+        """recipe.data_path: device only for a dataset held in memory (`trainer.datasets.data_path_of`)."""
+        from trainer.datasets import data_path_of
+
+        for field, value in (("recipe.data_path", self.recipe.data_path), ("teacher_recipe.data_path", self.teacher_recipe.get("data_path"))):
+            if value is not None:
+                try:
+                    data_path_of(self.dataset.name, value)
+                except ValueError as exc:
+                    raise UserError(f"{field} = {value!r}: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
     def _check_method_params(self) -> "StudySpec":
         num_classes = num_classes_of(self.dataset.name, self.dataset.options)
         for name, params in self.methods.items():

@@ -363,3 +363,22 @@ def test_a_trial_without_augmentation_is_the_same_on_both_paths(tmp_path):
     (a, wa), (b, wb) = out
     assert a.final == b.final and a.group_probability == b.group_probability
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_study_asking_the_device_path_for_image_folders_is_refused(tmp_path):
+    import yaml
+
+    from orchestrator.errors import UserError
+    from orchestrator.study import load_study
+
+    study = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "studies", "smoke.yaml")))
+    for dataset, recipe_key in (("imagenet", "recipe"), ("imagenet_lt", "teacher_recipe")):
+        bad = {**study, "dataset": {**study["dataset"], "name": dataset, "root": str(tmp_path)}}
+        bad[recipe_key] = {**(bad.get(recipe_key) or {}), "data_path": "device"}
+        path = tmp_path / f"{dataset}.yaml"
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(UserError, match=f"{recipe_key}.data_path = 'device': dataset '{dataset}' is read from image folders"):
+            load_study(path)
+    ok = {**study, "recipe": {**study["recipe"], "data_path": "loader", "compile": True}}
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(ok))
+    assert load_study(tmp_path / "ok.yaml").recipe.data_path == "loader"

@@ -87,8 +87,8 @@ def data_path_of(name: str, requested: str = "auto") -> str:
         raise ValueError(f"data_path {requested!r}: allowed are {', '.join(DATA_PATHS)}")
     info = DATASET_INFO[name]
     if requested == "device" and not info.in_memory:
-        raise ValueError(f"data_path device: dataset {name!r} is read from image folders per batch, not held in memory; "
-                         "use auto or loader")
+        raise ValueError(f"dataset {name!r} is read from image folders per batch, not held in memory: the device path "
+                         "cannot serve it; use auto or loader")
     if requested == "auto":
         return "device" if info.in_memory else "loader"
     return requested
