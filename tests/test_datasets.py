@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
 import subprocess
 import sys
 
@@ -23,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Subset, TensorDataset
 
+from fake_cifar import write_cifar10, write_pickle
 from trainer.data import build_long_tailed, long_tailed_counts
 from trainer.datasets import DATASET_INFO, DATASETS, load_dataset
 
@@ -87,12 +87,6 @@ def _cifar_images(labels):
     return np.repeat((2 * labels).astype(np.uint8)[:, None], 3072, axis=1)
 
 
-def _pickle(path, obj):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump(obj, f)
-
-
 @pytest.fixture(scope="module")
 def cifar_root(tmp_path_factory):
     """Fake cifar-100-python/{train,test,meta} and cifar-10-batches-py/* in torchvision's format."""
@@ -101,25 +95,19 @@ def cifar_root(tmp_path_factory):
     base = root / "cifar-100-python"
     for part, per_class in (("train", CIFAR100_TRAIN_PER_CLASS), ("test", CIFAR100_TEST_PER_CLASS)):
         labels = rng.permutation(np.repeat(np.arange(100), per_class)).tolist()
-        _pickle(base / part, {
+        write_pickle(base / part, {
             "filenames": [f"img_{i}.png" for i in range(len(labels))],
             "batch_label": f"{part} batch",
             "fine_labels": labels,
             "coarse_labels": [lab // 5 for lab in labels],
             "data": _cifar_images(labels),
         })
-    _pickle(base / "meta", {"fine_label_names": [f"fine{i}" for i in range(100)],
+    write_pickle(base / "meta", {"fine_label_names": [f"fine{i}" for i in range(100)],
                             "coarse_label_names": [f"coarse{i}" for i in range(20)]})
-    base = root / "cifar-10-batches-py"
-    for b in range(1, 6):  # 10 classes x 10 images, 20 per batch
-        labels = rng.permutation(np.repeat(np.arange(10), 2)).tolist()
-        _pickle(base / f"data_batch_{b}", {"batch_label": f"batch {b}", "labels": labels,
-                                           "data": _cifar_images(labels), "filenames": [""] * 20})
-    labels = rng.permutation(np.repeat(np.arange(10), 3)).tolist()
-    _pickle(base / "test_batch", {"batch_label": "test", "labels": labels, "data": _cifar_images(labels),
-                                  "filenames": [""] * 30})
-    _pickle(base / "batches.meta", {"label_names": [f"c{i}" for i in range(10)], "num_cases_per_batch": 20,
-                                    "num_vis": 3072})
+    # CIFAR-10: 10 classes x 10 training images (five batches of 20), 3 test images per class
+    train = np.concatenate([rng.permutation(np.repeat(np.arange(10), 2)) for _ in range(5)])
+    test = rng.permutation(np.repeat(np.arange(10), 3))
+    write_cifar10(root / "cifar-10-batches-py", train.tolist(), _cifar_images(train), test.tolist(), _cifar_images(test))
     return str(root)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import torch
 from scipy import stats
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from fake_cifar import write_cifar10
 from trainer.config import AUGMENT_STREAM, Recipe, TrialConfig
 from trainer.data import build_long_tailed, make_loader, without_augmentation
 from trainer.device_batches import (
@@ -30,29 +30,15 @@ from trainer.device_batches import (
 CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 24, 4
 
 
-def _pickle(path, obj):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump(obj, f)
-
-
 @pytest.fixture(scope="module")
 def cifar_root(tmp_path_factory):
     """A small CIFAR-10 in torchvision's on-disk format with random pixels (read with check_md5: false)."""
     root = tmp_path_factory.mktemp("cifar")
     rng = np.random.default_rng(0)
-    base = root / "cifar-10-batches-py"
-    per_batch = CLASSES * TRAIN_PER_CLASS // 5
-    labels_all = rng.permutation(np.repeat(np.arange(CLASSES), TRAIN_PER_CLASS))
-    for b in range(5):
-        labels = labels_all[b * per_batch:(b + 1) * per_batch].tolist()
-        _pickle(base / f"data_batch_{b + 1}", {"batch_label": f"batch {b}", "labels": labels, "filenames": [""] * len(labels),
-                                               "data": rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)})
-    labels = rng.permutation(np.repeat(np.arange(CLASSES), TEST_PER_CLASS)).tolist()
-    _pickle(base / "test_batch", {"batch_label": "test", "labels": labels, "filenames": [""] * len(labels),
-                                  "data": rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)})
-    _pickle(base / "batches.meta", {"label_names": [f"c{i}" for i in range(CLASSES)], "num_cases_per_batch": per_batch,
-                                    "num_vis": 3072})
+    train = rng.permutation(np.repeat(np.arange(CLASSES), TRAIN_PER_CLASS))
+    test = rng.permutation(np.repeat(np.arange(CLASSES), TEST_PER_CLASS))
+    write_cifar10(root / "cifar-10-batches-py", train.tolist(), rng.integers(0, 256, (len(train), 3072), dtype=np.uint8),
+                  test.tolist(), rng.integers(0, 256, (len(test), 3072), dtype=np.uint8))
     return str(root)
 
 
