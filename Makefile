@@ -23,7 +23,10 @@ test: install
 	$(BIN)/pytest -q
 
 bench: install
-	$(BIN)/python bench/bench_losses.py
+	PYTHONPATH=. $(BIN)/python bench/bench_losses.py
+	PYTHONPATH=. $(BIN)/python bench/bench_data.py
+	PYTHONPATH=. $(BIN)/python bench/bench_step.py
+	PYTHONPATH=. $(BIN)/python bench/bench_packing.py
 
 clean:
 	rm -rf mlflow.db mlruns tables-out .pytest_cache
