@@ -34,8 +34,8 @@ import yaml
 
 from orchestrator.errors import RunFailure, UserError
 from orchestrator.study import (FROM_SEARCH, PairSpec, RangeSpec, StudySpec, Trial, config_hash, expand, full_params,
-                                load_study, row_label)
-from orchestrator.tracking import FINISHED, NOTE_TAG, Tracker, check_reachable, git_commit, resolve_tracking_uri
+                                load_study)
+from orchestrator.tracking import CELL_TAG, FINISHED, NOTE_TAG, Tracker, check_reachable, git_commit, resolve_tracking_uri
 from trainer.config import TrialConfig
 from trainer.methods import METHODS
 from trainer.recipes import resolve_recipe
@@ -180,7 +180,8 @@ def search_trial(target: Target, number: int, params: dict[str, Any], study: Stu
     cfg = replace(target.base, method_params=full_params(study, method, point, target.pair.teacher, target.pair.student))
     ident = config_hash(cfg, target.teacher.config_hash)
     key = hashlib.sha256(f"{ident}:{target.key}:{number}".encode()).hexdigest()[:16]
-    label = row_label(METHODS[method].display or method, params, list(params))
+    shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    label = f"{METHODS[method].display or method} #{number} ({shown})"  # the run's name starts with it
     return Trial(cfg, key, target.teacher.config_hash, label, f"search {target.label} #{number}")
 
 
@@ -310,7 +311,8 @@ class _SearchSchedule:
         pass
 
 
-def make_callback(searcher, asha, runs, progress, outcomes, max_attempts: int, poll, metric: str, numbers: dict[str, int]):
+def make_callback(searcher, asha, runs, progress, outcomes, max_attempts: int, poll, metric: str, numbers: dict[str, int],
+                  cell: str):
     from orchestrator.ray_runner import ERROR_KEY, FINAL_KEY, Outcome, SweepCallback
 
     class SearchCallback(SweepCallback):
@@ -325,7 +327,8 @@ def make_callback(searcher, asha, runs, progress, outcomes, max_attempts: int, p
             super().on_trial_start(iteration, trials, trial, **info)
             t = self._trial(trial)
             if t is not None:
-                self.runs.set_tags(t, {"search_trial": numbers[t.config_hash]})
+                # The study's runs view groups by cell: a search's trials (and its parent) form one group.
+                self.runs.set_tags(t, {"search_trial": numbers[t.config_hash], CELL_TAG: cell})
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             t = self._trial(trial)
@@ -374,6 +377,7 @@ def parent_run(tracker: Tracker, exp_id: str, study: StudySpec, target: Target, 
               **({"grace_period": search.grace_period, "reduction_factor": search.reduction_factor} if search.pruner == "asha" else {}),
               **{f"fixed.{k}": v for k, v in fixed_params(study).items()}}
     tags = {"study": study.name, "role": "search", SEARCH_KEY_TAG: target.key, "teacher_hash": target.teacher.config_hash,
+            CELL_TAG: search_cell(target),
             "git_commit": git_commit(), "budget": str(budget),
             NOTE_TAG: (f"Optuna search ({search.sampler}, {'ASHA' if search.pruner == 'asha' else 'no pruning'}) of "
                        f"{search.method}'s {', '.join(search.space)} for {target.pair.teacher}→{target.pair.student} at γ = "
@@ -390,6 +394,14 @@ def find_parent(tracker: Tracker, exp_id: str, key: str) -> str | None:
     found = tracker.client.search_runs([exp_id], f"tags.`{SEARCH_KEY_TAG}` = {filter_literal(key)} and tags.role = 'search'",
                                        max_results=1)
     return found[0].info.run_id if found else None
+
+
+def search_cell(target: Target) -> str:
+    """The `cell` tag of a search's parent and trials (the UI's group), e.g. "search LTKD w32>w8 γ10"."""
+    from orchestrator.tracking import short_model
+
+    method = METHODS[target.base.method].display or target.base.method
+    return f"search {method} {short_model(target.pair.teacher)}>{short_model(target.pair.student)} γ{target.gamma:g}"
 
 
 def _budget_of(tracker: Tracker, run_id: str) -> int:
@@ -527,6 +539,9 @@ def run_search(study_path: str, tracking_uri: str | None, address: str | None, s
     finally:
         lease.release()
         leftovers.forget()
+    from orchestrator.sweep import browse_hint
+
+    print(browse_hint(uri, study.name, exp_id) + " (each search is a parent run; expand it for its trials)", file=out)
     print(f"best points: ltkd best {study_path}" + (f" --tracking-uri {uri}" if tracking_uri else ""), file=out)
     if failures:
         raise RunFailure(f"{failures} search trial(s) failed (their errors are on their runs); rerun to fill the budget "
@@ -599,7 +614,7 @@ def _search_one(study: StudySpec, study_path: str, target: Target, tracker: Trac
             if search.pruner == "asha" else None)
     outcomes: dict = {}
     callback = make_callback(searcher, asha, runs, progress, outcomes, study.resources.max_retries + 1, None, search.metric,
-                             numbers)
+                             numbers, search_cell(target))
     started = time.time()
     stopped = False
     try:

@@ -864,7 +864,8 @@ def runs_view_state() -> dict[str, Any]:
     """The runs table as the study's link opens it: grouped by table cell (each group's row shows the
     mean over its seeds), with the method, γ, seed, dataset and accuracy columns, run names wide enough."""
     columns = ["metrics.`acc_all`", "metrics.`acc_tail`", "metrics.`acc_head`", "metrics.`acc_medium`",
-               "params.`method`", "params.`gamma`", "params.`seed`"]
+               "params.`method`", "params.`gamma`", "params.`seed`",
+               "metrics.`val_acc_tail`", "metrics.`val_acc_all`"]  # a search's trials (`ltkd search`) have only these
     name_column = "attributes.`Run Name`"
     return {
         "selectedColumns": columns,
