@@ -189,48 +189,67 @@ def search_trial(target: Target, number: int, params: dict[str, Any], study: Stu
 # Tune side: the searcher (Optuna ask), the scheduler (ASHA) and the callback (MLflow + Optuna tell)
 
 
-def make_searcher(ostudy, dists: dict[str, Any], budget: int, make_trial: Callable[[int, dict], Trial],
+@dataclass
+class Running:
+    """One (pair, γ) search of a Tune run that serves all of a study's searches: its Optuna study,
+    parent run, and what it had before this run (ended trials, trials a stopped search left RUNNING)."""
+
+    target: Target
+    ostudy: Any
+    parent: str
+    budget: int
+    before: "SearchSummary"
+    stale: list  # Optuna's FrozenTrials left RUNNING: handed out again first, same number and point
+    asked: int = 0  # new points asked in this run
+
+    @property
+    def ended_before(self) -> int:
+        return self.before.complete + self.before.pruned + self.before.failed
+
+    def progress(self) -> int:
+        return self.ended_before + self.before.running + self.asked
+
+    def can_ask(self) -> bool:
+        return self.progress() < self.budget
+
+
+def make_searcher(searches: list[Running], dists: dict[str, Any], make_trial: Callable[[Running, int, dict], Trial],
                   payload: Callable[[Trial], dict], metric: str):
     from ray.tune.search import Searcher
 
     class OptunaAskSearcher(Searcher):
-        """Hands Tune the trials Optuna proposes (ask), after the unfinished ones of a stopped search."""
+        """Hands Tune the trials Optuna proposes (ask) for each search, after the unfinished ones of a
+        stopped search; new points go to the search that is least far along, so all progress together."""
 
         def __init__(self):
             super().__init__(metric=metric, mode="max")
-            import optuna
-
-            states = [t.state for t in ostudy.get_trials(deepcopy=False)]
-            running = optuna.trial.TrialState.RUNNING
-            self.stale = [t for t in ostudy.get_trials(deepcopy=False) if t.state == running]
-            self.ended_before = sum(1 for s in states if s != running)
-            self.asked = 0
             self.by_trial_id: dict[str, Trial] = {}
+            self.search_of: dict[str, Running] = {}
             self.optuna_id: dict[str, int] = {}  # Tune trial id -> Optuna's storage id
             self.number: dict[str, int] = {}
             self.reported: dict[str, set[int]] = {}
-            self.resumed = len(self.stale)
 
         def set_search_properties(self, metric, mode, config, **spec) -> bool:
             return True
 
-        def remaining(self) -> int:
-            return max(0, budget - self.ended_before - self.resumed - self.asked)
-
         def suggest(self, trial_id: str):
-            if self.stale:
-                frozen = self.stale.pop(0)
+            stale = next((s for s in searches if s.stale), None)
+            if stale is not None:
+                search, frozen = stale, stale.stale.pop(0)
                 number, params, optuna_id = frozen.number, dict(frozen.params), frozen._trial_id
                 self.reported[trial_id] = set(frozen.intermediate_values)
-            elif self.remaining() > 0:
-                asked = ostudy.ask(dists)
-                self.asked += 1
+            else:
+                open_ = [s for s in searches if s.can_ask()]
+                if not open_:
+                    return Searcher.FINISHED
+                search = min(open_, key=lambda s: s.progress() / s.budget)
+                asked = search.ostudy.ask(dists)
+                search.asked += 1
                 number, params, optuna_id = asked.number, dict(asked.params), asked._trial_id
                 self.reported[trial_id] = set()
-            else:
-                return Searcher.FINISHED
-            t = make_trial(number, params)
+            t = make_trial(search, number, params)
             self.by_trial_id[trial_id] = t
+            self.search_of[trial_id] = search
             self.optuna_id[trial_id] = optuna_id
             self.number[trial_id] = number
             return {"payload": payload(t)}
@@ -242,7 +261,8 @@ def make_searcher(ostudy, dists: dict[str, Any], budget: int, make_trial: Callab
                 step = int(result["epoch"])
                 if step not in self.reported[trial_id]:
                     self.reported[trial_id].add(step)
-                    ostudy._storage.set_trial_intermediate_value(self.optuna_id[trial_id], step, float(result[metric]))
+                    self.search_of[trial_id].ostudy._storage.set_trial_intermediate_value(
+                        self.optuna_id[trial_id], step, float(result[metric]))
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             pass  # see report
@@ -260,8 +280,8 @@ def make_searcher(ostudy, dists: dict[str, Any], budget: int, make_trial: Callab
                 state, optuna.trial.TrialState.FAIL)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ostudy.tell(number, value if kind == optuna.trial.TrialState.COMPLETE else None, state=kind,
-                            skip_if_finished=True)
+                self.search_of[trial_id].ostudy.tell(number, value if kind == optuna.trial.TrialState.COMPLETE else None,
+                                                     state=kind, skip_if_finished=True)
 
         def save(self, checkpoint_path: str) -> None:
             pass  # resuming is Optuna's storage's business, not Tune's experiment restore
@@ -298,6 +318,49 @@ def make_asha(metric: str, epochs: int, grace_period: int, reduction_factor: int
     return RecordingASHA()
 
 
+def make_routing_asha(searches: list[Running], metric: str, grace_period: int, reduction_factor: int,
+                      key_of: Callable[[Any], str]):
+    """One ASHA per search inside one Tune run: a trial is compared only with the trials of its own
+    (pair, γ), whose accuracies are on its own scale. `key_of(tune_trial)` names its search."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    class PerSearchASHA(FIFOScheduler):
+        def __init__(self):
+            super().__init__()
+            self.subs = {s.target.key: make_asha(metric, s.target.base.recipe.epochs, grace_period, reduction_factor)
+                         for s in searches}
+
+        @property
+        def stopped(self) -> dict[str, int]:
+            return {k: v for sub in self.subs.values() for k, v in sub.stopped.items()}
+
+        def _sub(self, trial):
+            return self.subs[key_of(trial)]
+
+        def set_search_properties(self, metric, mode, **spec) -> bool:
+            return True
+
+        def on_trial_add(self, tune_controller, trial):
+            self._sub(trial).on_trial_add(tune_controller, trial)
+
+        def on_trial_error(self, tune_controller, trial):
+            self._sub(trial).on_trial_error(tune_controller, trial)
+
+        def on_trial_result(self, tune_controller, trial, result):
+            return self._sub(trial).on_trial_result(tune_controller, trial, result)
+
+        def on_trial_complete(self, tune_controller, trial, result):
+            self._sub(trial).on_trial_complete(tune_controller, trial, result)
+
+        def on_trial_remove(self, tune_controller, trial):
+            self._sub(trial).on_trial_remove(tune_controller, trial)
+
+        def debug_string(self) -> str:
+            return ""
+
+    return PerSearchASHA()
+
+
 class _SearchSchedule:
     """What SweepCallback asks of a schedule, for a search: trials by Tune id, no dependencies."""
 
@@ -312,7 +375,7 @@ class _SearchSchedule:
 
 
 def make_callback(searcher, asha, runs, progress, outcomes, max_attempts: int, poll, metric: str, numbers: dict[str, int],
-                  cell: str):
+                  cells: dict[str, str]):
     from orchestrator.ray_runner import ERROR_KEY, FINAL_KEY, Outcome, SweepCallback
 
     class SearchCallback(SweepCallback):
@@ -328,7 +391,7 @@ def make_callback(searcher, asha, runs, progress, outcomes, max_attempts: int, p
             t = self._trial(trial)
             if t is not None:
                 # The study's runs view groups by cell: a search's trials (and its parent) form one group.
-                self.runs.set_tags(t, {"search_trial": numbers[t.config_hash], CELL_TAG: cell})
+                self.runs.set_tags(t, {"search_trial": numbers[t.config_hash], CELL_TAG: cells[t.config_hash]})
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             t = self._trial(trial)
@@ -523,7 +586,6 @@ def run_search(study_path: str, tracking_uri: str | None, address: str | None, s
         print(f"search {study.name}: {len(chosen)} search(es) of {search.method} ({search.sampler}, "
               f"{'ASHA' if search.pruner == 'asha' else 'no pruning'}), {search.trials} trials each, maximising "
               f"{search.metric}; optuna storage {ostorage}", file=out, flush=True)
-        failures = 0
         ray_ready = [False]
 
         def ensure_ray() -> None:  # only when a search has trials to run (joined already if the sweep ran teachers)
@@ -533,9 +595,8 @@ def run_search(study_path: str, tracking_uri: str | None, address: str | None, s
                 start_ray(address, study.resources.cpu, study.resources.gpu, 0.0, out)
                 ray_ready[0] = True
 
-        for target in chosen:
-            failures += _search_one(study, study_path, target, tracker, exp_id, uri, ostorage, storage,
-                                    spool_folder(storage, uri, study.name), done, out, outage_limit_s, ensure_ray)
+        failures = _search_all(study, study_path, chosen, tracker, exp_id, uri, ostorage, storage,
+                               spool_folder(storage, uri, study.name), done, out, outage_limit_s, ensure_ray)
     finally:
         lease.release()
         leftovers.forget()
@@ -549,53 +610,60 @@ def run_search(study_path: str, tracking_uri: str | None, address: str | None, s
     return 0
 
 
-def _search_one(study: StudySpec, study_path: str, target: Target, tracker: Tracker, exp_id: str, uri: str, ostorage: str,
+def _search_all(study: StudySpec, study_path: str, chosen: list[Target], tracker: Tracker, exp_id: str, uri: str, ostorage: str,
                 storage: str | None, spool: str, done: dict, out, outage_limit_s: float, ensure_ray: Callable[[], None]) -> int:
-    """One (pair, γ) search; returns how many of its trials failed in this run."""
+    """The study's (pair, γ) searches that have trials left, in one Tune run (each with its own Optuna
+    study, ASHA and parent run); returns how many of their trials failed in this run."""
     from orchestrator.progress import SweepProgress
     from orchestrator.ray_runner import default_resume_root, fit_trials, interrupted, trial_payload
     from orchestrator.spool import SpooledWriter
     from orchestrator.tracking import ResumableRun, TrialRuns, is_transient_failure
 
     search = study.search
-    ostudy = open_optuna_study(ostorage, target, study)
-    before = summarise(ostudy)
-    ended = before.complete + before.pruned + before.failed
-    parent, finished = parent_run(tracker, exp_id, study, target, search.trials)
-    if finished or (ended >= search.trials and not before.running):
-        if not finished:
-            log_summary(tracker, parent, ostudy, before, search.metric, _run_of_number(tracker, exp_id, target, before.best_number))
-            tracker.end_run(parent, FINISHED)
-        print(f"search {target.label}: done ({_counts(before)}); best {search.metric} {_value(before.best_value)} at "
-              f"{_point(before.best_params)}", file=out, flush=True)
+    searches: list[Running] = []
+    for target in chosen:
+        ostudy = open_optuna_study(ostorage, target, study)
+        before = summarise(ostudy)
+        ended = before.complete + before.pruned + before.failed
+        parent, finished = parent_run(tracker, exp_id, study, target, search.trials)
+        if finished or (ended >= search.trials and not before.running):
+            if not finished:
+                log_summary(tracker, parent, ostudy, before, search.metric, _run_of_number(tracker, exp_id, target, before.best_number))
+                tracker.end_run(parent, FINISHED)
+            print(f"search {target.label}: done ({_counts(before)}); best {search.metric} {_value(before.best_value)} at "
+                  f"{_point(before.best_params)}", file=out, flush=True)
+            continue
+        stale = [t for t in ostudy.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
+        searches.append(Running(target, ostudy, parent, search.trials, before, stale))
+        print(f"search {target.label}: {search.trials - ended} trial(s) to run ({ended} ended before"
+              + (f", {before.running} to continue" if before.running else "") + f"); parent run {parent}", file=out, flush=True)
+    if not searches:
         return 0
-    todo = search.trials - ended
-    print(f"search {target.label}: {todo} trial(s) to run ({ended} ended before"
-          + (f", {before.running} to continue" if before.running else "") + f"); parent run {parent}", file=out, flush=True)
 
     ensure_ray()
     resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
     resume_root = default_resume_root(storage)
-    teacher_source = {"teacher_artifact": done[target.teacher.config_hash].artifact_uri + "/checkpoint",
-                      "teacher_hash": target.teacher.config_hash}
     made: list[Trial] = []  # grows as Optuna proposes: fit_trials closes those still running when it stops
     numbers: dict[str, int] = {}
+    search_of: dict[str, Running] = {}  # trial key -> its search
 
-    def make_trial(number: int, params: dict) -> Trial:
-        t = search_trial(target, number, params, study)
+    def make_trial(run: Running, number: int, params: dict) -> Trial:
+        t = search_trial(run.target, number, params, study)
         made.append(t)
         numbers[t.config_hash] = number
+        search_of[t.config_hash] = run
         return t
 
     def payload(t: Trial) -> dict:
-        return trial_payload(t, teacher_source, uri, resources, resume_root, keep_checkpoint=False)
+        teacher = search_of[t.config_hash].target.teacher.config_hash
+        source = {"teacher_artifact": done[teacher].artifact_uri + "/checkpoint", "teacher_hash": teacher}
+        return trial_payload(t, source, uri, resources, resume_root, keep_checkpoint=False)
 
-    # Runs of this search's trials that a stopped search left RUNNING or KILLED (not pruned) are continued.
+    # Runs of the trials that a stopped search left RUNNING or KILLED (not pruned) are continued.
     states = tracker.run_states(exp_id)
-    stale_keys = {search_trial(target, t.number, dict(t.params), study).config_hash
-                  for t in ostudy.get_trials(deepcopy=False) if t.state.name == "RUNNING"}
-    resumable = {h: ResumableRun(s.run_id, s.last_epoch, s.attempts) for h, s in states.items()
-                 if h in stale_keys and s.status in ("RUNNING", "KILLED")}
+    stale_keys = {search_trial(r.target, t.number, dict(t.params), study).config_hash for r in searches for t in r.stale}
+    resumable = {h: ResumableRun(st.run_id, st.last_epoch, st.attempts) for h, st in states.items()
+                 if h in stale_keys and st.status in ("RUNNING", "KILLED")}
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # epoch reports without the metric (final, errors)
     notes: list[str] = []
@@ -605,21 +673,24 @@ def _search_one(study: StudySpec, study_path: str, target: Target, tracker: Trac
         down = writer.down_since
         return down is not None and time.time() - down > outage_limit_s
 
-    base_tags = {"study": study.name, "git_commit": git_commit(), "study_file": str(Path(study_path)),
-                 PARENT_TAG: parent, SEARCH_KEY_TAG: target.key}
-    runs = TrialRuns(writer, exp_id, base_tags, resumable)
-    progress = SweepProgress(todo + before.running, out=out)
-    searcher = make_searcher(ostudy, distributions(study), search.trials, make_trial, payload, search.metric)
-    asha = (make_asha(search.metric, target.base.recipe.epochs, search.grace_period, search.reduction_factor)
-            if search.pruner == "asha" else None)
+    base_tags = {"study": study.name, "git_commit": git_commit(), "study_file": str(Path(study_path))}
+    runs = TrialRuns(writer, exp_id, base_tags, resumable,
+                     tags_of=lambda t: {PARENT_TAG: search_of[t.config_hash].parent, SEARCH_KEY_TAG: search_of[t.config_hash].target.key})
+    progress = SweepProgress(sum(r.budget - r.ended_before for r in searches), out=out)
+    searcher = make_searcher(searches, distributions(study), make_trial, payload, search.metric)
+    scheduler = None
+    if search.pruner == "asha":
+        scheduler = make_routing_asha(searches, search.metric, search.grace_period, search.reduction_factor,
+                                      key_of=lambda trial: search_of[trial.config["payload"]["config_hash"]].target.key)
+    cells = _CellOf(search_of)
     outcomes: dict = {}
-    callback = make_callback(searcher, asha, runs, progress, outcomes, study.resources.max_retries + 1, None, search.metric,
-                             numbers, search_cell(target))
+    callback = make_callback(searcher, scheduler, runs, progress, outcomes, study.resources.max_retries + 1, None, search.metric,
+                             numbers, cells)
     started = time.time()
     stopped = False
     try:
-        fit_trials(made, runs, outcomes, searcher, asha, callback, resources, study.resources.max_retries, storage,
-                   f"{study.name}-search-{target.key}", outage_exceeded, max_concurrent=search.trials)
+        fit_trials(made, runs, outcomes, searcher, scheduler, callback, resources, study.resources.max_retries, storage,
+                   f"{study.name}-search", outage_exceeded, max_concurrent=sum(r.budget for r in searches))
         stopped = interrupted(made, outcomes, outage_exceeded)
     finally:
         progress.close()
@@ -627,16 +698,27 @@ def _search_one(study: StudySpec, study_path: str, target: Target, tracker: Trac
         writer.close()
     for note in notes:
         print(note, file=out)
-    summary = summarise(ostudy)
-    best_run = _run_of_number(tracker, exp_id, target, summary.best_number)
-    log_summary(tracker, parent, ostudy, summary, search.metric, best_run)
-    complete = summary.complete + summary.pruned + summary.failed >= search.trials and not summary.running
-    tracker.end_run(parent, FINISHED if complete else "KILLED")
-    print(f"search {target.label}: {_counts(summary)} in {time.time() - started:.0f} s; best {search.metric} "
-          f"{_value(summary.best_value)} at {_point(summary.best_params)}", file=out, flush=True)
+    for r in searches:
+        summary = summarise(r.ostudy)
+        log_summary(tracker, r.parent, r.ostudy, summary, search.metric, _run_of_number(tracker, exp_id, r.target, summary.best_number))
+        complete = summary.complete + summary.pruned + summary.failed >= r.budget and not summary.running
+        tracker.end_run(r.parent, FINISHED if complete else "KILLED")
+        print(f"search {r.target.label}: {_counts(summary)} ({time.time() - started:.0f} s for the searches of this run); "
+              f"best {search.metric} {_value(summary.best_value)} at {_point(summary.best_params)}", file=out, flush=True)
     if stopped or outage_exceeded():
         raise KeyboardInterrupt
     return sum(1 for o in outcomes.values() if o.status == "FAILED")
+
+
+class _CellOf(dict):
+    """trial key -> the `cell` tag of its search (looked up as trials are made)."""
+
+    def __init__(self, search_of: dict[str, Running]):
+        super().__init__()
+        self.search_of = search_of
+
+    def __missing__(self, key: str) -> str:
+        return search_cell(self.search_of[key].target)
 
 
 def _run_of_number(tracker: Tracker, exp_id: str, target: Target, number: int | None) -> str | None:

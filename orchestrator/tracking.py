@@ -13,6 +13,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -953,10 +954,12 @@ class TrialRuns:
     resumed epoch is bit-identical). A run is ended only after everything it logged, because the
     writer keeps each run's events in order."""
 
-    def __init__(self, writer, experiment_id: str, base_tags: dict[str, str], resumable: dict[str, ResumableRun] | None = None):
+    def __init__(self, writer, experiment_id: str, base_tags: dict[str, str], resumable: dict[str, ResumableRun] | None = None,
+                 tags_of: Callable[[Any], dict[str, str]] | None = None):
         self.writer = writer
         self.experiment_id = experiment_id
         self.base_tags = base_tags
+        self.tags_of = tags_of or (lambda trial: {})  # a trial's own extra tags (a search trial's parent run)
         self.resumable = dict(resumable or {})
         self.key_of: dict[str, str] = {}  # config_hash -> spool key of its run
         self.last_epoch: dict[str, int] = {}
@@ -976,7 +979,7 @@ class TrialRuns:
             self.attempts[h] = 1
             self.last_epoch[h] = 0
             self.key_of[h] = self.writer.new_run(self.experiment_id, run_name(trial), trial_params(trial),
-                                                 {**trial_tags(trial, self.base_tags), "attempts": "1"})
+                                                 {**trial_tags(trial, self.base_tags), **self.tags_of(trial), "attempts": "1"})
             if trial.teacher_hash:
                 self.writer.link_teacher(self.key_of[h], self.experiment_id, self.key_of.get(trial.teacher_hash), trial.teacher_hash,
                                          teacher_run_name(trial))

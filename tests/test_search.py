@@ -29,9 +29,14 @@ SMOKE = REPO / "studies" / "search_smoke.yaml"
 BIN = Path(sys.executable).parent
 
 
-def _ostudy(folder: Path, study_file: Path):
+def _ostudy(folder: Path, study_file: Path, index: int | None = None):
+    """The Optuna study of the study file's search (its only one, or number `index`), and its target."""
     study = load_study(study_file, search_results_needed=False)
-    (target,) = targets(study)
+    chosen = targets(study)
+    if index is None:
+        (target,) = chosen
+    else:
+        target = chosen[index]
     storage = f"sqlite:///{folder}/mlflow-optuna.db"
     return optuna.load_study(study_name=f"{study.name} | {target.label} | {target.key}", storage=storage), target
 
@@ -225,56 +230,71 @@ def test_search_and_best_refuse_bad_input_with_one_line(tmp_path, capsys):
 
 
 def test_a_stopped_search_resumes_without_repeating_a_finished_trial(tmp_path):
-    """A real `ltkd search` process is interrupted (SIGINT) once two trials have finished; the rerun
-    continues the unfinished ones and asks only for the rest of the budget."""
+    """A real `ltkd search` process with two searches (γ 10 and 20, in one Tune run) is interrupted
+    (SIGINT) once two trials have finished; the rerun continues the unfinished ones and asks only for
+    the rest of each budget."""
     study_file = tmp_path / "search_resume.yaml"
     study_file.write_text(SMOKE.read_text().replace("name: search_smoke", "name: search_resume")
-                          .replace("pruner: asha", "pruner: none").replace("trials: 8", "trials: 6")
+                          .replace("gammas: [10]", "gammas: [10, 20]")
+                          .replace("pruner: asha", "pruner: none").replace("trials: 8", "trials: 3")
                           .replace("epochs: 16", "epochs: 30").replace("milestones: [12]", "milestones: [24]"))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [str(BIN / "ltkd"), "search", str(study_file), "--tracking-uri", uri]
+    COMPLETE, RUNNING = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING
+
+    def complete_now() -> dict[tuple[int, int], float]:
+        out = {}
+        for i in (0, 1):
+            ostudy, _ = _ostudy(tmp_path, study_file, i)
+            out.update({(i, t.number): t.value for t in ostudy.trials if t.state == COMPLETE})
+        return out
+
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + 400
-    complete_before: dict[int, float] = {}
     try:
         while time.time() < deadline and proc.poll() is None:
             time.sleep(1)
             if not (tmp_path / "mlflow-optuna.db").exists():
                 continue
             try:
-                ostudy, _ = _ostudy(tmp_path, study_file)
+                if len(complete_now()) >= 2:
+                    proc.send_signal(signal.SIGINT)
+                    break
             except KeyError:
-                continue  # the search's study is not created yet
-            done = {t.number: t.value for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE}
-            if len(done) >= 2:
-                proc.send_signal(signal.SIGINT)
-                break
+                continue  # the searches' Optuna studies are not created yet
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     first = (tmp_path / "first.log").read_text()
     assert proc.returncode == 130, first[-3000:]
-    ostudy, target = _ostudy(tmp_path, study_file)
-    complete_before = {t.number: t.value for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE}
-    running_before = [t.number for t in ostudy.trials if t.state == optuna.trial.TrialState.RUNNING]
-    assert len(complete_before) >= 2 and len(ostudy.trials) < 6 + 1, first[-2000:]
+    complete_before = complete_now()
+    running_before = [(i, t.number) for i in (0, 1) for t in _ostudy(tmp_path, study_file, i)[0].trials if t.state == RUNNING]
+    assert 2 <= len(complete_before) < 6, first[-2000:]
+    # both searches were served at once: each had a trial before the interrupt
+    assert {i for i, _ in complete_before} | {i for i, _ in running_before} == {0, 1}, first[-2000:]
 
     second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=400)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    ended = len(complete_before)
-    assert f"{6 - ended} trial(s) to run ({ended} ended before" in second.stdout, second.stdout
-    for number in complete_before:
-        assert f"#{number} " not in second.stdout.replace(f"#{number}\n", f"#{number} ")  # never started again
-    ostudy, _ = _ostudy(tmp_path, study_file)
-    assert sorted(t.number for t in ostudy.trials) == list(range(6))
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ostudy.trials)
-    assert {t.number: t.value for t in ostudy.trials if t.number in complete_before} == complete_before
-    for number in running_before:  # continued with its point, not replaced by a new one
-        assert f"search ltkd cnn_w32>cnn_w8 g10 #{number}" in second.stdout
+    for i, gamma in ((0, 10), (1, 20)):
+        ended = sum(1 for j, _ in complete_before if j == i)
+        if ended < 3:
+            assert f"search ltkd cnn_w32>cnn_w8 g{gamma}: {3 - ended} trial(s) to run ({ended} ended before" in second.stdout, second.stdout
+        for j, number in complete_before:
+            if j == i:  # never started again
+                assert f"started  search ltkd cnn_w32>cnn_w8 g{gamma} #{number}\n" not in second.stdout
+        for j, number in running_before:
+            if j == i:  # continued with its point, not replaced by a new one
+                assert f"search ltkd cnn_w32>cnn_w8 g{gamma} #{number}" in second.stdout
     _, runs = _runs(uri, "search_resume")
-    numbers = [int(r.data.tags["search_trial"]) for r in runs if r.data.tags.get(SEARCH_KEY_TAG) == target.key
-               and r.data.tags.get("role") == "distill"]
-    assert sorted(numbers) == list(range(6))  # one run per trial: none repeated, the stopped ones continued
+    for i in (0, 1):
+        ostudy, target = _ostudy(tmp_path, study_file, i)
+        assert sorted(t.number for t in ostudy.trials) == [0, 1, 2]
+        assert all(t.state == COMPLETE for t in ostudy.trials)
+        assert {(i, t.number): t.value for t in ostudy.trials if (i, t.number) in complete_before} == \
+            {k: v for k, v in complete_before.items() if k[0] == i}
+        numbers = [int(r.data.tags["search_trial"]) for r in runs if r.data.tags.get(SEARCH_KEY_TAG) == target.key
+                   and r.data.tags.get("role") == "distill"]
+        assert sorted(numbers) == [0, 1, 2]  # one run per trial: none repeated, the stopped ones continued
