@@ -216,4 +216,4 @@ def test_vgg_and_mobilenet_v2_use_the_shared_initialisation(name):
     fc = model.classifier
     assert float(fc.bias.detach().abs().sum()) == 0 and abs(float(fc.weight.detach().std()) - 0.01) < 0.001
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert all(m.bias is None or float(m.bias.abs().sum()) == 0 for m in convs)
+    assert all(m.bias is None or float(m.bias.detach().abs().sum()) == 0 for m in convs)
