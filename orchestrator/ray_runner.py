@@ -122,6 +122,8 @@ def _train_one(tune_config: dict[str, Any]) -> None:
                 write_manifest(ckpt)
             else:
                 final[FINAL_KEY]["split"] = split
+            if first[0]:  # the attempt resumed a state saved after the last epoch: nothing was left to train
+                final.update(where, first_epoch=result.epochs + 1)
             tune.report(final, checkpoint=tune.Checkpoint.from_directory(ckpt) if keep else None)
     except DETERMINISTIC_ERRORS as exc:
         # Reported, not raised: Tune retries what raises, and this would fail the same way again.
@@ -324,18 +326,18 @@ class SweepCallback(Callback):
         t = self._trial(trial)
         if t is None:
             return
+        if "first_epoch" in result:  # the attempt's first report (its final one, when it resumed a finished state)
+            attempt = self.runs.attempts.get(t.config_hash, 1)
+            where = {"node_id": result.get("node_id"), "pid": result.get("pid"), f"attempt_{attempt}_node_id": result.get("node_id")}
+            if result["first_epoch"] > 1:
+                where["resumed_after_epoch"] = result["first_epoch"] - 1
+            self.runs.set_tags(t, where)
         if FINAL_KEY in result:
             self.final[trial.trial_id] = result
             return
         if ERROR_KEY in result:
             self.errors[trial.trial_id] = result
             return
-        if "first_epoch" in result:
-            attempt = self.runs.attempts.get(t.config_hash, 1)
-            where = {"node_id": result.get("node_id"), "pid": result.get("pid"), f"attempt_{attempt}_node_id": result.get("node_id")}
-            if result["first_epoch"] > 1:
-                where["resumed_after_epoch"] = result["first_epoch"] - 1
-            self.runs.set_tags(t, where)
         if self.runs.epoch(t, result):
             self.progress.trial_epoch(t.config_hash, int(result["epoch"]), result)
 

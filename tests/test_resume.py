@@ -215,3 +215,28 @@ def test_resume_check_and_config_hash_share_one_identity(tmp_path, teacher):
     _write_resume_state(resume, stale)
     with pytest.raises(ValueError, match="method_revision: absent in the saved state, 1 here"):
         run_trial(revised, teacher_checkpoint=teacher, resume_dir=resume)
+
+
+@pytest.mark.integration
+def test_a_trial_that_finds_its_state_complete_is_tagged_as_resumed(ray_local, tmp_path, capsys):
+    """A trial whose saved state is already past its last epoch (a killed sweep's orphaned worker
+    trained to the end) has nothing left to train: its run still says it resumed, and after which epoch."""
+    import mlflow
+
+    from orchestrator.cli import main
+    from orchestrator.ray_runner import default_resume_root
+    from orchestrator.study import expand, load_study
+
+    study = tmp_path / "complete.yaml"
+    study.write_text("name: complete_state\ndataset: {name: digits, gammas: [10]}\npairs: [{teacher: cnn_w16, student: cnn_w4}]\n"
+                     "student_baseline: false\nseeds: [0]\nrecipe: {epochs: 2, batch_size: 64, lr: 0.05}\n")
+    (teacher,) = expand(load_study(study))
+    storage = tmp_path / "tune"
+    saved = run_trial(teacher.config, resume_dir=os.path.join(default_resume_root(str(storage)), teacher.config_hash))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert main(["sweep", str(study), "--tracking-uri", uri, "--storage", str(storage), "--tables-every", "0"]) == 0
+    capsys.readouterr()
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("complete_state").experiment_id], "tags.role = 'teacher'")
+    assert run.info.status == "FINISHED" and run.data.tags["resumed_after_epoch"] == "2"
+    assert run.data.metrics["acc_all"] == saved.final.acc_all  # the saved result, not a new training
