@@ -375,7 +375,7 @@ class _SearchSchedule:
 
 
 def make_callback(searcher, asha, runs, progress, outcomes, max_attempts: int, poll, metric: str, numbers: dict[str, int],
-                  cells: dict[str, str]):
+                  cell_of: Callable[[str], str]):
     from orchestrator.ray_runner import ERROR_KEY, FINAL_KEY, Outcome, SweepCallback
 
     class SearchCallback(SweepCallback):
@@ -391,7 +391,7 @@ def make_callback(searcher, asha, runs, progress, outcomes, max_attempts: int, p
             t = self._trial(trial)
             if t is not None:
                 # The study's runs view groups by cell: a search's trials (and its parent) form one group.
-                self.runs.set_tags(t, {"search_trial": numbers[t.config_hash], CELL_TAG: cells[t.config_hash]})
+                self.runs.set_tags(t, {"search_trial": numbers[t.config_hash], CELL_TAG: cell_of(t.config_hash)})
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             t = self._trial(trial)
@@ -424,13 +424,12 @@ def make_callback(searcher, asha, runs, progress, outcomes, max_attempts: int, p
 def parent_run(tracker: Tracker, exp_id: str, study: StudySpec, target: Target, budget: int) -> tuple[str, bool]:
     """The search's parent run (created on first use, RUNNING again when continued), and whether it
     had already FINISHED (its budget spent and summarised)."""
-    run_id = find_parent(tracker, exp_id, target.key)
-    if run_id is not None:
-        status = tracker.client.get_run(run_id).info.status
-        if status == FINISHED and _budget_of(tracker, run_id) >= budget:
-            return run_id, True
-        tracker.reopen_run(run_id, {"budget": str(budget)})
-        return run_id, False
+    run = find_parent(tracker, exp_id, target.key)
+    if run is not None:
+        if run.info.status == FINISHED and _budget_of(run) >= budget:
+            return run.info.run_id, True
+        tracker.reopen_run(run.info.run_id, {"budget": str(budget)})
+        return run.info.run_id, False
     search = study.search
     params = {"dataset": target.base.dataset, "gamma": target.gamma, "role": "search", "method": search.method,
               "teacher": target.pair.teacher, "student": target.pair.student, "seed": target.base.seed,
@@ -450,13 +449,13 @@ def parent_run(tracker: Tracker, exp_id: str, study: StudySpec, target: Target, 
     return tracker.create_run(exp_id, f"search {target.label}", params, tags), False
 
 
-def find_parent(tracker: Tracker, exp_id: str, key: str) -> str | None:
-    """The parent run of the search `key` (its trials carry the key too, with role distill)."""
+def find_parent(tracker: Tracker, exp_id: str, key: str):
+    """The parent run (an MLflow Run) of the search `key`, or None; its trials carry the key too, with role distill."""
     from orchestrator.tracking import filter_literal
 
     found = tracker.client.search_runs([exp_id], f"tags.`{SEARCH_KEY_TAG}` = {filter_literal(key)} and tags.role = 'search'",
                                        max_results=1)
-    return found[0].info.run_id if found else None
+    return found[0] if found else None
 
 
 def search_cell(target: Target) -> str:
@@ -467,9 +466,9 @@ def search_cell(target: Target) -> str:
     return f"search {method} {short_model(target.pair.teacher)}>{short_model(target.pair.student)} γ{target.gamma:g}"
 
 
-def _budget_of(tracker: Tracker, run_id: str) -> int:
+def _budget_of(run) -> int:
     try:
-        return int(tracker.client.get_run(run_id).data.tags.get("budget", "0"))
+        return int(run.data.tags.get("budget", "0"))
     except ValueError:
         return 0
 
@@ -682,10 +681,9 @@ def _search_all(study: StudySpec, study_path: str, chosen: list[Target], tracker
     if search.pruner == "asha":
         scheduler = make_routing_asha(searches, search.metric, search.grace_period, search.reduction_factor,
                                       key_of=lambda trial: search_of[trial.config["payload"]["config_hash"]].target.key)
-    cells = _CellOf(search_of)
     outcomes: dict = {}
     callback = make_callback(searcher, scheduler, runs, progress, outcomes, study.resources.max_retries + 1, None, search.metric,
-                             numbers, cells)
+                             numbers, lambda key: search_cell(search_of[key].target))
     started = time.time()
     stopped = False
     try:
@@ -708,17 +706,6 @@ def _search_all(study: StudySpec, study_path: str, chosen: list[Target], tracker
     if stopped or outage_exceeded():
         raise KeyboardInterrupt
     return sum(1 for o in outcomes.values() if o.status == "FAILED")
-
-
-class _CellOf(dict):
-    """trial key -> the `cell` tag of its search (looked up as trials are made)."""
-
-    def __init__(self, search_of: dict[str, Running]):
-        super().__init__()
-        self.search_of = search_of
-
-    def __missing__(self, key: str) -> str:
-        return search_cell(self.search_of[key].target)
 
 
 def _run_of_number(tracker: Tracker, exp_id: str, target: Target, number: int | None) -> str | None:
@@ -760,7 +747,7 @@ def best_points(study_path: str, tracking_uri: str | None, out_file: str | None,
         raise UserError(f"{study_path}: the study has no search: block; `ltkd best` reads the searches of a study that has one")
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
-    from orchestrator.sweep import _store_exists as store_exists
+    from orchestrator.sweep import store_exists
 
     if not store_exists(uri):  # reading creates nothing
         raise UserError(f"{study_path}: no search of this study has a completed trial in {uri} (no store there); "
@@ -770,8 +757,7 @@ def best_points(study_path: str, tracking_uri: str | None, out_file: str | None,
     metric = study.search.metric
     points, missing = [], []
     for target in targets(study):
-        run_id = find_parent(tracker, exp_id, target.key) if exp_id is not None else None
-        run = tracker.client.get_run(run_id) if run_id else None
+        run = find_parent(tracker, exp_id, target.key) if exp_id is not None else None
         best = json.loads(run.data.tags.get("best_params", "{}")) if run else {}
         if not best:
             missing.append(target.label)
@@ -779,7 +765,7 @@ def best_points(study_path: str, tracking_uri: str | None, out_file: str | None,
         value = run.data.metrics.get(f"best_{metric}")
         counts = {k: int(run.data.metrics.get(f"trials_{k}", 0)) for k in ("complete", "pruned", "failed")}
         points.append({"teacher": target.pair.teacher, "student": target.pair.student, "gamma": target.gamma,
-                       "params": best, metric: value, "trials": counts, "status": run.info.status, "parent_run_id": run_id})
+                       "params": best, metric: value, "trials": counts, "status": run.info.status, "parent_run_id": run.info.run_id})
         print(f"{target.label}: {metric} {_value(value)} at {_point(best)} ({counts['complete']} complete, {counts['pruned']} pruned, "
               f"{counts['failed']} failed; {run.info.status.lower()})", file=out)
     if not points:

@@ -20,7 +20,7 @@ DEFAULT_OUTAGE_LIMIT_S = 30 * 60.0
 DEFAULT_TABLES_EVERY_S = 10 * 60.0
 
 
-def _store_exists(uri: str) -> bool:
+def store_exists(uri: str) -> bool:
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///")).expanduser().exists()
     return True
@@ -48,7 +48,7 @@ def open_plan(study_path: str, tracking_uri: str | None, create: bool, search_re
     trials = expand(study)
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
-    if not create and not _store_exists(uri):
+    if not create and not store_exists(uri):
         return study, uri, None, None, make_plan(trials, {})
     tracker = Tracker(uri)
     try:

@@ -44,18 +44,15 @@ def long_tailed_indices(targets: Sequence[int], counts: Sequence[int], seed: int
 
 
 def balanced_indices(targets: Sequence[int], per_class: int, num_classes: int, seed: int) -> list[int]:
-    """Indices of a balanced subset: `per_class` images of every class, drawn without replacement
-    with their own generator (classes visited in order), so the same set on every machine. Sorted."""
-    targets = np.asarray(targets)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for cls in range(num_classes):
-        members = np.flatnonzero(targets == cls)
-        if per_class > len(members):
-            raise ValueError(f"class {cls} has {len(members)} training images; a validation split of {per_class} per class "
-                             "would leave it none to train on")
-        chosen.append(rng.choice(members, size=per_class, replace=False))
-    return sorted(int(i) for i in np.concatenate(chosen)) if chosen else []
+    """Indices of a balanced subset: `per_class` images of every class, drawn as `long_tailed_indices`
+    draws (its own generator, classes in order), so the same set on every machine. Sorted."""
+    have = np.bincount(np.asarray(targets), minlength=num_classes)
+    short = np.flatnonzero(have < per_class)
+    if short.size:
+        cls = int(short[0])
+        raise ValueError(f"class {cls} has {int(have[cls])} training images; a validation split of {per_class} per class "
+                         "would leave it none to train on")
+    return long_tailed_indices(targets, [per_class] * num_classes, seed=seed)
 
 
 # The validation draw has its own seed stream, apart from the long-tailed cut's (split_seed).
