@@ -336,6 +336,7 @@ def _final_tables(refresher, notes: list[str], out) -> None:
     """The sweep ends (finished, failed or interrupted): its tables once more, plots included."""
     if refresher is None:
         return
+    refresher.stop()  # a periodic regeneration under way ends here: its note is not the final one
     notes.clear()
     result = refresher.close()
     for note in notes:

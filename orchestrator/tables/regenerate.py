@@ -133,11 +133,15 @@ class TablesRefresher:
                           f"run 'tables {self.study.name}'")
             return result
 
-    def close(self) -> Regeneration | None:
-        """Stop the periodic refresh and regenerate once more, plots included."""
+    def stop(self) -> None:
+        """Stop the periodic refresh (a regeneration under way finishes first)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
+
+    def close(self) -> Regeneration | None:
+        """Stop the periodic refresh and regenerate once more, plots included."""
+        self.stop()
         if not self.study.tables:
             return None
         return self.refresh(plots=True, only_if_new=False)
