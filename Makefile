@@ -19,7 +19,10 @@ demo: install
 	$(BIN)/ltkd sweep studies/smoke.yaml
 	$(BIN)/ltkd tables studies/smoke.yaml --out tables-out
 
+# The suite's real components (Chromium, PostgreSQL, SLURM, Fashion-MNIST) are Debian packages:
+# installed here when missing and this user can, else one line gives the command.
 test: install
+	bash tests/system_packages.sh
 	$(BIN)/pytest -q
 
 bench: install
