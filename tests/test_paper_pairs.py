@@ -43,6 +43,7 @@ RELEASED = {
     ("imagenet", "resnet34", "resnet18", "kd"): {"ce_weight": 0.5, "alpha": 0.5, "temperature": 1.0},
     ("cifar", "resnet32x4", "resnet8x4", "dkd"): {"ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20},
     ("cifar", "vgg13", "vgg8", "dkd"): {"alpha": 1.0, "beta": 6.0, "temperature": 4.0, "warmup": 20},
+    ("cifar", "resnet56", "resnet20", "dkd"): {"alpha": 1.0, "beta": 2.0, "temperature": 4.0, "warmup": 20},
     ("imagenet", "resnet34", "resnet18", "dkd"): {"alpha": 1.0, "beta": 0.5, "temperature": 1.0, "warmup": 1},
     ("imagenet", "resnet50", "mobilenet_v1", "dkd"): {"alpha": 1.0, "beta": 2.0, "temperature": 1.0, "warmup": 1},
     ("cifar", "resnet32x4", "resnet8x4", "dist"): {"ce_weight": 1.0, "beta": 2.0, "gamma": 2.0, "temperature": 4.0},
@@ -60,6 +61,8 @@ RELEASED = {
     ("cifar", "vgg13", "vgg8", "catkd"): {"cat_weight": 4.5, "cam_resolution": 2, "normalize": False},
     ("cifar", "vgg13", "mobilenet_v2", "catkd"): {"cat_weight": 15.0, "cam_resolution": 2, "normalize": True},
     ("cifar", "wrn_40_2", "shufflenet_v1", "catkd"): {"cat_weight": 80.0, "cam_resolution": 4, "normalize": True},
+    ("cifar", "resnet56", "resnet20", "catkd"): {"cat_weight": 0.7, "cam_resolution": 2, "normalize": False},
+    ("cifar", "wrn_40_2", "wrn_16_2", "catkd"): {"cat_weight": 12.0, "cam_resolution": 2, "normalize": False},
     ("imagenet", "resnet34", "resnet18", "catkd"): {"cat_weight": 0.5, "cam_resolution": 4, "normalize": False},
     ("cifar", "resnet32x4", "resnet8x4", "bkd"): {"ce_weight": 1.0, "alpha": 1.0, "temperature": 2.0, "beta_cb": 0.9999,
                                                   "reweight_from": 0},
@@ -87,9 +90,10 @@ def np_kl(p, q):
     return (p * np.log(p / q)).sum(axis=1)
 
 
-def np_pearson(a, b):
+def np_pearson(a, b, eps=1e-8):
+    """DIST's released `pearson_correlation`: cosine similarity of the centred rows over |a||b| + eps."""
     a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
-    return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + eps)
 
 
 def _batch(seed=0, b=16):
@@ -313,3 +317,83 @@ def test_catkd_at_resnet32x4_resnet8x4():
     sum(got.values()).backward()
     opt.step()
     assert float(fc.bias.abs().sum()) == 0
+
+
+def test_recipe_tables_name_only_models_of_the_zoo():
+    from trainer import recipes
+    from trainer.models import MODELS
+
+    named = set(recipes.LOW_LR_STUDENTS) | {m for pair in recipes.CATKD_CIFAR for m in pair} | \
+        {m for pair in [*recipes.DKD_BETA_CIFAR, *recipes.DKD_BETA_IMAGENET] for m in pair} | \
+        {m for key in recipes.REVIEWKD for m in key[1:]}
+    assert named - set(MODELS) == set()
+
+
+def test_dist_normalises_as_the_release_where_softmax_columns_are_nearly_constant():
+    """Logits that barely vary over the batch make each class's softmax column nearly constant: the
+    intra-class correlations are then where |a||b| + 1e-8 and a clamp inside the square root differ."""
+    rng = np.random.default_rng(4)
+    base = rng.normal(0, 1, (1, C))
+    zs, zt = base + rng.normal(0, 1e-2, (8, C)), base + rng.normal(0, 1e-2, (8, C))
+    y = rng.integers(0, C, 8)
+    params = resolved("cifar", "resnet32x4", "resnet8x4", "dist")
+    ys, yt = np_softmax(zs / 4), np_softmax(zt / 4)
+    inter, intra = 1 - np_pearson(ys, yt).mean(), 1 - np_pearson(ys.T, yt.T).mean()
+    want = 4.0**2 * (2.0 * inter + 2.0 * intra)
+    got = _method_loss("dist", params, zs, zt, y, 0)["dist"]
+    assert got == pytest.approx(want, rel=1e-9)
+    # The former normalisation, sqrt(max(|a|^2 |b|^2, eps^2)), gives a visibly other value on this batch.
+    a, b = ys.T - ys.T.mean(1, keepdims=True), yt.T - yt.T.mean(1, keepdims=True)
+    clamped = (a * b).sum(1) / np.sqrt(np.maximum((a * a).sum(1) * (b * b).sum(1), 1e-16))
+    assert abs(4.0**2 * 2.0 * ((1 - clamped.mean()) - intra)) > 1e-2
+
+
+def test_dist_gradient_is_finite_on_a_constant_batch():
+    z = torch.zeros(4, C, dtype=torch.float64, requires_grad=True)
+    loss = build_method("dist", {}, COUNTS).losses(z, torch.zeros(4, C, dtype=torch.float64), torch.zeros(4, dtype=torch.long), 0)
+    sum(loss.values()).backward()
+    assert torch.isfinite(z.grad).all()
+
+
+def test_reviewkd_wrn_40_1_student_deepest_level_is_the_raw_block3_output():
+    """The authors and mdistiller take WRN's raw block-3 output as the deepest stage feature (the BN + ReLU after it
+    are outside the stage); the training loop hands ReviewKD that map, while CAT-KD keeps the post-BN-ReLU map."""
+    student, teacher, x, y = _models("wrn_40_2", "wrn_40_1")
+    params = resolved("cifar", "wrn_40_2", "wrn_40_1", "reviewkd")
+    method = build_method("reviewkd", params, COUNTS)
+    method.setup(student, teacher, x[:2])
+    method.double()  # the connectors are built in setup()
+    student.eval()  # batch statistics off, so the maps below are the ones the loop's forward computes
+    f2 = student.block2(student.block1(student.conv1(x)))
+    raw3 = student.block3(f2).detach()
+    feats, _ = features_of(student, x, False, method.student_raw_last_stage)
+    assert torch.equal(feats[3].detach(), raw3) and (raw3 < 0).any()  # raw: not through the final ReLU
+    plain, _ = student.forward_features(x)
+    assert torch.equal(plain[3].detach(), torch.relu(student.bn(raw3)).detach())  # CAT-KD's map, unchanged
+    got = _forward(student, teacher, method, x, y, 30, autocast=False)
+    with torch.no_grad():
+        t_feats, t_logits = features_of(teacher, x, True)
+    s_feats, s_logits = student.forward_features(x, raw_last_stage=True)
+    want = method.losses(s_logits, t_logits, y, 30, s_feats, t_feats)
+    assert float(got["reviewkd"].detach()) == pytest.approx(float(want["reviewkd"].detach()), rel=1e-12)
+    other = method.losses(s_logits, t_logits, y, 30, plain, t_feats)
+    assert abs(float(other["reviewkd"]) - float(want["reviewkd"])) > 1e-6
+
+
+def test_method_revisions_move_only_the_trials_whose_computation_changed():
+    """DIST's new normalisation changes every DIST trial; ReviewKD's raw block-3 level changes only WRN students
+    without student_preact. Every other trial keeps its identity (and its tracked runs)."""
+    def ident(teacher, student, method, preset="cifar", **params):
+        study = {"name": "pairs", "dataset": {"name": "synthetic", "gammas": [10]}, "pairs": [{"teacher": teacher, "student": student}],
+                 "seeds": [0], "methods": {method: params}, "recipe": {"preset": preset}}
+        (trial,) = [t for t in expand(parse_study(study)) if t.role == "distill"]
+        return trial.config.identity().get("method_revision")
+
+    assert ident("wrn_40_2", "wrn_40_1", "reviewkd") == 2
+    assert ident("wrn_40_2", "wrn_16_2", "reviewkd") == 2
+    assert ident("wrn_40_2", "wrn_40_1", "reviewkd", student_preact=True) == 1
+    assert ident("resnet32x4", "resnet8x4", "reviewkd") == 1
+    assert ident("wrn_40_2", "shufflenet_v1", "reviewkd") == 1
+    assert ident("resnet32x4", "resnet8x4", "dist") == 1
+    assert ident("wrn_40_2", "wrn_40_1", "catkd") == 1
+    assert ident("resnet32x4", "resnet8x4", "kd") is None

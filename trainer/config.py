@@ -82,7 +82,8 @@ class TrialConfig:
         Left out: where and how it runs (NOT_IDENTITY, RECIPE_NOT_IDENTITY) and hyperparameters at the
         value that reproduces what ran before they existed (`trainer.methods.IDENTITY_NEUTRAL`).
         A method whose implementation was corrected after studies had run adds its `revision`
-        (`MethodSpec.revision`), so its old runs are not taken for the corrected ones; revision 0
+        (`MethodSpec.revision`, or `revision_of` a correction that concerns some students only), so
+        its old runs are not taken for the corrected ones; revision 0
         adds nothing, so no other trial's identity moved. Likewise an augmented trial on the device
         data path adds `augment_stream` (AUGMENT_STREAM); the rest keep their identity."""
         from trainer.methods import IDENTITY_NEUTRAL, METHODS  # declarations only: no PyTorch
@@ -99,8 +100,9 @@ class TrialConfig:
         if self.augment_stream() is not None:
             ident["augment_stream"] = self.augment_stream()
         spec = METHODS.get(self.method)
-        if spec is not None and spec.revision:
-            ident["method_revision"] = spec.revision
+        revision = 0 if spec is None else spec.revision_of(self.model, self.method_params)
+        if revision:
+            ident["method_revision"] = revision
         return json.loads(json.dumps(ident, sort_keys=True, default=str))  # tuples -> lists, as stored
 
     def augment_stream(self) -> str | None:

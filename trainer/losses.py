@@ -254,13 +254,12 @@ def dkd_loss(
 def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Pearson correlation of each row of a with the same row of b: [N, D] x [N, D] -> [N].
 
-    A constant row (zero variance) has correlation 0 instead of NaN: the product of the norms is
-    clamped at eps (inside the square root, so its gradient stays finite). Identical rows give 1.
+    As DIST's release computes it: the cosine similarity of the centred rows, divided by
+    |a||b| + eps. A constant row (zero variance) gives 0 instead of NaN; identical rows give 1 - O(eps).
     """
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
-    denom = torch.sqrt(((a * a).sum(dim=1) * (b * b).sum(dim=1)).clamp_min(eps * eps))
-    return (a * b).sum(dim=1) / denom
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
 
 
 def dist_loss(

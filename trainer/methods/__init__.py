@@ -44,11 +44,24 @@ class MethodSpec:
     # Bumped when a correction changes what the method computes for the same hyperparameters: it
     # enters the trial identity (`TrialConfig.identity`) when > 0, so runs of the old code are rerun.
     revision: int = 0
+    # A correction that changes what is computed only for some trials: student model -> (revision,
+    # the hyperparameter values under which the old code computed the same, so those keep `revision`).
+    student_revisions: dict[str, tuple[int, dict[str, object]]] = field(default_factory=dict)
 
     def __post_init__(self):
         # Every distillation method takes `ce`, the loss of its supervised term (SUPERVISED_LOSSES).
         if self.needs_teacher and "ce" not in self.params and "ce" not in self.fixed:
             object.__setattr__(self, "params", {**self.params, "ce": "standard"})
+
+    def revision_of(self, student: str, params: dict[str, object]) -> int:
+        """The revision a trial of this method with this student model and these hyperparameters computes."""
+        revised = self.student_revisions.get(student)
+        if revised is None:
+            return self.revision
+        revision, unchanged_when = revised
+        if unchanged_when and all(params.get(k) == v for k, v in unchanged_when.items()):
+            return self.revision
+        return revision
 
     @property
     def cls(self) -> type[Method]:
@@ -73,7 +86,9 @@ METHODS: dict[str, MethodSpec] = {
     "kd": MethodSpec("trainer.methods.kd:KD", "KD", {"ce_weight": 1.0, "alpha": 1.0, "temperature": 4.0}),
     "ltkd": MethodSpec("trainer.methods.ltkd:LTKD", "LTKD", LTKD_PARAMS),
     "dkd": MethodSpec("trainer.methods.dkd:DKD", "DKD", {"ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20}),
-    "dist": MethodSpec("trainer.methods.dist:DIST", "DIST", {"ce_weight": 1.0, "beta": 2.0, "gamma": 2.0, "temperature": 4.0}),
+    # revision 1 (issue 26): Pearson correlation normalised as DIST's release does, by |a||b| + 1e-8.
+    "dist": MethodSpec("trainer.methods.dist:DIST", "DIST", {"ce_weight": 1.0, "beta": 2.0, "gamma": 2.0, "temperature": 4.0},
+                       revision=1),
     "bkd": MethodSpec("trainer.methods.bkd:BKD", "BKD",
                       {"ce_weight": 1.0, "alpha": 1.0, "temperature": 2.0, "beta_cb": 0.9999, "reweight_from": 0}),
     "balanced_softmax": MethodSpec("trainer.methods.balanced_ce:BalancedSoftmax", "Balanced Softmax", {"tau": 1.0},
@@ -88,9 +103,12 @@ METHODS: dict[str, MethodSpec] = {
     "ltkd_continuous": _ltkd_variant("trainer.methods.ltkd_variants:LTKDContinuous", "LTKD (continuous reweighting)",
                                      drop=("reweight",), extra={"tau": 1.0}, revision=1),
     # revision 1 (issue 13): teacher pre-activation features, the authors' level pairing and connector width.
+    # revision 2 for WRN students (issue 26): the deepest student level is block 3's raw output, not its
+    # BN + ReLU; with student_preact (the pre-ReLU BN output, unchanged) those trials compute what they did.
     "reviewkd": MethodSpec("trainer.methods.reviewkd:ReviewKD", "ReviewKD",
                            {"ce_weight": 1.0, "weight": 1.0, "warmup": 20, "mid_channels": 0, "student_preact": False},
-                           needs_features=True, revision=1),
+                           needs_features=True, revision=1,
+                           student_revisions={m: (2, {"student_preact": True}) for m in ("wrn_16_2", "wrn_40_1", "wrn_40_2")}),
     # revision 1 (issue 13): the student's classifier as the authors build it (bias-free 1x1 conv head).
     "catkd": MethodSpec("trainer.methods.catkd:CATKD", "CAT-KD",
                         {"ce_weight": 1.0, "cat_weight": 15.0, "cam_resolution": 2, "normalize": False}, needs_features=True,

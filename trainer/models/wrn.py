@@ -50,8 +50,13 @@ class WideResNet(nn.Module):
       - `pooled` : globally average-pooled `stage3`, shape (N, 64k), the classifier's input.
     With `preact=True` each stage map is the input of the ReLU that follows it: stages 1 and 2
     through the next stage's first BN (read without updating its statistics), stage 3 the final BN's
-    output. `feature_channels()` lists the channel count of each entry.
+    output. With `raw_last_stage=True` stage 3 is block 3's own output, before the final BN + ReLU
+    that sit outside the stage (what mdistiller's `feats` and ReviewKD's authors take as the deepest
+    student feature; CAT-KD needs the post-BN-ReLU map, the default). `feature_channels()` lists the
+    channel count of each entry.
     """
+
+    RAW_LAST_STAGE = True  # forward_features takes raw_last_stage (`trainer.methods.base.features_of`)
 
     def __init__(self, depth: int, widen: int, num_classes: int = 100, in_channels: int = 3, drop_rate: float = 0.0):
         super().__init__()
@@ -80,15 +85,19 @@ class WideResNet(nn.Module):
         """Channels of each entry of `forward_features(x)[0]`: stem, three stages, pooled vector."""
         return [*self.channels, self.channels[3]]
 
-    def forward_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, preact: bool = False,
+                         raw_last_stage: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
         f0 = self.conv1(x)
         f1 = self.block1(f0)
         f2 = self.block2(f1)
-        pre3 = self.bn(self.block3(f2))
+        raw3 = self.block3(f2)
+        pre3 = self.bn(raw3)
         f3 = torch.relu(pre3)
         pooled = torch.flatten(self.pool(f3), 1)
         if preact:
             f1, f2, f3 = batch_norm_no_update(self.block2[0].bn1, f1), batch_norm_no_update(self.block3[0].bn1, f2), pre3
+        elif raw_last_stage:
+            f3 = raw3
         return [f0, f1, f2, f3, pooled], self.fc(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
