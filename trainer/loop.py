@@ -13,11 +13,10 @@ import numpy as np
 import torch
 
 from trainer.config import TrialConfig
-from trainer.data import build_long_tailed, make_loader, without_augmentation
+from trainer.data import LongTailedData, build_long_tailed, make_loader, without_augmentation
 from trainer.datasets import data_path_of
 from trainer.evaluate import EvalResult, evaluate, group_probability
 from trainer.methods import IDENTITY_NEUTRAL, METHODS, build_method
-from trainer.methods.base import features_of
 from trainer.models import build_model
 
 CHECKPOINT_FILE = "model.pt"
@@ -216,9 +215,31 @@ class _Progress:
     history: list[dict[str, Any]] = field(default_factory=list)  # kept in the resume state
 
 
-def _restore(saved: dict[str, Any], model, method, optimizer, train_loader,
-             saved_report: Callable[[EpochReport], None] | None) -> _Progress:
+@dataclass
+class _Trial:
+    """One trial's parts, built on its device: the data and its loaders, the models, the method and
+    the optimizer."""
+
+    config: TrialConfig
+    device: torch.device
+    data: LongTailedData
+    train_loader: Any
+    eval_loader: Any
+    eval_path: str  # the data path of the passes that draw nothing
+    evaluated_on: str  # "test", or "val" for a search trial
+    model: torch.nn.Module
+    teacher: torch.nn.Module | None
+    method: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def _restore(saved: dict[str, Any], trial: _Trial, saved_report: Callable[[EpochReport], None] | None) -> _Progress:
     """Put a saved state back into the freshly built trial and hand its reports to `saved_report`."""
+    model, method, optimizer, train_loader = trial.model, trial.method, trial.optimizer, trial.train_loader
     model.load_state_dict(saved["model"])
     method.load_state_dict(saved["method"])
     # How the update is run (fused on CUDA, per tensor on the CPU) is this device's choice, not the
@@ -242,25 +263,9 @@ def _restore(saved: dict[str, Any], model, method, optimizer, train_loader,
 
 
 def _forward(model, teacher, method, x, y, epoch: int, autocast: bool) -> dict[str, torch.Tensor]:
-    """One batch through student (and teacher) and the method: its named loss terms."""
-    needs_features = method.NEEDS_FEATURES
+    """One batch through the method's forward (student, teacher, losses) under the trial's autocast."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        student_features, student_logits = (features_of(model, x, method.student_preact) if needs_features
-                                            else (None, model(x)))
-        teacher_features = teacher_logits = None
-        if teacher is not None:
-            with torch.no_grad():
-                teacher_features, teacher_logits = (features_of(teacher, x, method.teacher_preact) if needs_features
-                                                    else (None, teacher(x)))
-        # Logit losses in float32: softmax at temperature T and KL terms lose too much in bf16.
-        return method.losses(
-            student_logits.float(),
-            None if teacher_logits is None else teacher_logits.float(),
-            y,
-            epoch,
-            student_features=student_features,
-            teacher_features=teacher_features,
-        )
+        return method.forward_train(model, teacher, x, y, epoch)
 
 
 def _train_epoch(model, teacher, method, optimizer, train_loader, epoch: int, device, autocast: bool,
@@ -291,6 +296,120 @@ def _train_epoch(model, teacher, method, optimizer, train_loader, epoch: int, de
     return float(loss_sum) / max(seen, 1), {k: float(v) / max(seen, 1) for k, v in term_sums.items()}
 
 
+def _check(config: TrialConfig, teacher_checkpoint: str | None) -> None:
+    if config.recipe.checkpoint_every < 0:
+        raise ValueError(f"recipe.checkpoint_every must be >= 0, got {config.recipe.checkpoint_every}")
+    if config.method not in METHODS:
+        raise KeyError(f"unknown method {config.method!r}; known: {', '.join(sorted(METHODS))}")
+    spec = METHODS[config.method]
+    if spec.needs_teacher and teacher_checkpoint is None:
+        raise ValueError(f"method {config.method!r} distils from a teacher: pass teacher_checkpoint")
+    if config.role == "teacher" and spec.needs_teacher:
+        raise ValueError(f"a teacher is trained without a teacher: method {config.method!r} is not allowed for role teacher")
+
+
+def _build(config: TrialConfig, teacher_checkpoint: str | None) -> _Trial:
+    """Data, loaders, models, method and optimizer, in the order in which they draw from the seeded
+    streams (a resumed trial is built the same way before its state is put back)."""
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    # channels_last on CUDA: cuDNN's bf16 convolutions run on tensor cores in NHWC without transposes.
+    memory_format = torch.channels_last if cuda else torch.contiguous_format
+    data = build_long_tailed(
+        config.dataset, config.gamma, root=config.data_root, split_seed=config.split_seed,
+        n_max=config.n_max, options=config.dataset_options, validation_per_class=config.validation_per_class,
+    )
+    # The device-resident path for in-memory sets (trainer.device_batches), a DataLoader for folders;
+    # passes that draw nothing (evaluation) take the device path wherever it can read the set.
+    data_path = data_path_of(config.dataset, config.recipe.data_path)
+    eval_path = "auto" if data_path == "device" else "loader"
+    train_loader = make_loader(data.train, config.recipe.batch_size, True, config.seed, config.recipe.num_workers, cuda,
+                               device=device, path=data_path)
+    # A search trial evaluates on its validation set and never builds a loader over the test set.
+    evaluated_on = "val" if config.validation_per_class else "test"
+    eval_set = data.validation if evaluated_on == "val" else data.test
+    eval_loader = make_loader(eval_set, max(256, config.recipe.batch_size), False, config.seed, config.recipe.num_workers, cuda,
+                              device=device, path=eval_path)
+
+    model = build_model(config.model, data.num_classes, in_channels=data.in_channels).to(device, memory_format=memory_format)
+    method = build_method(config.method, config.method_params, data.class_counts).to(device)
+    teacher = None
+    if METHODS[config.method].needs_teacher:
+        teacher = load_checkpoint(teacher_checkpoint, map_location=device, expected_model=config.teacher).to(
+            device, memory_format=memory_format).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+    sample_x = next(iter(train_loader))[0][:2].to(device)
+    method.setup(model, teacher, sample_x)
+    method.to(device)
+    params = list(model.parameters()) + list(method.parameters())
+    # On CUDA: one fused kernel for the whole update (PyTorch's fused SGD); on the CPU the reference
+    # per-tensor update, which keeps CPU runs bit-identical to the runs before it.
+    optimizer = torch.optim.SGD(params, lr=config.recipe.lr, momentum=config.recipe.momentum, weight_decay=config.recipe.weight_decay,
+                                fused=True if cuda else None)
+    if config.recipe.compile:
+        model.compile()  # in place: the state_dict keeps its keys (no `_orig_mod.` prefix)
+    return _Trial(config, device, data, train_loader, eval_loader, eval_path, evaluated_on, model, teacher, method, optimizer)
+
+
+def _save_resume_state(trial: _Trial, progress: _Progress, resume_dir: str, epochs_done: int) -> None:
+    _write_resume_state(resume_dir, {
+        "epoch": epochs_done,
+        "config": trial.config.identity(),
+        "model": {k: v.detach().cpu() for k, v in trial.model.state_dict().items()},
+        "method": {k: v.detach().cpu() for k, v in trial.method.state_dict().items()},
+        "optimizer": trial.optimizer.state_dict(),
+        "final": asdict(progress.final) if progress.final is not None else None,
+        "best": asdict(progress.best) if progress.best is not None else None,
+        "best_epoch": progress.best_epoch,
+        "rng": _rng_states(trial.train_loader),
+        "reports": progress.history,
+    })
+
+
+def _run_epoch(trial: _Trial, progress: _Progress, epoch: int) -> EpochReport:
+    """Train one 0-based epoch at its learning rate, evaluate when due, and record it in `progress`."""
+    recipe = trial.config.recipe
+    lr = lr_at(recipe, epoch)
+    for group in trial.optimizer.param_groups:
+        group["lr"] = lr
+    epoch_loss, terms = _train_epoch(trial.model, trial.teacher, trial.method, trial.optimizer, trial.train_loader, epoch,
+                                     trial.device, recipe.amp and trial.cuda, channels_last=trial.cuda)
+    evaluated = None
+    if (epoch + 1) % max(1, recipe.eval_every) == 0 or epoch + 1 == recipe.epochs:
+        # In float32, also on a GPU: bf16 logits tie often enough to bias argmax toward low class ids (the head).
+        progress.final = evaluated = evaluate(trial.model, trial.eval_loader, trial.data.class_counts, trial.device)
+        if progress.best is None or evaluated.acc_all > progress.best.acc_all:
+            progress.best, progress.best_epoch = evaluated, epoch + 1
+    if not math.isfinite(epoch_loss):
+        raise FloatingPointError(f"training loss is {epoch_loss} at epoch {epoch + 1}: lower the lr or the loss weights")
+    epoch_report = EpochReport(epoch + 1, epoch_loss, lr, evaluated, terms)
+    progress.history.append(_report_to_dict(epoch_report))
+    return epoch_report
+
+
+def _finish(trial: _Trial, progress: _Progress, checkpoint_dir: str | None) -> TrialResult:
+    """Save the final weights if asked, measure the group probabilities, and return the result."""
+    config, data = trial.config, trial.data
+    final, best = progress.final, progress.best
+    assert final is not None and best is not None, "recipe.epochs must be >= 1"
+    if checkpoint_dir is not None:
+        save_checkpoint(checkpoint_dir, trial.model, config, data.num_classes, data.in_channels)
+    # No shuffling and the test-size batches: a pass over the training set without touching the RNG streams.
+    train_eval_loader = make_loader(without_augmentation(data.train, data.test), max(256, config.recipe.batch_size), False,
+                                    config.seed, config.recipe.num_workers, trial.cuda, device=trial.device, path=trial.eval_path)
+    group_prob = {
+        trial.evaluated_on: group_probability(trial.model, trial.eval_loader, data.class_counts, trial.device),
+        "train": group_probability(trial.model, train_eval_loader, data.class_counts, trial.device),
+    }
+    return TrialResult(final, best, progress.best_epoch, data.class_counts, data.train_indices, config.recipe.epochs, group_prob,
+                       trial.evaluated_on, data.validation_indices)
+
+
 def run_trial(
     config: TrialConfig,
     report: Callable[[EpochReport], None] | None = None,
@@ -309,112 +428,17 @@ def run_trial(
     can be lost after its state was saved (the process that took the reports died), and a caller
     that drops the epochs it already has then still receives every epoch once.
     """
-    if config.recipe.checkpoint_every < 0:
-        raise ValueError(f"recipe.checkpoint_every must be >= 0, got {config.recipe.checkpoint_every}")
-    if config.method not in METHODS:
-        raise KeyError(f"unknown method {config.method!r}; known: {', '.join(sorted(METHODS))}")
-    spec = METHODS[config.method]
-    if spec.needs_teacher and teacher_checkpoint is None:
-        raise ValueError(f"method {config.method!r} distils from a teacher: pass teacher_checkpoint")
-    if config.role == "teacher" and spec.needs_teacher:
-        raise ValueError(f"a teacher is trained without a teacher: method {config.method!r} is not allowed for role teacher")
+    _check(config, teacher_checkpoint)
     # read (and check) a saved state first: one of another config fails before any work
     saved = _read_resume_state(resume_dir, config) if resume_dir is not None else None
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    cuda = device.type == "cuda"
-    autocast = config.recipe.amp and cuda
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
-    # channels_last on CUDA: cuDNN's bf16 convolutions run on tensor cores in NHWC without transposes.
-    memory_format = torch.channels_last if cuda else torch.contiguous_format
-    data = build_long_tailed(
-        config.dataset, config.gamma, root=config.data_root, split_seed=config.split_seed,
-        n_max=config.n_max, options=config.dataset_options, validation_per_class=config.validation_per_class,
-    )
-    pin = device.type == "cuda"
-    # The device-resident path for in-memory sets (trainer.device_batches), a DataLoader for folders;
-    # passes that draw nothing (evaluation) take the device path wherever it can read the set.
-    data_path = data_path_of(config.dataset, config.recipe.data_path)
-    eval_path = "auto" if data_path == "device" else "loader"
-    train_loader = make_loader(data.train, config.recipe.batch_size, True, config.seed, config.recipe.num_workers, pin,
-                               device=device, path=data_path)
-    # A search trial evaluates on its validation set and never builds a loader over the test set.
-    evaluated_on = "val" if config.validation_per_class else "test"
-    eval_set = data.validation if evaluated_on == "val" else data.test
-    eval_loader = make_loader(eval_set, max(256, config.recipe.batch_size), False, config.seed, config.recipe.num_workers, pin,
-                              device=device, path=eval_path)
-
-    model = build_model(config.model, data.num_classes, in_channels=data.in_channels).to(device, memory_format=memory_format)
-    method = build_method(config.method, config.method_params, data.class_counts).to(device)
-    teacher = None
-    if spec.needs_teacher:
-        teacher = load_checkpoint(teacher_checkpoint, map_location=device, expected_model=config.teacher).to(
-            device, memory_format=memory_format).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-
-    sample_x = next(iter(train_loader))[0][:2].to(device)
-    method.setup(model, teacher, sample_x)
-    method.to(device)
-    params = list(model.parameters()) + list(method.parameters())
-    # On CUDA: one fused kernel for the whole update (PyTorch's fused SGD); on the CPU the reference
-    # per-tensor update, which keeps CPU runs bit-identical to the runs before it.
-    optimizer = torch.optim.SGD(params, lr=config.recipe.lr, momentum=config.recipe.momentum, weight_decay=config.recipe.weight_decay,
-                                fused=True if cuda else None)
-    if config.recipe.compile:
-        model.compile()  # in place: the state_dict keeps its keys (no `_orig_mod.` prefix)
-
-    progress = _Progress()
-    if saved is not None:
-        progress = _restore(saved, model, method, optimizer, train_loader, saved_report)
-        del saved
-
-    def save_resume_state(epochs_done: int) -> None:
-        _write_resume_state(resume_dir, {
-            "epoch": epochs_done,
-            "config": config.identity(),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "method": {k: v.detach().cpu() for k, v in method.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "final": asdict(progress.final) if progress.final is not None else None,
-            "best": asdict(progress.best) if progress.best is not None else None,
-            "best_epoch": progress.best_epoch,
-            "rng": _rng_states(train_loader),
-            "reports": progress.history,
-        })
-
-    every = config.recipe.checkpoint_every
-    for epoch in range(progress.start_epoch, config.recipe.epochs):
-        lr = lr_at(config.recipe, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        epoch_loss, terms = _train_epoch(model, teacher, method, optimizer, train_loader, epoch, device, autocast, channels_last=cuda)
-        evaluated = None
-        if (epoch + 1) % max(1, config.recipe.eval_every) == 0 or epoch + 1 == config.recipe.epochs:
-            # In float32, also on a GPU: bf16 logits tie often enough to bias argmax toward low class ids (the head).
-            progress.final = evaluated = evaluate(model, eval_loader, data.class_counts, device)
-            if progress.best is None or evaluated.acc_all > progress.best.acc_all:
-                progress.best, progress.best_epoch = evaluated, epoch + 1
-        if not math.isfinite(epoch_loss):
-            raise FloatingPointError(f"training loss is {epoch_loss} at epoch {epoch + 1}: lower the lr or the loss weights")
-        epoch_report = EpochReport(epoch + 1, epoch_loss, lr, evaluated, terms)
-        progress.history.append(_report_to_dict(epoch_report))
-        if resume_dir is not None and (epoch + 1 == config.recipe.epochs or (every and (epoch + 1) % every == 0)):
-            save_resume_state(epoch + 1)  # before the report, so a report that stops the run keeps this epoch
+    trial = _build(config, teacher_checkpoint)
+    progress = _restore(saved, trial, saved_report) if saved is not None else _Progress()
+    del saved
+    epochs, every = config.recipe.epochs, config.recipe.checkpoint_every
+    for epoch in range(progress.start_epoch, epochs):
+        epoch_report = _run_epoch(trial, progress, epoch)
+        if resume_dir is not None and (epoch + 1 == epochs or (every and (epoch + 1) % every == 0)):
+            _save_resume_state(trial, progress, resume_dir, epoch + 1)  # before the report, so a report that stops the run keeps this epoch
         if report is not None:
             report(epoch_report)
-
-    final, best = progress.final, progress.best
-    assert final is not None and best is not None, "recipe.epochs must be >= 1"
-    if checkpoint_dir is not None:
-        save_checkpoint(checkpoint_dir, model, config, data.num_classes, data.in_channels)
-    # No shuffling and the test-size batches: a pass over the training set without touching the RNG streams.
-    train_eval_loader = make_loader(without_augmentation(data.train, data.test), max(256, config.recipe.batch_size), False,
-                                    config.seed, config.recipe.num_workers, pin, device=device, path=eval_path)
-    group_prob = {
-        evaluated_on: group_probability(model, eval_loader, data.class_counts, device),
-        "train": group_probability(model, train_eval_loader, data.class_counts, device),
-    }
-    return TrialResult(final, best, progress.best_epoch, data.class_counts, data.train_indices, config.recipe.epochs, group_prob,
-                       evaluated_on, data.validation_indices)
+    return _finish(trial, progress, checkpoint_dir)

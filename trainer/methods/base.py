@@ -12,9 +12,16 @@ from trainer.losses import balanced_softmax_loss, log_class_prior
 from trainer.methods import METHODS, PARAM_CHOICES
 
 
-def features_of(model: nn.Module, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """`model.forward_features(x)`, with the stage maps before their final ReLU when `preact`."""
-    return model.forward_features(x, preact=True) if preact else model.forward_features(x)
+def features_of(model: nn.Module, x: torch.Tensor, preact: bool = False,
+                raw_last_stage: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """`model.forward_features(x)`, with the stage maps before their final ReLU when `preact`; with
+    `raw_last_stage`, a model whose last stage is followed by a BN + ReLU outside it (WRN: its
+    `RAW_LAST_STAGE`) gives that stage's own output instead (other models' last map is the stage's)."""
+    if preact:
+        return model.forward_features(x, preact=True)
+    if raw_last_stage and getattr(model, "RAW_LAST_STAGE", False):
+        return model.forward_features(x, raw_last_stage=True)
+    return model.forward_features(x)
 
 
 class Method(nn.Module, ABC):
@@ -31,14 +38,8 @@ class Method(nn.Module, ABC):
     DISPLAY: ClassVar[str] = ""
     PARAMS: ClassVar[dict[str, object]] = {}
     NEEDS_TEACHER: ClassVar[bool] = True
-    # Feature-based methods set this: the loop then calls `forward_features` on student and teacher
-    # and passes the feature lists to `losses`.
-    NEEDS_FEATURES: ClassVar[bool] = False
+    NEEDS_FEATURES: ClassVar[bool] = False  # declared in the registry; such a method is a FeatureMethod
     FIXED: ClassVar[dict[str, object]] = {}  # set by the method itself, recorded in hparams
-    # Feature methods that distil stage maps before their final ReLU set these (instance attributes):
-    # the loop then asks that model for `forward_features(x, preact=True)`.
-    student_preact: bool = False
-    teacher_preact: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -46,6 +47,9 @@ class Method(nn.Module, ABC):
         if spec is not None:
             cls.DISPLAY, cls.PARAMS, cls.FIXED = spec.display, dict(spec.params), dict(spec.fixed)
             cls.NEEDS_TEACHER, cls.NEEDS_FEATURES = spec.needs_teacher, spec.needs_features
+            if spec.needs_features != (cls.model_outputs is not Method.model_outputs):
+                raise TypeError(f"{cls.__name__}: its registry line says needs_features={spec.needs_features}; "
+                                "a method that reads the models' features derives from FeatureMethod")
 
     def __init__(self, class_counts: list[int], **params):
         super().__init__()
@@ -72,6 +76,29 @@ class Method(nn.Module, ABC):
         """Called once before the optimizer is built, with one input batch: methods with learnable
         parts (connectors sized by the models' features) create them here. Default: nothing to build."""
 
+    def model_outputs(self, model: nn.Module, x: torch.Tensor, of_teacher: bool) -> tuple[list[torch.Tensor] | None, torch.Tensor]:
+        """What this method reads of a model for one batch: (features, logits); logit methods read
+        only the logits (features None). A method that needs more overrides this one hook."""
+        return None, model(x)
+
+    def forward_train(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, target: torch.Tensor,
+                      epoch: int) -> dict[str, torch.Tensor]:
+        """One training batch through the student (and the frozen teacher) and this method's losses."""
+        student_features, student_logits = self.model_outputs(student, x, of_teacher=False)
+        teacher_features = teacher_logits = None
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_features, teacher_logits = self.model_outputs(teacher, x, of_teacher=True)
+        # Logit losses in float32: softmax at temperature T and KL terms lose too much in bf16.
+        return self.losses(
+            student_logits.float(),
+            None if teacher_logits is None else teacher_logits.float(),
+            target,
+            epoch,
+            student_features=student_features,
+            teacher_features=teacher_features,
+        )
+
     @abstractmethod
     def losses(
         self,
@@ -83,4 +110,20 @@ class Method(nn.Module, ABC):
         teacher_features: list[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Named loss terms for one batch (already weighted); their sum is minimised.
-        `epoch` is 0-based (for warm-ups); features are given only when NEEDS_FEATURES is set."""
+        `epoch` is 0-based (for warm-ups); features are given only by a FeatureMethod."""
+
+
+class FeatureMethod(Method, ABC):
+    """A method that distils the models' stage maps (ReviewKD, CAT-KD): it reads `forward_features`
+    of student and teacher, and passes the feature lists to `losses`. Methods that distil the maps
+    before their final ReLU set `student_preact` / `teacher_preact` (instance attributes)."""
+
+    student_preact: bool = False
+    teacher_preact: bool = False
+    # ... and those that take the student's last stage as the stage outputs it (ReviewKD) set this.
+    student_raw_last_stage: bool = False
+
+    def model_outputs(self, model, x, of_teacher):
+        if of_teacher:
+            return features_of(model, x, self.teacher_preact)
+        return features_of(model, x, self.student_preact, self.student_raw_last_stage)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from trainer.losses import cat_loss, class_activation_maps
-from trainer.methods.base import Method
+from trainer.methods.base import FeatureMethod
 from trainer.methods.reviewkd import map_indices, probe_features
 
 
@@ -63,7 +63,7 @@ def bias_free_conv_head(fc: nn.Linear) -> None:
         fc.bias.requires_grad_(False)
 
 
-class CATKD(Method):
+class CATKD(FeatureMethod):
     NAME = "catkd"
 
     def __init__(self, class_counts, **params):

@@ -16,7 +16,9 @@ n_t levels, the last min(n_s, n_t) of each. For VGG13 -> MobileNetV2 that pairs 
 
 Features as the authors take them: the teacher's stage maps before their final ReLU
 (`forward_features(x, preact=True)`; see `trainer.models`), and the student's post-ReLU maps,
-or its pre-activation ones too with `student_preact` (the authors' ImageNet setting).
+or its pre-activation ones too with `student_preact` (the authors' ImageNet setting). A stage map
+is the stage's own output: for WRN, whose last stage is followed by a BN + ReLU outside it, the raw
+block-3 output (`raw_last_stage`), as the authors and mdistiller take it.
 
 The student levels are "reviewed" from deep to shallow by attention-based fusion (ABF) modules:
 the deepest level is reduced to `mid_channels` by a 1x1 conv + BN; every shallower level is reduced
@@ -42,17 +44,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.losses import hcl_loss
-from trainer.methods.base import Method, features_of
+from trainer.methods.base import FeatureMethod, features_of
 from trainer.methods.dkd import warmup_factor
 
 
 @torch.no_grad()
-def probe_features(model: nn.Module, sample: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+def probe_features(model: nn.Module, sample: torch.Tensor, preact: bool = False,
+                   raw_last_stage: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
     """`model.forward_features(sample)` in eval mode (no BN statistics updated), mode restored."""
     was_training = model.training
     model.eval()
     try:
-        feats, logits = features_of(model, sample, preact)
+        feats, logits = features_of(model, sample, preact, raw_last_stage)
     finally:
         model.train(was_training)
     return list(feats), logits
@@ -138,7 +141,7 @@ class AttentionFusion(nn.Module):
         return self.expand(resize_to(x, out_size)), x
 
 
-class ReviewKD(Method):
+class ReviewKD(FeatureMethod):
     """ReviewKD; see the module docstring."""
 
     NAME = "reviewkd"
@@ -147,6 +150,7 @@ class ReviewKD(Method):
         super().__init__(class_counts, **params)
         self.teacher_preact = True  # the authors distil the teacher's pre-activation stage maps
         self.student_preact = bool(self.hparams["student_preact"])
+        self.student_raw_last_stage = True  # the stage's own output (WRN: before the BN + ReLU after block 3)
         self.fusions = nn.ModuleList()  # index l: the ABF of paired level l (shallow -> deep)
         self._levels: tuple[list[tuple[str, int]], list[tuple[str, int]]] = ([], [])  # (student, teacher) specs
         self.mid_channels = 0
@@ -155,7 +159,7 @@ class ReviewKD(Method):
     def setup(self, student, teacher, sample):
         if teacher is None:
             raise ValueError("reviewkd needs a teacher")
-        s_feats, _ = probe_features(student, sample, self.student_preact)
+        s_feats, _ = probe_features(student, sample, self.student_preact, self.student_raw_last_stage)
         t_feats, _ = probe_features(teacher, sample, self.teacher_preact)
         s_spec, t_spec = level_spec(student, s_feats), level_spec(teacher, t_feats)
         n = min(len(s_spec), len(t_spec))
