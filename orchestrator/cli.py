@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from orchestrator.errors import RunFailure, UserError
+from orchestrator.errors import RunFailure, UserError, redact_credentials
 from orchestrator.paths import disk_full_error, os_reason, writable_folder
 
 FORMATS = ("md", "latex", "csv", "html")
@@ -430,8 +430,8 @@ def _unexpected(exc: BaseException) -> int:
 
         traceback.print_exception(exc)
     first = (str(exc).strip().splitlines() or [""])[0][:500]
-    print(f"ltkd: failed: {type(exc).__name__}: {first} (LTKD_DEBUG=1 shows where; please report it if the input was valid)",
-          file=sys.stderr)
+    print(redact_credentials(f"ltkd: failed: {type(exc).__name__}: {first} (LTKD_DEBUG=1 shows where; please report it if the "
+                             "input was valid)"), file=sys.stderr)
     return 1
 
 
@@ -443,10 +443,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UserError as exc:
-        print(f"ltkd: error: {exc}", file=sys.stderr)
+        print(redact_credentials(f"ltkd: error: {exc}"), file=sys.stderr)
         return 2
     except RunFailure as exc:
-        print(f"ltkd: failed: {exc}", file=sys.stderr)
+        print(redact_credentials(f"ltkd: failed: {exc}"), file=sys.stderr)
         return 1
     except BrokenPipeError:
         # The reader went away (`ltkd sweep --dry-run | head`): stop quietly, like other Unix tools.

@@ -35,7 +35,8 @@ import yaml
 from orchestrator.errors import RunFailure, UserError
 from orchestrator.study import (FROM_SEARCH, PairSpec, RangeSpec, StudySpec, Trial, config_hash, expand, full_params,
                                 load_study)
-from orchestrator.tracking import CELL_TAG, FINISHED, NOTE_TAG, Tracker, check_reachable, git_commit, resolve_tracking_uri
+from orchestrator.tracking import (CELL_TAG, FINISHED, NOTE_TAG, Tracker, check_reachable, git_commit, redact_credentials,
+                                   resolve_tracking_uri)
 from trainer.config import TrialConfig
 from trainer.methods import METHODS
 from trainer.recipes import resolve_recipe
@@ -602,7 +603,7 @@ def run_search(study_path: str, tracking_uri: str | None, address: str | None, s
     from orchestrator.sweep import browse_hint
 
     print(browse_hint(uri, study.name, exp_id) + " (each search is a parent run; expand it for its trials)", file=out)
-    print(f"best points: ltkd best {study_path}" + (f" --tracking-uri {uri}" if tracking_uri else ""), file=out)
+    print(f"best points: ltkd best {study_path}" + (f" --tracking-uri {redact_credentials(uri)}" if tracking_uri else ""), file=out)
     if failures:
         raise RunFailure(f"{failures} search trial(s) failed (their errors are on their runs); rerun to fill the budget "
                          "only if you raised it: failed trials count toward it")
@@ -771,7 +772,7 @@ def best_points(study_path: str, tracking_uri: str | None, out_file: str | None,
     if not points:
         raise UserError(f"{study_path}: no search of this study has a completed trial in {uri}; run `ltkd search {study_path}` first")
     target_file = Path(out_file) if out_file else Path(study_path).with_name(f"{study.name}.best.yaml")
-    body = {"search": study.name, "method": study.search.method, "metric": metric, "tracking_uri": uri,
+    body = {"search": study.name, "method": study.search.method, "metric": metric, "tracking_uri": redact_credentials(uri),
             "written": time.strftime("%Y-%m-%d %H:%M:%S"), "points": points}
     header = (f"# Written by `ltkd best`: the best {study.search.method} hyperparameters of study {study.name!r} per pair and γ, "
               f"chosen on {metric}\n# (a balanced validation split; no test metric was read). A grid study takes them with\n"

@@ -16,9 +16,9 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from orchestrator.errors import UserError
+from orchestrator.errors import UserError, redact_credentials, without_userinfo
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MLflow prints a "View run ... at: URL" line per run it ends on a server; the sweep prints its own
@@ -39,67 +39,161 @@ def resolve_tracking_uri(cli_value: str | None) -> str:
     return cli_value or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+CREDENTIALS_HINT = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or write them to ~/.mlflow/credentials "
+                    "([mlflow] mlflow_tracking_username = ..., mlflow_tracking_password = ...; mode 600)")
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Refuse an unusable tracking URI before anything runs (UserError: exit 2, one line)."""
+    shown = redact_credentials(uri)
     if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                if resp.status != 200:
-                    raise UserError(f"--tracking-uri {uri}: /health answered {resp.status}; expected a running MLflow server")
-        except urllib.error.HTTPError as exc:
-            raise UserError(f"--tracking-uri {uri}: /health answered {exc.code}; expected a running MLflow server") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise UserError(f"--tracking-uri {uri}: MLflow server not reachable ({reason}); start it or pass a reachable URI") from None
-    elif uri.startswith("sqlite:///"):
+        _check_server(uri, shown, timeout)
+    elif uri.startswith("sqlite:"):
+        path = uri.removeprefix("sqlite:").removeprefix("///") if uri.startswith("sqlite:///") else ""
+        if path in ("", ":memory:") or path.startswith(":memory:"):
+            raise UserError(f"--tracking-uri {shown}: an in-memory SQLite database keeps nothing once the command ends; "
+                            "name a file: sqlite:///PATH/mlflow.db")
         if "?" in uri or "#" in uri:
-            raise UserError(f"--tracking-uri {uri}: a SQLite store is a plain file path (no ?query or #fragment), e.g. sqlite:///PATH/mlflow.db")
-        folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
+            raise UserError(f"--tracking-uri {shown}: a SQLite store is a plain file path (no ?query or #fragment), e.g. sqlite:///PATH/mlflow.db")
+        folder = Path(path).expanduser().resolve().parent
         if not folder.is_dir():
-            raise UserError(f"--tracking-uri {uri}: folder {folder} does not exist")
+            raise UserError(f"--tracking-uri {shown}: folder {folder} does not exist")
     elif uri.startswith("databricks"):
         pass  # credentials come from the Databricks config; the first store call says what is wrong
     elif uri.startswith("file:") or "://" not in uri:
         # MLflow 3.17 refuses its file store (a file: URI or a bare path) unless asked.
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
-            raise UserError(f"--tracking-uri {uri}: MLflow's file store is retired; use sqlite:///PATH/mlflow.db or a server "
+            raise UserError(f"--tracking-uri {shown}: MLflow's file store is retired; use sqlite:///PATH/mlflow.db or a server "
                             "(or set MLFLOW_ALLOW_FILE_STORE=true to use it anyway)")
     else:
-        _check_database_uri(uri)
+        _check_database_uri(uri, timeout)
+
+
+class ServerLogin(NamedTuple):
+    base: str  # the server's URI without userinfo
+    user: str | None
+    password: str | None
+    source: str  # where MLflow read them, as the user would fix it
+
+
+def server_login(uri: str) -> ServerLogin:
+    """The login MLflow sends to a server, in MLflow's order: MLFLOW_TRACKING_USERNAME/_PASSWORD (over
+    ~/.mlflow/credentials) when both are set, else the URI's own `user:password@`."""
+    from urllib.parse import unquote, urlsplit
+
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    parts = urlsplit(uri)
+    base = without_userinfo(uri)
+    creds = read_mlflow_creds()
+    if creds.username and creds.password:
+        env = os.environ.get("MLFLOW_TRACKING_USERNAME") and os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        return ServerLogin(base, creds.username, creds.password,
+                           "MLFLOW_TRACKING_USERNAME/_PASSWORD" if env else "~/.mlflow/credentials")
+    if parts.username is not None:
+        return ServerLogin(base, unquote(parts.username), unquote(parts.password or ""), "the URI's user:password@")
+    return ServerLogin(base, None, None, "")
+
+
+def _server_get(base: str, path: str, user: str | None, password: str | None, timeout: float):
+    """GET one MLflow REST path, logged in as MLflow would be; returns (status, body)."""
+    import base64
+
+    request = urllib.request.Request(base.rstrip("/") + path)
+    if user:
+        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _check_server(uri: str, shown: str, timeout: float) -> None:
+    """The server answers /health and lets this user read: a missing or refused login is one line that
+    says where MLflow reads credentials from (MLflow's own error would come later, cut mid-URL)."""
+    base, user, password, source = server_login(uri)
+    try:
+        status, _ = _server_get(base, "/health", None, None, timeout)
+        if status != 200:
+            raise UserError(f"--tracking-uri {shown}: /health answered {status}; expected a running MLflow server")
+        status, body = _server_get(base, "/api/2.0/mlflow/experiments/search?max_results=1", user, password, timeout)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(f"--tracking-uri {shown}: MLflow server not reachable ({reason}); start it or pass a reachable URI") from None
+    if status == 401:
+        if not user:
+            raise UserError(f"--tracking-uri {shown}: the MLflow server asks for a login and none is set; {CREDENTIALS_HINT}")
+        raise UserError(f"--tracking-uri {shown}: the MLflow server refused the login of user {user!r} from {source} "
+                        f"(wrong user or password); {CREDENTIALS_HINT}")
+    if status == 403:
+        raise UserError(f"--tracking-uri {shown}: user {user!r} may not read experiments on this server; ask its admin for READ "
+                        "or log in as another user: " + CREDENTIALS_HINT)
 
 
 _DATABASE_SCHEMES = ("postgresql", "postgres", "mysql", "mssql")
 ALLOWED_URIS = "http(s)://HOST:PORT (an MLflow server), sqlite:///PATH, postgresql://..., mysql://..., mssql://..., databricks"
+# The Python package of each driver SQLAlchemy may ask for; a bare postgresql:// is psycopg 3, the project's extra.
+_DRIVER_PACKAGES = {"psycopg": "ltkd[postgres]", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}
+# How each dialect's driver takes a connection timeout in seconds (libpq's and PyMySQL's spelling).
+_CONNECT_TIMEOUT_ARG = {"postgresql": "connect_timeout", "mysql": "connect_timeout"}
 
 
 def _check_database_uri(uri: str, timeout: float = 5.0) -> None:
-    """A database URI: a scheme MLflow can store in, its Python driver installed, its server listening."""
+    """A database URI: a scheme MLflow can store in, its Python driver installed, its server listening
+    and accepting the login, all within seconds (MLflow itself retries a refused login for minutes)."""
     import socket
 
+    shown = redact_credentials(uri)
     scheme = uri.split("://", 1)[0]
     if scheme.split("+", 1)[0] not in _DATABASE_SCHEMES:
-        raise UserError(f"--tracking-uri {uri}: unknown scheme {scheme!r}; allowed: {ALLOWED_URIS}")
+        raise UserError(f"--tracking-uri {shown}: unknown scheme {scheme!r}; allowed: {ALLOWED_URIS}")
     from sqlalchemy.engine import make_url
 
     try:
         url = make_url(uri)
         dialect = url.get_dialect()
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's own words name what is wrong with the URI
-        raise UserError(f"--tracking-uri {uri}: not a database URI SQLAlchemy can use ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        why = redact_credentials(str(exc).splitlines()[0][:200])
+        raise UserError(f"--tracking-uri {shown}: not a database URI SQLAlchemy can use ({type(exc).__name__}: {why})") from None
     try:
         dialect.import_dbapi()
     except ImportError as exc:
         module = getattr(exc, "name", None) or ""
-        package = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}.get(module, module)
-        raise UserError(f"--tracking-uri {uri}: its database driver is not installed ({exc}); "
-                        f"`pip install '{package}'` into this environment" + (" or name another driver (e.g. mysql+pymysql://)" if scheme.startswith("mysql") else "")) from None
-    if url.host:
-        port = url.port or {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}[scheme.split("+", 1)[0]]
-        try:
-            socket.create_connection((url.host, port), timeout=timeout).close()
-        except OSError as exc:
-            raise UserError(f"--tracking-uri {uri}: database server {url.host}:{port} not reachable ({exc}); start it or pass a reachable URI") from None
+        package = _DRIVER_PACKAGES.get(module, module)
+        other = " or name another driver (e.g. mysql+pymysql://)" if scheme.startswith("mysql") else ""
+        raise UserError(f"--tracking-uri {shown}: its database driver is not installed (no module {module or '?'!r}); "
+                        f"`pip install '{package}'` into this environment{other}") from None
+    if not url.host:
+        return
+    family = "postgresql" if scheme.startswith("postgres") else scheme.split("+", 1)[0]
+    port = url.port or {"postgresql": 5432, "mysql": 3306, "mssql": 1433}[family]
+    try:
+        socket.create_connection((url.host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise UserError(f"--tracking-uri {shown}: database server {url.host}:{port} not reachable ({exc}); start it or pass a reachable URI") from None
+    _check_database_login(uri, shown, family, timeout)
+
+
+def _check_database_login(uri: str, shown: str, family: str, timeout: float) -> None:
+    import sqlalchemy
+
+    arg = _CONNECT_TIMEOUT_ARG.get(family)
+    engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool,
+                                      connect_args={arg: max(1, int(timeout))} if arg else {})
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.DBAPIError as exc:
+        cause = exc.orig if exc.orig is not None else exc
+        first = redact_credentials((str(cause).strip().splitlines() or [type(cause).__name__])[0][:300])
+        if "password" in first.lower() or "authentication" in first.lower() or "access denied" in first.lower():
+            raise UserError(f"--tracking-uri {shown}: the database refused the login ({first}); "
+                            "correct the user and password in the URI (or the driver's password file)") from None
+        raise UserError(f"--tracking-uri {shown}: cannot use the database ({first})") from None
+    finally:
+        engine.dispose()
 
 
 # MLflow error codes of a store that is down or overloaded (worth retrying), as opposed to one that
@@ -203,7 +297,7 @@ class Tracker:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
-                raise UserError(f"experiment {name!r} is deleted in {self.uri}; restore it or rename the study")
+                raise UserError(f"experiment {name!r} is deleted in {redact_credentials(self.uri)}; restore it or rename the study")
             return exp.experiment_id
         if not create:
             return None
@@ -211,6 +305,51 @@ class Tracker:
             name, artifact_location=self._local_artifact_location(name), tags={EXPERIMENT_KIND_TAG: "custom_model_development"}
         )
         return exp_id
+
+    def check_write_access(self, experiment_id: str, study: str, delete_runs: bool = False) -> None:
+        """Refuse (one line, exit 2) before Ray starts when this login may not write the study's runs (a
+        read-only user of an MLflow server, a read-only store) or, for --retrain-teacher, delete them."""
+        from mlflow.exceptions import MlflowException
+
+        shown = redact_credentials(self.uri)
+        try:
+            # The sweep sets this tag to this value anyway (describe_experiment): a write that changes nothing.
+            self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+        except MlflowException as exc:
+            if exc.error_code != "PERMISSION_DENIED":
+                raise UserError(f"--tracking-uri {shown}: cannot use the tracking store ({error_line(exc, 300)})") from None
+            raise UserError(self._denied(experiment_id, study, "write its runs", "EDIT")) from None
+        except Exception as exc:  # noqa: BLE001 - a read-only SQLite file, a database that refuses writes
+            raise UserError(f"--tracking-uri {shown}: cannot use the tracking store ({error_line(exc, 300)})") from None
+        if delete_runs and self.uri.startswith(("http://", "https://")):
+            permission = self.server_permission(experiment_id)
+            if permission is not None and permission != "MANAGE":
+                raise UserError(self._denied(experiment_id, study, "move runs to the trash (--retrain-teacher)", "MANAGE", permission))
+
+    def server_permission(self, experiment_id: str) -> str | None:
+        """This login's permission on the experiment (READ, USE, EDIT, MANAGE, ...) as an MLflow server
+        with basic auth states it; None when the server has no such API (no authentication)."""
+        base, user, password, _ = server_login(self.uri)
+        if not user:
+            return None
+        from urllib.parse import urlencode
+
+        query = urlencode({"username": user, "resource_type": "experiment", "resource_id": experiment_id})
+        status, body = _server_get(base, f"/api/3.0/mlflow/users/permissions/get?{query}", user, password, 10.0)
+        if status != 200:
+            return None
+        try:
+            return json.loads(body).get("permission")
+        except (ValueError, AttributeError):
+            return None
+
+    def _denied(self, experiment_id: str, study: str, what: str, needed: str, permission: str | None = None) -> str:
+        user = server_login(self.uri).user if self.uri.startswith(("http://", "https://")) else None
+        has = permission or (self.server_permission(experiment_id) if user else None) or "READ"
+        who = f"user {user!r}" if user else "this login"
+        return (f"--tracking-uri {redact_credentials(self.uri)}: {who} may not {what} in experiment {study!r} "
+                f"(permission {has}, needs {needed}); log in as the user that created it or ask the server's admin for "
+                f"{needed} on it: {CREDENTIALS_HINT}")
 
     def _local_artifact_location(self, name: str) -> str | None:
         """For a SQLite store, artifacts beside the database file (MLflow's default is ./mlruns in
@@ -610,12 +749,12 @@ _param_str = param_str
 
 def error_line(exc: BaseException, limit: int = 600) -> str:
     """An error as one line: its first line, and its last one when that says more (MLflow and Ray
-    put the cause of a multi-line message last). Never a traceback."""
+    put the cause of a multi-line message last). Never a traceback, never a password."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith(("Traceback", "File \"", "#####"))]
     text = lines[0] if lines else ""
     if len(lines) > 1 and lines[-1] not in text:
         text = f"{text.rstrip(':')}: {lines[-1]}"
-    return f"{type(exc).__name__}: {text}"[:limit] if text else type(exc).__name__
+    return redact_credentials(f"{type(exc).__name__}: {text}")[:limit] if text else type(exc).__name__
 
 
 MANIFEST_FILE = "MANIFEST.json"  # in a checkpoint folder: each file's size and sha256

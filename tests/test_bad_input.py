@@ -270,7 +270,7 @@ COMMAND_CASES = [
     (["sweep", "{study}", "--tracking-uri", "file://{tmp}/fs"], ["file store is retired", "sqlite:///PATH/mlflow.db"]),
     (["sweep", "{study}", "--tracking-uri", "{tmp}/mlruns"], ["file store is retired"]),
     (["sweep", "{study}", "--tracking-uri", "postgresql://u:p@127.0.0.1:9/db"],
-     ["--tracking-uri postgresql://u:p@127.0.0.1:9/db: ", ("database driver is not installed", "127.0.0.1:9 not reachable")]),
+     ["--tracking-uri postgresql://u:***@127.0.0.1:9/db: ", ("database driver is not installed", "127.0.0.1:9 not reachable")]),
     (["sweep", "{study}", "--tracking-uri", "sqlite:///{tmp}/m.db?mode=ro"], ["plain file path (no ?query"]),
     (["sweep", "{study}", "--storage", "{tmp}/a_file/sub"], ["--storage {tmp}/a_file/sub: cannot write there (Not a directory)"]),
     (["sweep", "{study}", "--wait-for-resources", "-1"], ["--wait-for-resources -1: must be >= 0 minutes"]),

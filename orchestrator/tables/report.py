@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from orchestrator.errors import redact_credentials, without_userinfo
 from orchestrator.paths import file_inside, write_text
 from orchestrator.tables.build import planned_by_cell, study_pairs
 from orchestrator.tables.core import Table, gamma_label, pair_label
@@ -22,7 +23,7 @@ STATES = ("done", "running", "failed", "missing")
 
 def ui_base(tracking_uri: str) -> str:
     """Where the MLflow UI of this store is: the server itself, else `mlflow ui`'s default address."""
-    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return without_userinfo(tracking_uri).rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
 
 
 def run_link(base: str, experiment_id: str, run_id: str) -> str:
@@ -79,7 +80,7 @@ def write_report(study, trials, tables: list[Table], run_states: dict, plots: li
     summary = ", ".join(f"{counts[s]} {s}" for s in STATES)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     head = (f"Study {study.name!r} ({study.description or 'no description'}): {len(trials)} planned trials: {summary}. "
-            f"Generated {stamp} from {tracking_uri}.")
+            f"Generated {stamp} from {redact_credentials(tracking_uri)}.")
     parts_html = [f"<h1>{html.escape(study.name)}</h1>", f"<p>{html.escape(head)}</p>"]
     parts_md = [f"# {study.name}", "", head, ""]
     for table in tables:
