@@ -402,7 +402,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         from orchestrator import leftovers
 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        context = ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        # "local": a Ray of our own even where `ray start` left a cluster on this machine (ray.init() with
+        # no address would join the newest one through /tmp/ray/ray_current_cluster).
+        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+                           log_to_driver=False)
         # This Ray is ours: should the sweep be SIGKILLed, the next one stops what is left of it.
         leftovers.record(session_dir=context.address_info.get("session_dir") or "")
     if callable(sigterm) and threading.current_thread() is threading.main_thread():
