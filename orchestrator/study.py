@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import struct
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,30 +26,104 @@ from pydantic import AfterValidator, PrivateAttr, BaseModel, StrictInt, ConfigDi
 from orchestrator.errors import UserError
 from trainer.config import Recipe, TrialConfig
 from trainer.recipes import RECIPES, method_defaults, resolve_recipe
-from trainer.datasets import DATASET_INFO, num_classes_of
+from trainer.data import long_tailed_counts
+from trainer.datasets import DATASET_INFO, class_counts_of, num_classes_of
 from trainer.methods import METHODS, PARAM_CHOICES, SUPERVISED_LOSSES
 from trainer.models import MODELS
 
-_STRICT = ConfigDict(extra="forbid")
+# Unknown keys refused; no NaN or infinity, not even as a quoted 'nan' / 'inf' that pydantic would read as one.
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 MAX_NAME_CHARS = 100
-# Limits on what a study file may ask for, refused with one line before anything grows; each can be
-# raised through its environment variable by a user who really needs more.
-MAX_STUDY_BYTES = int(os.environ.get("LTKD_MAX_STUDY_BYTES", 1_000_000))
-MAX_YAML_NODES = int(os.environ.get("LTKD_MAX_YAML_NODES", 100_000))  # counted with every alias expanded
-MAX_TRIALS = int(os.environ.get("LTKD_MAX_TRIALS", 100_000))
+# A file name's limit on common filesystems (NAME_MAX, in bytes), and the longest suffix the tables
+# add to `STUDY_TABLE` (orchestrator.tables.plots' teacher-probability plot): the study and table
+# names must leave room for it.
+MAX_FILE_NAME_BYTES = 255
+LONGEST_TABLE_FILE_SUFFIX = "_teacher_group_prob.png"
+# MLflow keeps at most 20,000 characters in an experiment tag; the sweep adds a link to the description.
+MAX_DESCRIPTION_CHARS = 19_000
+INT64_MAX = 2**63 - 1
+# Ray counts resources in steps of 0.0001; a trial is a process: at least a hundredth of a CPU (or GPU).
+RESOURCE_STEP = 0.0001
+MIN_RESOURCE_SHARE = 0.01
+
+
+def env_limit(name: str, default: int) -> int:
+    """A limit on what a study file may ask for, refused with one line before anything grows; each can
+    be raised through its environment variable by a user who really needs more."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw.strip().replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"{name} = {raw!r}: must be a whole number >= 1 (default {default:,})")
+    return value
+
+
+def max_study_bytes() -> int:
+    return env_limit("LTKD_MAX_STUDY_BYTES", 1_000_000)
+
+
+def max_yaml_nodes() -> int:
+    return env_limit("LTKD_MAX_YAML_NODES", 100_000)  # counted with every alias expanded
+
+
+def max_trials() -> int:
+    return env_limit("LTKD_MAX_TRIALS", 100_000)
+
+
+def float32_problem(value: float) -> str | None:
+    """Why a number cannot be used as the float32 training computes in (None: it can)."""
+    try:
+        rounded = struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        rounded = math.inf
+    if math.isinf(rounded) and not math.isinf(value):
+        return "beyond the float32 range training computes in (about ±3.4e38)"
+    if value != 0 and rounded == 0:
+        return "so small that it is 0 in the float32 training computes in"
+    return None
+
+
+def int64_problem(value: int) -> str | None:
+    if not -INT64_MAX - 1 <= value <= INT64_MAX:
+        return f"beyond the 64-bit integers training counts in (at most {INT64_MAX})"
+    return None
 
 # The recipe's schema is derived from the trainer's dataclass, so the two cannot drift apart:
 # every field is optional (None = the preset's value), plus `preset`, a name from trainer.recipes.
 _recipe_hints = typing.get_type_hints(Recipe)
 _RecipeFields = create_model(
     "_RecipeFields",
-    __config__=ConfigDict(extra="forbid"),
+    __config__=_STRICT,
     **{f.name: (_recipe_hints[f.name] | None, None) for f in dataclasses.fields(Recipe)},
 )
 
 
+_RECIPE_FLOATS = [name for name, hint in _recipe_hints.items() if hint is float]
+_RECIPE_INTS = [name for name, hint in _recipe_hints.items() if hint is int]
+
+
 class RecipeSpec(_RecipeFields):  # type: ignore[misc, valid-type]
     preset: str | None = None
+
+    @field_validator(*_RECIPE_FLOATS)
+    @classmethod
+    def _float32(cls, v: float | None) -> float | None:
+        problem = None if v is None else float32_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator(*_RECIPE_INTS)
+    @classmethod
+    def _int64(cls, v: int | None) -> int | None:
+        problem = None if v is None else int64_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("preset")
     @classmethod
@@ -83,10 +158,24 @@ class RecipeSpec(_RecipeFields):  # type: ignore[misc, valid-type]
     def _increasing_epochs(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
         if v is not None and (any(m < 1 for m in v) or list(v) != sorted(set(v))):
             raise ValueError("milestones must be epochs >= 1 in increasing order")
+        if v is not None and any(int64_problem(m) for m in v):
+            raise ValueError(int64_problem(max(v)))
         return v
 
     def overrides(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump(exclude={"preset"}).items() if v is not None}
+
+
+class TeacherRecipeSpec(RecipeSpec):
+    """teacher_recipe: the recipe's fields for teacher trials, validated and coerced as `recipe`'s are
+    (the preset is the study's own)."""
+
+    @field_validator("preset")
+    @classmethod
+    def _no_preset(cls, v: str | None) -> str | None:
+        if v is not None:
+            raise ValueError("the teacher trials take the study's recipe.preset; teacher_recipe overrides its fields")
+        return v
 
 
 class DatasetSpec(BaseModel):
@@ -95,8 +184,8 @@ class DatasetSpec(BaseModel):
     gammas: list[float] = Field(min_length=1)
     root: str | None = None
     options: dict[str, Any] = {}
-    n_max: int | None = Field(default=None, ge=1)
-    split_seed: int = 0
+    n_max: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    split_seed: int = Field(default=0, ge=0, lt=2**32)  # seeds NumPy's generator of the long-tailed draw
 
     @field_validator("name")
     @classmethod
@@ -111,7 +200,51 @@ class DatasetSpec(BaseModel):
         for g in v:
             if not math.isfinite(g) or g < 1:
                 raise ValueError(f"gamma = {g:g} is not allowed: the imbalance factor must be >= 1")
+        # Tables, run names and the plan show γ as `_short(g)`: two values shown alike would be one column.
+        shown = [_short(g) for g in v]
+        for i, label in enumerate(shown):
+            if shown.index(label) != i:
+                raise ValueError(f"gamma values {v[shown.index(label)]!r} and {v[i]!r} both show as {label!r} (in tables and "
+                                 "run names); give distinct values, at most 6 significant digits")
         return v
+
+    @model_validator(mode="after")
+    def _profile_fits(self) -> "DatasetSpec":
+        check_profile(self, validation_per_class=0)
+        return self
+
+
+def check_profile(ds: "DatasetSpec", validation_per_class: int) -> None:
+    """The long-tailed profile of every γ against the images each class has (where the source fixes
+    them: `trainer.datasets.class_counts_of`), less the validation images a search holds out."""
+    counts = class_counts_of(ds.name, ds.options)
+    if counts is None:
+        return
+    available = [c - validation_per_class for c in counts]
+    top = ds.n_max if ds.n_max is not None else min(available)
+    held = f" after the {validation_per_class} validation images per class a search holds out" if validation_per_class else ""
+    if top < 1:
+        raise ValueError(f"{ds.name} has {min(counts)} training images in its smallest class{held}: none left to train on")
+    for gamma in ds.gammas:
+        profile = long_tailed_counts(top, len(counts), gamma)
+        short = [i for i, (want, have) in enumerate(zip(profile, available)) if want > have]
+        if short:
+            i = short[0]
+            fits = _largest_fitting_n_max(available, gamma)
+            raise ValueError(f"n_max = {top}: at γ = {_short(gamma)} class {i} of {ds.name} needs {profile[i]} training images "
+                             f"and has {available[i]}{held}; allowed: n_max up to {fits}")
+
+
+def _largest_fitting_n_max(available: list[int], gamma: float) -> int:
+    """The largest n_max whose profile at `gamma` every class can fill (the profile grows with n_max)."""
+    low, high = 0, available[0]
+    while low < high:
+        mid = (low + high + 1) // 2
+        if all(w <= h for w, h in zip(long_tailed_counts(mid, len(available), gamma), available)):
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 class PairSpec(BaseModel):
@@ -133,6 +266,20 @@ class ResourcesSpec(BaseModel):
     gpu: float = Field(default=0, ge=0)
     # A trial whose worker or node dies is run again (resuming) up to this many times.
     max_retries: int = Field(default=2, ge=0, le=100)
+
+    @field_validator("cpu", "gpu")
+    @classmethod
+    def _ray_share(cls, v: float, info: ValidationInfo) -> float:
+        """What Ray can schedule: a whole number, or a fraction of one in its steps of 0.0001, and a
+        trial's process takes at least a hundredth of one (GPU 0: none)."""
+        if info.field_name == "gpu" and v == 0:
+            return v
+        allowed = (f"allowed: a whole number, or a fraction from {MIN_RESOURCE_SHARE:g} to 1 in steps of {RESOURCE_STEP:g}"
+                   + (", or 0" if info.field_name == "gpu" else ""))
+        steps = v / RESOURCE_STEP
+        if v < MIN_RESOURCE_SHARE or (v > 1 and not v.is_integer()) or abs(steps - round(steps)) > 1e-6 or v > 1e6:
+            raise ValueError(allowed)
+        return v
 
 
 BEST_OTHER = "best_other"
@@ -358,6 +505,10 @@ def _check_tables(tables: list[TableSpec], info: ValidationInfo) -> list[TableSp
     for i, table in enumerate(tables):
         if names.index(table.name) != i:
             raise UserError(f"tables.{i}.name = {table.name!r}: two tables with one name (their files would collide)")
+        longest = f"{info.data.get('name', '')}_{table.name}{LONGEST_TABLE_FILE_SUFFIX}"
+        if len(longest.encode()) > MAX_FILE_NAME_BYTES:
+            raise UserError(f"tables.{i}.name = {_shown_value(table.name)}: the file {_shown_value(longest)} would have "
+                            f"{len(longest.encode())} bytes; allowed: study and table names that leave it at most {MAX_FILE_NAME_BYTES}")
         try:
             table.check(info.data["methods"], info.data.get("student_baseline", True))
         except ValueError as exc:
@@ -406,7 +557,7 @@ class SearchSpec(BaseModel):
 
     model_config = _STRICT
     method: str
-    space: dict[str, RangeSpec | list[ParamValue]] = Field(min_length=1)
+    space: dict[str, RangeSpec | list[Any]] = Field(min_length=1)  # values checked by StudySpec._check_search
     trials: int = Field(ge=1, le=10_000)  # per (pair, γ)
     metric: Literal["val_acc_tail", "val_acc_all", "val_acc_head", "val_acc_medium"] = "val_acc_tail"
     sampler: Literal["tpe", "random", "gp", "qmc", "cmaes"] = "tpe"
@@ -415,6 +566,25 @@ class SearchSpec(BaseModel):
     reduction_factor: int = Field(default=3, ge=2)  # ASHA: the top 1/reduction_factor go on at each rung
     validation_per_class: int = Field(default=20, ge=1)  # images per class held out (a presplit set: its own list)
     seed: int | None = Field(default=None, ge=0, lt=2**32)  # training seed and sampler seed; default: the study's first seed
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _dimensions(cls, v: Any) -> Any:
+        """Each dimension is a range (a mapping) or a list of choices: said so, not as a union's errors."""
+        if not isinstance(v, dict):
+            return v
+        out = {}
+        for key, dim in v.items():
+            if isinstance(dim, dict):
+                try:
+                    out[key] = RangeSpec.model_validate(dim)
+                except ValidationError as exc:
+                    raise UserError(_format_validation_error(exc, "", f"search.space.{key}")) from None
+            elif isinstance(dim, list):
+                out[key] = dim
+            else:
+                raise UserError(f"search.space.{key} = {_shown_value(dim)}: give a range {{low, high}} or a list of choices")
+        return out
 
     @field_validator("method")
     @classmethod
@@ -430,14 +600,15 @@ class SearchSpec(BaseModel):
 class StudySpec(BaseModel):
     model_config = _STRICT
     name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
-    description: str = ""
+    description: str = Field(default="", max_length=MAX_DESCRIPTION_CHARS)
     dataset: DatasetSpec
     pairs: list[PairSpec] = Field(min_length=1)
-    methods: dict[str, dict[str, ParamValue | list[ParamValue]]] = {}
+    # Values are checked against each method's declared defaults (`_check_param`), one line per problem.
+    methods: dict[str, dict[str, Any]] = {}
     student_baseline: bool = True  # the Student (CE) row
     seeds: list[StrictInt] = Field(default=[0], min_length=1)
     recipe: RecipeSpec = RecipeSpec()  # type: ignore[valid-type]
-    teacher_recipe: dict[str, Any] = {}  # overrides of `recipe` for teacher trials
+    teacher_recipe: TeacherRecipeSpec = TeacherRecipeSpec()  # overrides of `recipe` for teacher trials
     resources: ResourcesSpec = ResourcesSpec()
     tables: typing.Annotated[list[TableSpec], AfterValidator(_check_tables)] = [TableSpec()]
     paper: dict[str, PaperTableSpec] = {}  # table name -> the paper's values (`ltkd tables --versus paper`)
@@ -454,6 +625,20 @@ class StudySpec(BaseModel):
         if any(c in v for c in "/\\") or v.startswith(".") or any(ord(c) < 32 or ord(c) == 127 for c in v) or v != v.strip():
             raise ValueError("the study name names an experiment, a folder and files: no '/', '\\', control characters, "
                              "leading '.' or surrounding spaces")
+        if len(v.encode()) > MAX_FILE_NAME_BYTES - 1 - len(LONGEST_TABLE_FILE_SUFFIX) - len("main"):
+            raise ValueError(f"{len(v.encode())} bytes in UTF-8; the table files' names (NAME_main{LONGEST_TABLE_FILE_SUFFIX}) "
+                             f"must fit the filesystem's {MAX_FILE_NAME_BYTES} bytes: allowed: at most "
+                             f"{MAX_FILE_NAME_BYTES - 1 - len(LONGEST_TABLE_FILE_SUFFIX) - len('main')} bytes")
+        return v
+
+    @field_validator("pairs")
+    @classmethod
+    def _distinct_pairs(cls, v: list[PairSpec]) -> list[PairSpec]:
+        seen = [(p.teacher, p.student) for p in v]
+        for i, pair in enumerate(seen):
+            if seen.index(pair) != i:
+                raise ValueError(f"{pair[0]}>{pair[1]} is listed twice (entries {seen.index(pair)} and {i}: its table columns "
+                                 "would collide)")
         return v
 
     @field_validator("seeds")
@@ -464,17 +649,6 @@ class StudySpec(BaseModel):
                 raise ValueError(f"seed {seed} is not allowed: seeds are whole numbers from 0 to 2**32 - 1 (what the RNGs accept)")
         if len(set(v)) != len(v):
             raise ValueError(f"seed {next(x for x in v if v.count(x) > 1)} is listed twice")
-        return v
-
-    @field_validator("teacher_recipe")
-    @classmethod
-    def _teacher_recipe_valid(cls, v: dict[str, Any]) -> dict[str, Any]:
-        try:
-            RecipeSpec.model_validate({k: val for k, val in v.items() if k in RecipeSpec.model_fields})
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise UserError(f"teacher_recipe.{loc} = {err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}") from None
         return v
 
     @field_validator("methods")
@@ -516,7 +690,7 @@ class StudySpec(BaseModel):
         """recipe.data_path: device only for a dataset held in memory (`trainer.datasets.data_path_of`)."""
         from trainer.datasets import data_path_of
 
-        for field, value in (("recipe.data_path", self.recipe.data_path), ("teacher_recipe.data_path", self.teacher_recipe.get("data_path"))):
+        for field, value in (("recipe.data_path", self.recipe.data_path), ("teacher_recipe.data_path", self.teacher_recipe.data_path)):
             if value is not None:
                 try:
                     data_path_of(self.dataset.name, value)
@@ -545,14 +719,31 @@ class StudySpec(BaseModel):
                     _check_param(field, key, v, allowed[key], num_classes)
         if self.search is not None:
             self._check_search(num_classes)
-        unknown_teacher_keys = set(self.teacher_recipe) - {f.name for f in dataclasses.fields(Recipe)}
-        if unknown_teacher_keys:
-            raise UserError(f"teacher_recipe.{sorted(unknown_teacher_keys)[0]}: unknown key; allowed: {', '.join(f.name for f in dataclasses.fields(Recipe))}")
+        self._check_row_labels()
         return self
 
+    def _check_row_labels(self) -> None:
+        """Every grid point of every method shows as its own row: two values of one hyperparameter that
+        print alike (`alpha: [1, 1.0]`, or equal to 6 significant digits) would make two grid points one
+        row of the tables. Checked per list of values, so a huge grid is not expanded to find out."""
+        for method, params in self.methods.items():
+            declared = METHODS[method].params
+            for key, values in params.items():
+                if key == FROM_SEARCH or not isinstance(values, list) or key not in declared:
+                    continue
+                shown = [_fmt(_as_type_of(declared[key], v)) for v in values]
+                for i, label in enumerate(shown):
+                    if shown.index(label) != i:
+                        raise UserError(f"methods.{method}.{key}: the grid values {values[shown.index(label)]!r} and {values[i]!r} "
+                                        f"both show as {key}={label} (one table row); give distinct values (shown to 6 "
+                                        "significant digits)")
 
     def _check_search(self, num_classes: int) -> None:
         search = self.search
+        try:
+            check_profile(self.dataset, search.validation_per_class)
+        except ValueError as exc:
+            raise UserError(f"search.validation_per_class = {search.validation_per_class}: {exc}") from None
         allowed = METHODS[search.method].params
         for key, dim in search.space.items():
             field = f"search.space.{key}"
@@ -576,14 +767,24 @@ class StudySpec(BaseModel):
 
 def _check_param(field: str, key: str, value: Any, default: Any, num_classes: int) -> None:
     expected = type(default)
-    if key in PARAM_CHOICES and value not in PARAM_CHOICES[key]:
+    if key in PARAM_CHOICES and (not isinstance(value, str) or value not in PARAM_CHOICES[key]):
         raise UserError(f"{field} = {value!r}: allowed: {', '.join(PARAM_CHOICES[key])}")
+    if expected is str and not isinstance(value, str):
+        raise UserError(f"{field} = {value!r}: must be text")
     if expected is bool and not isinstance(value, bool):
         raise UserError(f"{field} = {value!r}: must be true or false")
     if expected in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise UserError(f"{field} = {value!r}: must be a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{field} = {value}: NaN or infinite numbers are not allowed")
+    if isinstance(value, int) and not isinstance(value, bool) and int64_problem(value):
+        raise UserError(f"{field} = {value}: {int64_problem(value)}")
     if expected is int and not float(value).is_integer():
         raise UserError(f"{field} = {value!r}: must be a whole number")
+    if expected is int and isinstance(value, float) and int64_problem(int(value)):
+        raise UserError(f"{field} = {value!r}: {int64_problem(int(value))}")
+    if expected is float and float32_problem(float(value)):
+        raise UserError(f"{field} = {value!r}: {float32_problem(float(value))}")
     if key == "n_groups" and not 1 <= value <= num_classes:
         raise UserError(f"{field} = {value}: n(G) must be between 1 and the number of classes ({num_classes})")
     if key in NON_NEGATIVE_PARAMS and value < 0:
@@ -592,18 +793,27 @@ def _check_param(field: str, key: str, value: Any, default: Any, num_classes: in
         raise UserError(f"{field} = {value}: must be > 0")
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
+def _format_validation_error(exc: ValidationError, source: str, field: str = "") -> str:
+    """pydantic's first error as one line: `source: field.loc = value: what is allowed`. `field` is where
+    the validated mapping sits in the study (its own errors, with no loc of their own, are named by it)."""
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    loc = ".".join([field] * bool(field) + [str(p) for p in err["loc"]])
+    head = f"{source}: {loc}" if source and loc else source or loc
     if err["type"] == "extra_forbidden":
-        return f"{source}: {loc}: unknown key"
+        return f"{head}: unknown key"
     if err["type"] == "missing":
-        return f"{source}: {loc}: required field is missing"
+        return f"{head}: required field is missing"
     msg = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
-    shown = f" = {value!r}" if not isinstance(value, (dict, list)) else ""
+    shown = f" = {_shown_value(value)}" if not isinstance(value, (dict, list)) else ""
     more = len(exc.errors()) - 1
-    return f"{source}: {loc}{shown}: {msg}" + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+    return f"{head}{shown}: {msg}" + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def _shown_value(value: Any, limit: int = 60) -> str:
+    """A value as an error line shows it: its repr, cut to `limit` characters with the full length said."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(value) if isinstance(value, str) else len(text):,} characters)"
 
 
 def parse_study(data: Any, source: str = "study") -> StudySpec:
@@ -631,28 +841,41 @@ class _StudyLoader(yaml.SafeLoader):
         node = self.get_single_node()
         if node is None:
             return None
-        size = _expanded_size(node, {})
-        if size > MAX_YAML_NODES:
-            raise yaml.YAMLError(f"the document expands to more than {MAX_YAML_NODES:,} values once its aliases (*name) are "
+        limit = max_yaml_nodes()
+        size = _expanded_size(node, {}, limit)
+        if size > limit:
+            raise yaml.YAMLError(f"the document expands to more than {limit:,} values once its aliases (*name) are "
                                  "expanded; set LTKD_MAX_YAML_NODES to allow more")
         return self.construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base`: the merged keys may be overridden here; flatten_mapping merges them
             key = self.construct_object(key_node, deep=True)
-            if key in seen:
+            try:
+                given_twice = key in seen
+            except TypeError:  # a list or mapping as a key
+                raise yaml.constructor.ConstructorError(None, None, f"a key must be a plain value, got a {type(key).__name__} "
+                                                        f"({key!r})", key_node.start_mark) from None
+            if given_twice:
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
 
 
-def _expanded_size(node, memo: dict[int, int]) -> int:
+# YAML 1.2's floats, which PyYAML (YAML 1.1) reads as strings when they have no dot: `1e-1`, `5E3`. Users mean numbers.
+_StudyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)$"), list("-+0123456789"))
+
+
+def _expanded_size(node, memo: dict[int, int], limit: int) -> int:
     """Values in a composed YAML node with every alias expanded, each shared node counted once
     per use (memoised, so a bomb is measured without being expanded); stops past the limit."""
     if id(node) in memo:
         return memo[id(node)]
-    memo[id(node)] = MAX_YAML_NODES + 1  # a node that contains itself is refused as too large
+    memo[id(node)] = limit + 1  # a node that contains itself is refused as too large
     if isinstance(node, yaml.SequenceNode):
         children = node.value
     elif isinstance(node, yaml.MappingNode):
@@ -661,8 +884,8 @@ def _expanded_size(node, memo: dict[int, int]) -> int:
         children = []
     total = 1
     for child in children:
-        total += _expanded_size(child, memo)
-        if total > MAX_YAML_NODES:
+        total += _expanded_size(child, memo, limit)
+        if total > limit:
             break
     memo[id(node)] = total
     return total
@@ -695,11 +918,15 @@ def load_study(path: str | Path, search_results_needed: bool = True) -> StudySpe
     """The validated study at `path`. search_results_needed=False: a method that takes its values from a
     search (`from_search`) whose file is not written yet is left out instead of refused."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+        size = path.stat().st_size if is_file else 0
+    except OSError as exc:  # a name too long for the filesystem, a folder without permission, ...
+        raise UserError(f"{str(path)[:200]}: cannot open the study file ({exc.strerror or exc})") from None
+    if not is_file:
         raise UserError(f"{path}: no such study file")
-    size = path.stat().st_size
-    if size > MAX_STUDY_BYTES:
-        raise UserError(f"{path}: {size:,} bytes; a study file may have at most {MAX_STUDY_BYTES:,} (set LTKD_MAX_STUDY_BYTES to allow more)")
+    if size > max_study_bytes():
+        raise UserError(f"{path}: {size:,} bytes; a study file may have at most {max_study_bytes():,} (set LTKD_MAX_STUDY_BYTES to allow more)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -724,8 +951,8 @@ def load_study(path: str | Path, search_results_needed: bool = True) -> StudySpe
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
     count = trial_count(study)
-    if count > MAX_TRIALS:
-        raise UserError(f"{path}: the study expands into {count:,} trials; at most {MAX_TRIALS:,} are allowed "
+    if count > max_trials():
+        raise UserError(f"{path}: the study expands into {count:,} trials; at most {max_trials():,} are allowed "
                         "(set LTKD_MAX_TRIALS to allow more)")
     return study
 
@@ -890,7 +1117,7 @@ def expand(study: StudySpec, data_root: str | None = None) -> list[Trial]:
     """All trials of the study, teachers first, each once (shared teachers and students deduplicated)."""
     ds = study.dataset
     preset, overrides = study.recipe.preset, study.recipe.overrides()
-    teacher_recipe = resolve_recipe(preset, {**overrides, **study.teacher_recipe})
+    teacher_recipe = resolve_recipe(preset, {**overrides, **study.teacher_recipe.overrides()})
     root = data_root or ds.root
     if root is not None:
         # Relative to where the sweep runs, made absolute here: Ray workers run in other folders.

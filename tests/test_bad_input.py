@@ -92,6 +92,57 @@ CASES = [
     ("alpha: 1.0", "alpha: 1.0, from_search: ''", ["methods.ltkd.from_search = ''", "the name of a search study"]),
     ("alpha: 1.0", "alpha: 1.0, from_search: nowhere", ["methods.ltkd.from_search = 'nowhere'", "no file", "nowhere.best.yaml",
                                                        "ltkd best"]),
+    # issue 26, class 1: whatever can be known without training. Quoted NaN / infinity where numbers go:
+    ("epochs: 1", "epochs: 1, lr: 'nan'", ["recipe.lr = 'nan'", "finite number"]),
+    ("gammas: [10]", "gammas: ['inf']", ["dataset.gammas.0 = 'inf'", "finite number"]),
+    ("alpha: 1.0", "alpha: 'nan'", ["methods.ltkd.alpha = 'nan'", "must be a number"]),
+    ("seeds: [0]", "seeds: [0]\nteacher_recipe: {lr: '-inf'}", ["teacher_recipe.lr = '-inf'", "finite number"]),
+    # ... numbers in the dtype they are used in (float32 for training, 64-bit integers for counts):
+    ("epochs: 1", "epochs: 1, lr: 1e308", ["recipe.lr = 1e+308", "beyond the float32 range"]),
+    ("epochs: 1", "epochs: 1, weight_decay: 1e-50", ["recipe.weight_decay = 1e-50", "0 in the float32"]),
+    ("alpha: 1.0", "alpha: 1e39", ["methods.ltkd.alpha = 1e+39", "beyond the float32 range"]),
+    ("alpha: 1.0", "alpha: [1, 1e40]", ["methods.ltkd.alpha = 1e+40", "beyond the float32 range"]),
+    ("epochs: 1", "epochs: " + "9" * 300, ["recipe.epochs = 999", "(300 characters)", "beyond the 64-bit integers", "9223372036854775807"]),
+    ("epochs: 1", "epochs: 4, milestones: [1, " + "9" * 40 + "]", ["recipe.milestones", "beyond the 64-bit integers"]),
+    ("seeds: [0]", "seeds: [0]\nteacher_recipe: {epochs: " + "9" * 30 + "}", ["teacher_recipe.epochs", "beyond the 64-bit"]),
+    ("n_groups: 3", "n_groups: 3, temperature: 1e-46", ["methods.ltkd.temperature = 1e-46", "0 in the float32"]),
+    # ... teacher_recipe validated and coerced as recipe is (its preset is the study's):
+    ("seeds: [0]", "seeds: [0]\nteacher_recipe: {epochz: 1}", ["teacher_recipe.epochz: unknown key"]),
+    ("seeds: [0]", "seeds: [0]\nteacher_recipe: {preset: cifar}", ["teacher_recipe.preset = 'cifar'", "the study's recipe.preset"]),
+    # ... the long-tailed profile against the images each class has (digits: 144 in its smallest class):
+    ("gammas: [10]", "gammas: [10], n_max: 200", ["dataset: n_max = 200", "class 0 of digits needs 200 training images and has 148",
+                                                 "allowed: n_max up to 148"]),
+    ("gammas: [10]", "gammas: [1], n_max: 150", ["n_max = 150", "γ = 1 class 0 of digits needs 150", "allowed: n_max up to 144"]),
+    ("seeds: [0]", search_block("alpha: [1]", ", validation_per_class: 150"),
+     ["search.validation_per_class = 150", "144 training images in its smallest class", "none left"]),
+    ("gammas: [10]", "gammas: [10], split_seed: -1", ["dataset.split_seed = -1", "greater than or equal to 0"]),
+    ("gammas: [10]", "gammas: [10], split_seed: 4294967296", ["dataset.split_seed = 4294967296", "less than 4294967296"]),
+    # ... names and descriptions within the filesystem's and MLflow's limits:
+    ("name: bad_input_probe", "name: " + "名" * 100, ["name = '名名", "300 bytes in UTF-8", "255 bytes", "at most 227 bytes"]),
+    ("seeds: [0]", "seeds: [0]\ntables: [{kind: main, name: " + "t" * 220 + "}]", ["tables.0.name = 'ttt", "would have 259 bytes",
+                                                                                   "at most 255"]),
+    ("name: bad_input_probe", "name: bad_input_probe\ndescription: " + "d" * 20_000, ["description = 'ddd", "(20,000 characters)",
+                                                                                       "at most 19000 characters"]),
+    # ... resources Ray can schedule:
+    ("seeds: [0]", "seeds: [0]\nresources: {cpu: 0.00001}", ["resources.cpu = 1e-05", "a fraction from 0.01 to 1"]),
+    ("seeds: [0]", "seeds: [0]\nresources: {cpu: 1.5}", ["resources.cpu = 1.5", "a whole number"]),
+    ("seeds: [0]", "seeds: [0]\nresources: {gpu: 0.333333}", ["resources.gpu = 0.333333", "in steps of 0.0001", "or 0"]),
+    # ... and labels that would collide in the tables:
+    ("gammas: [10]", "gammas: [10, 10.0000001]", ["dataset.gammas", "10.0 and 10.0000001 both show as '10'"]),
+    ("gammas: [10]", "gammas: [10, 10]", ["dataset.gammas", "both show as '10'"]),
+    ("alpha: 1.0", "alpha: [1, 1.0]", ["methods.ltkd.alpha: the grid values 1 and 1.0 both show as alpha=1"]),
+    ("alpha: 1.0", "alpha: [2, 1.0000001, 1]", ["methods.ltkd.alpha: the grid values 1.0000001 and 1 both show as alpha=1"]),
+    ("pairs: [{teacher: cnn_w16, student: cnn_w4}]", "pairs: [{teacher: cnn_w16, student: cnn_w4}, {teacher: cnn_w16, student: cnn_w4}]",
+     ["pairs: cnn_w16>cnn_w4 is listed twice (entries 0 and 1"]),
+    # issue 26, class 2: messages that name the field, for every YAML shape
+    ("n_groups: 3", "n_groups: 3, [1, 2]: 3", ["not valid YAML at line", "a key must be a plain value, got a list ([1, 2])"]),
+    ("alpha: 1.0", "alpha: [1, {a: 1}]", ["methods.ltkd.alpha = {'a': 1}: must be a number"]),
+    ("alpha: 1.0", "alpha: [[1, 2]]", ["methods.ltkd.alpha = [1, 2]: must be a number"]),
+    ("alpha: 1.0", "alpha: 1.0, ce: [standard, [x]]", ["methods.ltkd.ce = ['x']: allowed: standard, balanced_softmax"]),
+    ("ltkd: {alpha: 1.0, beta: 1.0, n_groups: 3}", "ltkd: 5", ["methods.ltkd = 5", "valid dictionary"]),
+    ("seeds: [0]", search_block("alpha: {low: 1}"), ["search.space.alpha.high: required field is missing"]),
+    ("seeds: [0]", search_block("alpha: [1, {a: 2}]"), ["search.space.alpha = {'a': 2}: must be a number"]),
+    ("seeds: [0]", search_block("alpha: 3"), ["search.space.alpha = 3: give a range {low, high} or a list of choices"]),
 ]
 
 
@@ -109,7 +160,7 @@ def run_cli(args, cwd, capsys):
     return code, captured.out, captured.err
 
 
-@pytest.mark.parametrize("old,new,fragments", CASES, ids=[c[1].split("\n")[-1][:30] for c in CASES])
+@pytest.mark.parametrize("old,new,fragments", CASES, ids=[f"{i}:{c[1].splitlines()[-1][:30]}" for i, c in enumerate(CASES)])
 def test_malformed_study_is_refused_with_one_line(tmp_path, capsys, old, new, fragments):
     assert old in GOOD
     study = tmp_path / "study.yaml"
@@ -312,3 +363,59 @@ def test_bad_option_or_environment_is_refused_with_one_line(tmp_path, capsys, mo
         options = fragment if isinstance(fragment, tuple) else (fragment,)
         assert any(f.format(tmp=tmp_path) in lines[0] for f in options), (fragment, lines[0])
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists() and not (tmp_path / "m.db").exists()
+
+
+def test_yaml_merge_keys_and_exponent_floats_are_read_as_users_mean(tmp_path, capsys):
+    """`<<: *base` merges a mapping (keys given beside it win); `1e-1` is a number, as in YAML 1.2 (PyYAML reads YAML 1.1)."""
+    from orchestrator.study import expand, load_study
+
+    study = tmp_path / "study.yaml"
+    study.write_text(textwrap.dedent(GOOD.replace("recipe: {epochs: 1}", "recipe: &base {epochs: 1, lr: 1e-1, weight_decay: 5E-4}\n"
+                                                  "teacher_recipe: {<<: *base, epochs: 2}")))
+    code, out, err = run_cli(["sweep", str(study), "--dry-run"], tmp_path, capsys)
+    assert code == 0, err
+    trials = expand(load_study(study))
+    teacher = next(t for t in trials if t.role == "teacher").config.recipe
+    student = next(t for t in trials if t.role == "student").config.recipe
+    assert (teacher.epochs, teacher.lr, teacher.weight_decay) == (2, 0.1, 0.0005)
+    assert (student.epochs, student.lr, student.weight_decay) == (1, 0.1, 0.0005)
+    assert isinstance(teacher.lr, float)  # coerced once, as recipe's own fields are
+
+
+def test_teacher_recipe_values_are_coerced_into_the_teachers_config(tmp_path):
+    from orchestrator.study import expand, parse_study
+    import yaml
+
+    data = yaml.safe_load(textwrap.dedent(GOOD))
+    data["teacher_recipe"] = {"lr": "0.5", "milestones": [2, 3], "epochs": 4}
+    (teacher,) = [t for t in expand(parse_study(data)) if t.role == "teacher"]
+    assert (teacher.config.recipe.lr, teacher.config.recipe.milestones, teacher.config.recipe.epochs) == (0.5, (2, 3), 4)
+
+
+@pytest.mark.parametrize("variable", ["LTKD_MAX_TRIALS", "LTKD_MAX_YAML_NODES", "LTKD_MAX_STUDY_BYTES"])
+@pytest.mark.parametrize("value", ["lots", "-5", "0", "1.5"])
+def test_limit_variables_set_to_garbage_are_named_in_one_line(tmp_path, capsys, monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    study = tmp_path / "study.yaml"
+    study.write_text(textwrap.dedent(GOOD))
+    code, out, err = run_cli(["sweep", str(study), "--dry-run"], tmp_path, capsys)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [f"ltkd: error: {variable} = {value!r}: must be a whole number >= 1 "
+                                        f"(default {dict(LTKD_MAX_TRIALS='100,000', LTKD_MAX_YAML_NODES='100,000', LTKD_MAX_STUDY_BYTES='1,000,000')[variable]})"]
+
+
+def test_a_study_path_too_long_for_the_filesystem_is_bad_input(tmp_path, capsys):
+    long = tmp_path / ("s" * 300) / "study.yaml"
+    code, out, err = run_cli(["sweep", str(long)], tmp_path, capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "cannot open the study file (File name too long)" in err
+
+
+def test_digits_class_counts_declared_for_validation_match_the_reader():
+    import numpy as np
+
+    from trainer.datasets import class_counts_of
+    from trainer.datasets.digits import load
+
+    assert class_counts_of("digits") == np.bincount(load().train_targets).tolist()
+    assert class_counts_of("digits", {"test_per_class": 40}) == np.bincount(load(test_per_class=40).train_targets).tolist()

@@ -77,6 +77,26 @@ def num_classes_of(name: str, options: dict | None = None) -> int:
     return int((options or {}).get("num_classes", info.default_num_classes))
 
 
+# Images per class in scikit-learn's digits (all 1,797); the reader holds `test_per_class` of each out as the test set.
+DIGITS_CLASS_IMAGES = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
+
+
+def class_counts_of(name: str, options: dict | None = None) -> list[int] | None:
+    """Training images per class of the full training set, where the source fixes them (no file is
+    read), so that a study's long-tailed profile can be checked against them at validation; None
+    where only the files tell (ImageNet folders) or gamma is not applied (ImageNet-LT's list)."""
+    options = options or {}
+    fixed = {"cifar10": (10, 5000), "cifar100": (100, 500), "tinyimagenet": (200, 500), "fashion_mnist": (10, 6000)}
+    if name in fixed:
+        classes, per_class = fixed[name]
+        return [per_class] * classes
+    if name == "digits":
+        return [n - int(options.get("test_per_class", 30)) for n in DIGITS_CLASS_IMAGES]
+    if name == "synthetic":
+        return [int(options.get("train_per_class", 100))] * num_classes_of(name, options)
+    return None
+
+
 DATA_PATHS = ("auto", "device", "loader")
 
 
