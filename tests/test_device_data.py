@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -315,7 +316,8 @@ def test_a_state_saved_with_fused_sgd_resumes_with_this_devices_update(tmp_path)
     import trainer.loop as loop
 
     saved["rng"] = loop._rng_states(loader)
-    _restore(saved, model, torch.nn.Module(), optimizer, loader, None)
+    trial = SimpleNamespace(model=model, method=torch.nn.Module(), optimizer=optimizer, train_loader=loader)
+    _restore(saved, trial, None)
     assert optimizer.param_groups[0]["fused"] is None and optimizer.param_groups[0]["lr"] == 0.1
     model(torch.randn(2, 3)).sum().backward()
     optimizer.step()
