@@ -139,23 +139,30 @@ def cmd_sweep(args) -> int:
     _stop_on_sigterm_as_on_ctrl_c()
     if args.ship:
         os.environ["LTKD_SHIP"] = args.ship  # read where Ray is joined (orchestrator.runtime_env)
-    if not args.outage_limit > 0:
-        raise UserError(f"--outage-limit {args.outage_limit:g}: must be > 0 minutes")
-    if not args.tables_every >= 0:
-        raise UserError(f"--tables-every {args.tables_every:g}: must be >= 0 minutes")
-    if not args.wait_for_resources >= 0:
-        raise UserError(f"--wait-for-resources {args.wait_for_resources:g}: must be >= 0 minutes")
+    _check_duration("--outage-limit", args.outage_limit, "minutes", zero_allowed=False)
+    _check_duration("--tables-every", args.tables_every, "minutes", zero_allowed=True)
+    _check_duration("--wait-for-resources", args.wait_for_resources, "minutes", zero_allowed=True)
     return run_sweep(args.study, args.tracking_uri, args.address, args.dry_run, args.storage, outage_limit_s=args.outage_limit * 60,
                      resource_wait_s=args.wait_for_resources * 60, retrain_teachers=args.retrain_teacher,
                      tables_every_s=args.tables_every * 60)
+
+
+def _check_duration(option: str, value: float, unit: str, zero_allowed: bool) -> None:
+    """A waiting time: a finite number that the timers it sets can hold (threading.TIMEOUT_MAX seconds)."""
+    import threading
+
+    seconds = value * (60 if unit == "minutes" else 1)
+    longest = threading.TIMEOUT_MAX / (60 if unit == "minutes" else 1)
+    if not (value > 0 or (zero_allowed and value == 0)) or not math.isfinite(seconds) or seconds > threading.TIMEOUT_MAX:
+        low = ">= 0" if zero_allowed else "> 0"
+        raise UserError(f"{option} {value:g}: must be a number of {unit} {low} and at most {longest:.4g}")
 
 
 def cmd_search(args) -> int:
     from orchestrator.search import run_search
 
     _stop_on_sigterm_as_on_ctrl_c()
-    if not args.outage_limit > 0:
-        raise UserError(f"--outage-limit {args.outage_limit:g}: must be > 0 minutes")
+    _check_duration("--outage-limit", args.outage_limit, "minutes", zero_allowed=False)
     return run_search(args.study, args.tracking_uri, args.address, args.storage, args.optuna_storage,
                       outage_limit_s=args.outage_limit * 60)
 
@@ -179,8 +186,7 @@ def cmd_tables(args) -> int:
     trials = expand(study)
     if args.watch and not args.out:
         raise UserError("--watch: needs --out DIR (the folder it keeps current)")
-    if not args.every > 0:
-        raise UserError(f"--every {args.every:g}: must be > 0 seconds")
+    _check_duration("--every", args.every, "seconds", zero_allowed=False)
     if args.out:
         writable_folder(args.out, "--out")  # before the store is read: a bad folder is found in a second
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -410,10 +416,36 @@ def _check_train_paths(args, config) -> None:
             raise UserError(f"--teacher-checkpoint {args.teacher_checkpoint}: no {CHECKPOINT_FILE} there (save one with `ltkd train --save DIR`)")
     if args.save:
         writable_folder(args.save, "--save")
+    if args.teacher_checkpoint and args.save:
+        teacher_file = os.path.realpath(file)
+        if os.path.realpath(os.path.join(args.save, CHECKPOINT_FILE)) == teacher_file:
+            raise UserError(f"--save {args.save}: holds the --teacher-checkpoint's {CHECKPOINT_FILE}; the student's weights would "
+                            "overwrite the teacher's: save into another folder")
+    if args.teacher_checkpoint:
+        _check_teacher_fits(args.teacher_checkpoint, file, config)
     try:
         load_dataset(config.dataset, root=config.data_root)
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
         raise UserError(f"--dataset {config.dataset}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+
+
+def _check_teacher_fits(option_value: str, file: str, config) -> None:
+    """The teacher checkpoint is readable and was trained on as many classes and input channels as
+    the dataset has: a mismatch would fail as a tensor-size error on the first batch."""
+    import torch
+
+    from trainer.datasets import DATASET_INFO, num_classes_of
+
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        model, classes, channels = state["model"], int(state["num_classes"]), int(state["in_channels"])
+    except Exception as exc:  # noqa: BLE001 - not a checkpoint of `ltkd train --save`, whatever the reason
+        raise UserError(f"--teacher-checkpoint {option_value}: not a checkpoint written by `ltkd train --save` "
+                        f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]})") from None
+    want = (num_classes_of(config.dataset), DATASET_INFO[config.dataset].in_channels)
+    if (classes, channels) != want:
+        raise UserError(f"--teacher-checkpoint {option_value}: its {model} has {classes} classes and {channels} input channel(s); "
+                        f"--dataset {config.dataset} has {want[0]} and {want[1]}: give a teacher trained on {config.dataset}")
 
 
 def _disk_full(exc: OSError) -> int:
@@ -452,10 +484,12 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`ltkd sweep --dry-run | head`): stop quietly, like other Unix tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         how = "interrupted (SIGTERM)" if _SIGTERM_SEEN else "interrupted"
-        print(f"ltkd: {how}: runs in flight were marked KILLED; run the same command again to go on "
-              "(finished trials are skipped, trials with checkpoint_every resume from their last state)", file=sys.stderr)
+        # A command stopped before trials ran says so in the interrupt it raises (`sweep`: a replay, a dry run).
+        what = str(exc) or ("runs in flight were marked KILLED; run the same command again to go on "
+                            "(finished trials are skipped, trials with checkpoint_every resume from their last state)")
+        print(f"ltkd: {how}: {what}", file=sys.stderr)
         return 143 if _SIGTERM_SEEN else 130
     except Exception as exc:  # noqa: BLE001 - the last resort: one line, the traceback on request
         full = disk_full_error(exc)

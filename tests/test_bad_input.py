@@ -324,8 +324,8 @@ COMMAND_CASES = [
      ["--tracking-uri postgresql://u:***@127.0.0.1:9/db: ", ("database driver is not installed", "127.0.0.1:9 not reachable")]),
     (["sweep", "{study}", "--tracking-uri", "sqlite:///{tmp}/m.db?mode=ro"], ["plain file path (no ?query"]),
     (["sweep", "{study}", "--storage", "{tmp}/a_file/sub"], ["--storage {tmp}/a_file/sub: cannot write there (Not a directory)"]),
-    (["sweep", "{study}", "--wait-for-resources", "-1"], ["--wait-for-resources -1: must be >= 0 minutes"]),
-    (["sweep", "{study}", "--outage-limit", "0"], ["--outage-limit 0: must be > 0 minutes"]),
+    (["sweep", "{study}", "--wait-for-resources", "-1"], ["--wait-for-resources -1: must be a number of minutes >= 0"]),
+    (["sweep", "{study}", "--outage-limit", "0"], ["--outage-limit 0: must be a number of minutes > 0"]),
     (["sweep", "{study}", "--retrain-teacher", "abc"], ["--retrain-teacher abc: names no teacher of this study", "its teachers:"]),
     (["sweep", "{tmp}"], ["no such study file"]),
     (["tables", "{study}", "--out", "{tmp}/a_file/sub"], ["--out {tmp}/a_file/sub: cannot write there (Not a directory)"]),
@@ -345,6 +345,15 @@ COMMAND_CASES = [
     (["train", "--method", "kd", "--teacher-checkpoint", "{tmp}", "--param", "alpha=.nan"], ["--param alpha=nan: NaN or infinite"]),
     (["train", "--method", "kd", "--teacher-checkpoint", "{tmp}"], [f"--teacher-checkpoint {{tmp}}: no model.pt there"]),
     (["train", "--save", "{tmp}/a_file/x"], ["--save {tmp}/a_file/x: cannot write there (Not a directory)"]),
+    # issue 26: waiting times the timers can hold; paths too long for the filesystem
+    (["sweep", "{study}", "--tables-every", "inf"], ["--tables-every inf: must be a number of minutes >= 0 and at most"]),
+    (["sweep", "{study}", "--tables-every", "1e300"], ["--tables-every 1e+300: must be a number of minutes >= 0"]),
+    (["sweep", "{study}", "--outage-limit", "nan"], ["--outage-limit nan: must be a number of minutes > 0"]),
+    (["sweep", "{study}", "--wait-for-resources", "inf"], ["--wait-for-resources inf: must be a number of minutes >= 0"]),
+    (["tables", "{study}", "--out", "{tmp}/o", "--watch", "--every", "inf"], ["--every inf: must be a number of seconds > 0"]),
+    (["sweep", "{study}", "--storage", "{tmp}/" + "s" * 300], ["--storage {tmp}/sss", "cannot write there (File name too long)"]),
+    (["tables", "{study}", "--out", "{tmp}/" + "o" * 300], ["--out {tmp}/ooo", "cannot write there (File name too long)"]),
+    (["train", "--save", "{tmp}/" + "v" * 300], ["--save {tmp}/vvv", "cannot write there (File name too long)"]),
 ]
 
 
@@ -419,3 +428,42 @@ def test_digits_class_counts_declared_for_validation_match_the_reader():
 
     assert class_counts_of("digits") == np.bincount(load().train_targets).tolist()
     assert class_counts_of("digits", {"test_per_class": 40}) == np.bincount(load(test_per_class=40).train_targets).tolist()
+
+
+def _teacher_checkpoint(folder: Path, model: str, num_classes: int, in_channels: int) -> Path:
+    """A checkpoint as `ltkd train --save` writes it (untrained weights: only its header matters here)."""
+    from trainer.config import TrialConfig
+    from trainer.loop import save_checkpoint
+    from trainer.models import build_model
+
+    config = TrialConfig(role="student", dataset="digits", gamma=10.0, model=model, seed=0)
+    save_checkpoint(str(folder), build_model(model, num_classes, in_channels=in_channels), config, num_classes, in_channels)
+    return folder / "model.pt"
+
+
+def test_train_refuses_to_save_over_its_teacher_checkpoint(tmp_path, capsys):
+    file = _teacher_checkpoint(tmp_path / "T", "cnn_w8", 10, 1)
+    before = file.read_bytes()
+    for save in (str(tmp_path / "T"), str(tmp_path / "T") + "/", str(tmp_path / "x" / ".." / "T")):
+        (tmp_path / "x").mkdir(exist_ok=True)
+        code, out, err = run_cli(["train", "--method", "kd", "--teacher-checkpoint", str(tmp_path / "T"), "--save", save,
+                                  "--epochs", "1"], tmp_path, capsys)
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert f"--save {save}: holds the --teacher-checkpoint's model.pt; the student's weights would overwrite the teacher's" in err
+    code, _, err = run_cli(["train", "--method", "kd", "--teacher-checkpoint", str(file), "--save", str(tmp_path / "T"),
+                            "--epochs", "1"], tmp_path, capsys)
+    assert code == 2 and "would overwrite the teacher's" in err
+    assert file.read_bytes() == before
+
+
+def test_train_refuses_a_teacher_checkpoint_of_another_class_count(tmp_path, capsys):
+    _teacher_checkpoint(tmp_path / "T100", "cnn_w8", 100, 1)
+    code, out, err = run_cli(["train", "--method", "kd", "--teacher-checkpoint", str(tmp_path / "T100"), "--epochs", "1"],
+                             tmp_path, capsys)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [f"ltkd: error: --teacher-checkpoint {tmp_path / 'T100'}: its cnn_w8 has 100 classes and 1 "
+                                        "input channel(s); --dataset digits has 10 and 1: give a teacher trained on digits"]
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "model.pt").write_bytes(b"not a checkpoint")
+    code, _, err = run_cli(["train", "--method", "kd", "--teacher-checkpoint", str(tmp_path / "junk")], tmp_path, capsys)
+    assert code == 2 and err.count("\n") == 1 and "not a checkpoint written by `ltkd train --save`" in err
