@@ -12,6 +12,8 @@ from orchestrator.errors import RunFailure, UserError, redact_credentials
 from orchestrator.paths import disk_full_error, os_reason, writable_folder
 
 FORMATS = ("md", "latex", "csv", "html")
+# Tune's storage URIs go through pyarrow.fs.FileSystem.from_uri: the schemes it knows ("file" included).
+STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv", "html": "html"}
 
 
@@ -139,12 +141,23 @@ def cmd_sweep(args) -> int:
     _stop_on_sigterm_as_on_ctrl_c()
     if args.ship:
         os.environ["LTKD_SHIP"] = args.ship  # read where Ray is joined (orchestrator.runtime_env)
+    _check_storage(args.storage)
     _check_duration("--outage-limit", args.outage_limit, "minutes", zero_allowed=False)
     _check_duration("--tables-every", args.tables_every, "minutes", zero_allowed=True)
     _check_duration("--wait-for-resources", args.wait_for_resources, "minutes", zero_allowed=True)
     return run_sweep(args.study, args.tracking_uri, args.address, args.dry_run, args.storage, outage_limit_s=args.outage_limit * 60,
                      resource_wait_s=args.wait_for_resources * 60, retrain_teachers=args.retrain_teacher,
                      tables_every_s=args.tables_every * 60)
+
+
+def _check_storage(storage: str | None) -> None:
+    """A --storage URI of a scheme Tune cannot open fails every trial's first checkpoint: refused here."""
+    if not storage or "://" not in storage:
+        return
+    scheme = storage.split("://", 1)[0].lower()
+    if scheme not in STORAGE_SCHEMES:
+        raise UserError(f"--storage {storage}: unknown scheme {scheme!r}; allowed: a path, or a URI of "
+                        f"{', '.join(s + '://' for s in STORAGE_SCHEMES)}")
 
 
 def _check_duration(option: str, value: float, unit: str, zero_allowed: bool) -> None:
@@ -162,6 +175,7 @@ def cmd_search(args) -> int:
     from orchestrator.search import run_search
 
     _stop_on_sigterm_as_on_ctrl_c()
+    _check_storage(args.storage)
     _check_duration("--outage-limit", args.outage_limit, "minutes", zero_allowed=False)
     return run_search(args.study, args.tracking_uri, args.address, args.storage, args.optuna_storage,
                       outage_limit_s=args.outage_limit * 60)

@@ -381,11 +381,43 @@ class SweepCallback(Callback):
 # ---------------------------------------------------------------------------------------------
 
 
+RAY_PROBE_TIMEOUT_S = 5.0
+
+
+def check_ray_address(address: str, timeout_s: float = RAY_PROBE_TIMEOUT_S) -> None:
+    """Something answers at a Ray address (`host:port`, `ray://host:port`), else ConnectionError within
+    seconds: ray.init retries an address where nothing listens for minutes, logging GCS warnings.
+    "auto" (the cluster this machine's `ray start` wrote down) is left to Ray."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address in ("auto", "local"):
+        return
+    parts = urlsplit(address if "://" in address else f"gcs://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number
+        host, port = None, None
+    if not host or port is None:
+        raise ValueError(f"not a Ray address: give HOST:PORT (the head's GCS, default port 6379) or ray://HOST:PORT "
+                         "(Ray Client, default port 10001)")
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except socket.gaierror as exc:
+        raise ConnectionError(f"cannot resolve {host} ({exc.strerror or exc})") from None
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise ConnectionError(f"nothing answers at {host}:{port} ({why} within {timeout_s:g} s); is the Ray head up?") from None
+
+
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     import ray
 
     if ray.is_initialized():
         return
+    if address:
+        check_ray_address(address)
     import signal
     import threading
 

@@ -352,6 +352,9 @@ COMMAND_CASES = [
     (["sweep", "{study}", "--wait-for-resources", "inf"], ["--wait-for-resources inf: must be a number of minutes >= 0"]),
     (["tables", "{study}", "--out", "{tmp}/o", "--watch", "--every", "inf"], ["--every inf: must be a number of seconds > 0"]),
     (["sweep", "{study}", "--storage", "{tmp}/" + "s" * 300], ["--storage {tmp}/sss", "cannot write there (File name too long)"]),
+    (["sweep", "{study}", "--storage", "foo://bucket/x"], ["--storage foo://bucket/x: unknown scheme 'foo'", "allowed: a path", "s3://"]),
+    (["search", "{study}", "--storage", "memory://x"], ["--storage memory://x: unknown scheme 'memory'", "gs://"]),
+    (["sweep", "{study}", "--address", "nohost", "--storage", "{tmp}/st"], ["--address nohost", "not a Ray address: give HOST:PORT"]),
     (["tables", "{study}", "--out", "{tmp}/" + "o" * 300], ["--out {tmp}/ooo", "cannot write there (File name too long)"]),
     (["train", "--save", "{tmp}/" + "v" * 300], ["--save {tmp}/vvv", "cannot write there (File name too long)"]),
 ]
@@ -467,3 +470,30 @@ def test_train_refuses_a_teacher_checkpoint_of_another_class_count(tmp_path, cap
     (tmp_path / "junk" / "model.pt").write_bytes(b"not a checkpoint")
     code, _, err = run_cli(["train", "--method", "kd", "--teacher-checkpoint", str(tmp_path / "junk")], tmp_path, capsys)
     assert code == 2 and err.count("\n") == 1 and "not a checkpoint written by `ltkd train --save`" in err
+
+
+def test_a_ray_address_where_nothing_listens_is_refused_in_seconds_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """RAY_ADDRESS (or --address) at a port nothing listens on: ray.init would retry for minutes; the sweep says so at
+    once (exit 2, one line), before Ray starts here or an experiment is created."""
+    import socket
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    study = tmp_path / "study.yaml"
+    study.write_text(textwrap.dedent(GOOD))
+    for env, args in ((f"127.0.0.1:{port}", []), (None, ["--address", f"ray://127.0.0.1:{port}"])):
+        if env:
+            monkeypatch.setenv("RAY_ADDRESS", env)
+        else:
+            monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        code, out, err = run_cli(["sweep", str(study), "--storage", str(tmp_path / "st"), *args], tmp_path, capsys)
+        assert code == 2, err
+        (line,) = err.strip().splitlines()
+        shown = env or f"ray://127.0.0.1:{port}"
+        assert line.startswith(f"ltkd: error: --address {shown}: cannot start or join Ray (nothing answers at 127.0.0.1:{port} ("), line
+        assert "is the Ray head up?" in line
+        assert not (tmp_path / "mlflow.db").exists()
+    import ray
+
+    assert not ray.is_initialized()
