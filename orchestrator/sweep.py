@@ -118,6 +118,7 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
         print("nothing to run: every trial has a FINISHED run", file=out)
         if exp_id is not None:
             _close_orphans_alone(tracker, exp_id, study.name, out)
+            _finish_tables_alone(study, plan.trials, tracker, exp_id, Path(spool + "-tables"), out)
             print(browse_hint(uri, study.name, exp_id), file=out)
         return 0
     if not address:
@@ -217,6 +218,24 @@ def _close_orphans_alone(tracker, exp_id: str, study: str, out) -> None:
         lease.release()
 
 
+def _finish_tables_alone(study, trials, tracker, exp_id: str, tables_out: Path, out) -> None:
+    """A sweep killed while it regenerated the final tables left the `tables` run RUNNING: regenerate it
+    under the study's lease (`orchestrator.tables.regenerate.finish_interrupted_tables`)."""
+    from orchestrator.tables.regenerate import finish_interrupted_tables, interrupted_tables_run
+
+    if not study.tables or interrupted_tables_run(tracker, exp_id, study.name) is None:
+        return
+    lease = Lease(tracker, exp_id, study.name)
+    lease.claim()
+    try:
+        lease.confirm()
+        line = finish_interrupted_tables(study, trials, tracker, exp_id, tables_out)
+        if line:
+            print(line, file=out)
+    finally:
+        lease.release()
+
+
 def _has_queued_events(folder: str) -> bool:
     return os.path.isdir(folder) and any(n.endswith(".jsonl") for n in os.listdir(folder))
 
@@ -271,6 +290,12 @@ def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage,
                   f"(now KILLED): {', '.join(closed[:5])}{' …' if len(closed) > 5 else ''}", file=out)
         if not todo:
             print("nothing to run: every trial has a FINISHED run", file=out)
+            if tables and study.tables:
+                from orchestrator.tables.regenerate import finish_interrupted_tables
+
+                line = finish_interrupted_tables(study, plan.trials, tracker, exp_id, Path(spool + "-tables"))
+                if line:
+                    print(line, file=out)
             print(browse_hint(uri, study.name, exp_id), file=out)
             return 0
         if resumable:

@@ -674,3 +674,58 @@ def test_paired_t_pvalue_equals_scipy_ttest_rel():
         warnings.simplefilter("ignore")
         assert paired_t_pvalue([1.0, 1.0, 1.0]) == ttest_rel([2, 3, 4], [1, 2, 3]).pvalue == 0.0
         assert math.isnan(paired_t_pvalue([0.0, 0.0])) and math.isnan(ttest_rel([1, 2], [1, 2]).pvalue)
+
+
+LEFTOVER = """
+name: leftover_tables
+dataset: {name: digits, gammas: [10]}
+pairs: [{teacher: cnn_w16, student: cnn_w4}]
+methods: {kd: {}, ltkd: {}}
+seeds: [0]
+tables:
+  - {kind: main, title: "<b>bold</b> & title", labels: {ltkd: "<script>alert('x')</script>"}}
+"""
+
+
+def _leftover_values(t):
+    return {"acc_tail": 40 + t.config.seed, "acc_all": 60.0}
+
+
+def test_a_tables_run_left_running_by_a_killed_sweep_is_regenerated_by_the_next(store, tmp_path, capsys, monkeypatch):
+    """Every trial is FINISHED; the study's `tables` run was left RUNNING (the state a sweep killed while it regenerated
+    its final tables leaves). The next sweep has nothing to train, yet regenerates the tables into that run, FINISHED."""
+    uri, folder = store
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path, _ = fill(uri, folder, LEFTOVER, _leftover_values)
+    assert main(["tables", str(path), "--tracking-uri", uri, "--out", str(tmp_path / "t")]) == 0
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("leftover_tables").experiment_id
+    (run,) = client.search_runs([exp], "tags.role = 'tables'")
+    client.update_run(run.info.run_id, status="RUNNING")
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--tracking-uri", uri, "--storage", str(tmp_path / "st")]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to run: every trial has a FINISHED run" in out
+    assert ("tables: run 'tables leftover_tables' was left RUNNING by a regeneration that died; regenerated from 4 runs "
+            "(0 cells short of seeds)") in out
+    (after,) = client.search_runs([exp], "tags.role = 'tables'")
+    assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "tables")} >= {"tables/leftover_tables_main.md"}
+    # A sweep after that finds nothing left RUNNING and says nothing about the tables.
+    assert main(["sweep", str(path), "--tracking-uri", uri, "--storage", str(tmp_path / "st")]) == 0
+    assert "was left RUNNING" not in capsys.readouterr().out
+
+
+def test_report_and_html_tables_escape_labels_and_titles(store, tmp_path, capsys):
+    """Labels and titles come from the study file; the shared HTML report and the HTML tables show them as text."""
+    uri, folder = store
+    path = folder / "leftover_tables.yaml"
+    if not path.exists():
+        fill(uri, folder, LEFTOVER, _leftover_values)
+    assert main(["report", str(path), "--tracking-uri", uri, "--out", str(tmp_path / "r"), "--no-log"]) == 0
+    assert main(["tables", str(path), "--tracking-uri", uri, "--out", str(tmp_path / "t"), "--no-log"]) == 0
+    for page in (tmp_path / "r" / "leftover_tables_report.html", tmp_path / "t" / "leftover_tables_main.html"):
+        text = page.read_text()
+        assert "<script>" not in text and "<b>bold</b>" not in text, page
+        assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text or "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in text
+        assert "&lt;b&gt;bold&lt;/b&gt; &amp; title" in text

@@ -93,6 +93,29 @@ def regenerate(study, trials, tracker, exp_id: str, out: Path, log: bool = True,
     return result
 
 
+def interrupted_tables_run(tracker, exp_id: str, study: str) -> str | None:
+    """The study's `tables` run when it is RUNNING: a regeneration (`log_tables`) began and its process
+    died before ending it, e.g. a sweep killed while it regenerated its final tables."""
+    runs = tracker.client.search_runs([exp_id], "tags.role = 'tables' and attributes.status = 'RUNNING'", max_results=100)
+    return next((r.info.run_id for r in runs if r.data.tags.get("study") == study), None)
+
+
+def finish_interrupted_tables(study, trials, tracker, exp_id: str, out: Path) -> str | None:
+    """Regenerate the tables into a `tables` run that a killed regeneration left RUNNING (its files may be
+    half logged), so that it is FINISHED and current again. The caller holds the study's lease (no live
+    sweep regenerates meanwhile). Returns the line to print, or None when nothing was left RUNNING."""
+    run_id = interrupted_tables_run(tracker, exp_id, study.name)
+    if run_id is None:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    result = regenerate(study, trials, tracker, exp_id, out, log=True)
+    if result is None:  # no FINISHED trial to tabulate: nothing to regenerate into it
+        tracker.end_run(run_id, "KILLED")
+        return f"tables: run 'tables {study.name}' was left RUNNING by a regeneration that died; no FINISHED trial to rebuild it from (now KILLED)"
+    return (f"tables: run 'tables {study.name}' was left RUNNING by a regeneration that died; regenerated from {result.runs} runs "
+            f"({result.missing} cells short of seeds), files in {out}")
+
+
 class TablesRefresher:
     """In a sweep: regenerate the study's tables every `every_s` seconds while new trials finish
     (tables only), and once more, with plots, when the sweep ends. Runs beside the sweep in a

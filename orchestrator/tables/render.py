@@ -7,6 +7,7 @@ text-decoration underline. HTML is a whole UTF-8 document (`<meta charset="utf-8
 from __future__ import annotations
 
 import html
+import re
 
 import pandas as pd
 
@@ -86,7 +87,8 @@ def render_html(table: Table) -> str:
     styler = (
         table.text().style.apply(lambda _: styles, axis=None)
         .format(escape="html").format_index(escape="html", axis=0).format_index(escape="html", axis=1)
-        .set_uuid(f"{table.study}_{table.name}").set_caption(html.escape(table.title))
+        # The uuid names ids and CSS selectors: made of plain characters, so no study name can inject markup.
+        .set_uuid(re.sub(r"[^A-Za-z0-9_-]", "_", f"{table.study}_{table.name}")).set_caption(html.escape(table.title))
     )
     # A whole document that declares UTF-8: MLflow's artifact viewer (and a browser opening the file)
     # would otherwise read ± and γ as Latin-1 ("Â±", "Î³").

@@ -69,7 +69,10 @@ def _linked_cells(table: Table, base: str, experiment_id: str) -> pd.DataFrame:
                 f'<a href="{html.escape(run_link(base, experiment_id, rid))}">s{seed}</a>' for seed, rid in zip(cell.seeds, cell.run_ids))
             line.append(html.escape(cell.text()) + (f"<br><small>{links}</small>" if links else ""))
         data.append(line)
-    return pd.DataFrame(data, index=pd.Index(table.rows), columns=pd.MultiIndex.from_tuples(table.cols))
+    # The cells are HTML already (written with escape=False); the labels come from the study (its
+    # `labels:`, pair and model names) and are escaped here, so a label cannot inject markup.
+    return pd.DataFrame(data, index=pd.Index([html.escape(r) for r in table.rows]),
+                        columns=pd.MultiIndex.from_tuples([tuple(html.escape(str(x)) for x in c) for c in table.cols]))
 
 
 def write_report(study, trials, tables: list[Table], run_states: dict, plots: list[Path], tracking_uri: str, experiment_id: str,
