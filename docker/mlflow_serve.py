@@ -85,28 +85,27 @@ def _apply_rotated_password(host, port, user, db, old: str, new: str) -> None:
     nothing happens when the new one already works)."""
     import time
 
-    import psycopg2
-    from psycopg2 import sql
+    import psycopg  # psycopg 3, the driver the server's bare postgresql:// URI runs on (mlflow.Dockerfile)
+    from psycopg import sql
 
     def connect(password):
-        return psycopg2.connect(host=host, port=port, user=user, dbname=db, password=password, connect_timeout=5)
+        return psycopg.connect(host=host, port=port, user=user, dbname=db, password=password, connect_timeout=5)
 
     for _ in range(30):  # the database may still be starting
         try:
             connect(new).close()
             return
-        except psycopg2.OperationalError as exc:
+        except psycopg.OperationalError as exc:
             if "password authentication failed" not in str(exc):
                 time.sleep(2)
                 continue
         try:
             conn = connect(old)
-        except psycopg2.OperationalError as exc:
+        except psycopg.OperationalError as exc:
             first = (str(exc).strip().splitlines() or ["?"])[0]
             raise Refused(f"postgres at {host}:{port}: neither the current nor the previous password is accepted ({first})") from None
-        with conn, conn.cursor() as cur:
-            cur.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(user), sql.Literal(new)))
-        conn.close()
+        with conn:  # commits, then closes
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(user), sql.Literal(new)))
         print(f"mlflow-serve: database role {user!r}: the rotated password is in force", file=sys.stderr)
         return
     raise Refused(f"postgres at {host}:{port}: unreachable for a minute, cannot apply the rotated password")

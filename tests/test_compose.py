@@ -176,3 +176,23 @@ def test_the_admin_password_volume_is_the_mlflow_containers_alone(stack):
     hosts = mlflow["command"][mlflow["command"].index("--allowed-hosts") + 1].split(",")
     assert {"mlflow:5000", "localhost:*", "127.0.0.1:*"} <= set(hosts)  # the service name and an ssh tunnel
     assert "--serve-artifacts" in mlflow["command"]  # workers fetch teacher checkpoints through the server
+
+
+def test_each_image_installs_the_driver_and_extras_its_path_runs(stack):
+    """The mlflow service's bare postgresql:// is psycopg 3 for SQLAlchemy 2.x: its image installs the
+    project's `postgres` extra's pin of it, and MLflow at the project's pin; the ltkd image installs the
+    project with the `postgres` and `cluster` extras (pyproject.toml is the one list of versions)."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = {re.split(r"[\[=]", d)[0]: d for d in project["dependencies"]}
+    extras = project["optional-dependencies"]
+    mlflow_cmd = stack["services"]["mlflow"]["command"]
+    assert mlflow_cmd[mlflow_cmd.index("--backend-store-uri") + 1].startswith("postgresql://")  # no +driver: psycopg 3
+    (install,) = re.findall(r"^RUN pip install --no-cache-dir (.+)$", (REPO / "docker" / "mlflow.Dockerfile").read_text(), re.M)
+    packages = [p.strip('"') for p in install.split()]
+    assert packages == [pins["mlflow"].replace("mlflow", "mlflow[auth]", 1), *extras["postgres"]], packages
+    assert extras["postgres"][0].startswith("psycopg[binary]==")
+    (install,) = re.findall(r"^RUN pip install --no-cache-dir (.+)$", (REPO / "docker" / "Dockerfile").read_text(), re.M)
+    assert install == '".[postgres,cluster]"', install
+    assert extras["cluster"] == [pins["ray"].replace("ray[tune]", "ray[default]")]
