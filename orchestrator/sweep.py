@@ -29,10 +29,11 @@ def store_exists(uri: str) -> bool:
 def browse_hint(uri: str, experiment: str, experiment_id: str) -> str:
     """How to look at the runs: the server's page, or the MLflow UI over the local store; the link
     opens the runs table in MLflow's model-training view, grouped by table cell (`experiment_url`)."""
-    from orchestrator.tracking import experiment_url
+    from orchestrator.tracking import experiment_url, redact_credentials, without_userinfo
 
     if uri.startswith(("http://", "https://")):
-        return f"runs: experiment {experiment!r} at {experiment_url(uri, experiment_id)}"
+        return f"runs: experiment {experiment!r} at {experiment_url(without_userinfo(uri), experiment_id)}"
+    uri = redact_credentials(uri)
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     try:
         shown = os.path.relpath(mlflow_bin) if mlflow_bin.exists() else "mlflow"
