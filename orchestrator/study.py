@@ -26,8 +26,7 @@ from pydantic import AfterValidator, PrivateAttr, BaseModel, StrictInt, ConfigDi
 from orchestrator.errors import UserError
 from trainer.config import Recipe, TrialConfig
 from trainer.recipes import RECIPES, method_defaults, resolve_recipe
-from trainer.data import long_tailed_counts
-from trainer.datasets import DATASET_INFO, class_counts_of, num_classes_of
+from trainer.datasets import DATASET_INFO, class_counts_of, long_tailed_counts, num_classes_of
 from trainer.methods import METHODS, PARAM_CHOICES, SUPERVISED_LOSSES
 from trainer.models import MODELS
 

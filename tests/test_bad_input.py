@@ -280,6 +280,9 @@ BOMB = "name: bomb\n" + "l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
 HUGE_GRID = GOOD.replace("ltkd: {alpha: 1.0, beta: 1.0, n_groups: 3}",
                          "ltkd: {alpha: [%s], beta: [%s], temperature: [%s]}" % ((", ".join(str(1 + i / 100) for i in range(100)),) * 3))
 DEEP = "name: deep\nx: " + "[" * 5000 + "]" * 5000 + "\n"
+# 400 x 400 grid points over 60 seeds: counted from the lists' lengths, never expanded.
+GRID_400 = GOOD.replace("ltkd: {alpha: 1.0, beta: 1.0, n_groups: 3}", "ltkd: {alpha: [%s], beta: [%s]}" % (
+    (", ".join(str(1 + i / 1000) for i in range(400)),) * 2)).replace("seeds: [0]", "seeds: [%s]" % ", ".join(map(str, range(60))))
 
 
 @pytest.mark.parametrize("body,fragments", [
@@ -288,7 +291,8 @@ DEEP = "name: deep\nx: " + "[" * 5000 + "]" * 5000 + "\n"
     (DEEP, ["not valid YAML", "nested too deeply"]),
     ("x" * 1_000_001, ["1,000,001 bytes", "at most 1,000,000", "LTKD_MAX_STUDY_BYTES"]),
     (b"name: caf\xe9\n", ["not UTF-8 text (byte 9)"]),
-], ids=["alias bomb", "million-trial grid", "deep nesting", "huge file", "not utf-8"])
+    (GRID_400, ["expands into 9,600,120 trials", "at most 100,000"]),
+], ids=["alias bomb", "million-trial grid", "deep nesting", "huge file", "not utf-8", "400x400 grid, 60 seeds, dry run"])
 def test_hostile_study_is_refused_in_seconds_and_bounded_memory(tmp_path, body, fragments):
     """A real process under a 1.5 GB address-space limit: one line, exit 2, within 20 s, no store."""
     import resource
@@ -302,7 +306,7 @@ def test_hostile_study_is_refused_in_seconds_and_bounded_memory(tmp_path, body, 
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     started = time.monotonic()
-    proc = subprocess.run([str(Path(sys.executable).parent / "ltkd"), "sweep", str(study)], cwd=tmp_path, capture_output=True,
+    proc = subprocess.run([str(Path(sys.executable).parent / "ltkd"), "sweep", str(study), "--dry-run"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60, preexec_fn=cap_memory)
     elapsed = time.monotonic() - started
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -8,22 +8,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from trainer.datasets import DataSplit, load_dataset
+# long_tailed_counts lives with the datasets' declarations (no PyTorch): study validation checks the
+# profile against the class counts with it. It is this module's contract too (`trainer.data.long_tailed_counts`).
+from trainer.datasets import DataSplit, load_dataset, long_tailed_counts  # noqa: F401
 
 # The split seed is fixed and separate from the training seed: every trial, seed and machine trains
 # on the same long-tailed subset, so seeds vary only the optimisation.
 DEFAULT_SPLIT_SEED = 0
-
-
-def long_tailed_counts(n_max: int, num_classes: int, gamma: float) -> list[int]:
-    """Images kept per class: class i of C keeps int(n_max * (1/gamma) ** (i / (C - 1)))."""
-    if gamma < 1:
-        raise ValueError(f"gamma = {gamma} is not allowed: the imbalance factor must be >= 1")
-    if num_classes < 1 or n_max < 1:
-        raise ValueError(f"need n_max >= 1 and num_classes >= 1, got n_max={n_max}, num_classes={num_classes}")
-    if num_classes == 1:
-        return [int(n_max)]
-    return [int(n_max * (1.0 / gamma) ** (i / (num_classes - 1))) for i in range(num_classes)]
 
 
 def long_tailed_indices(targets: Sequence[int], counts: Sequence[int], seed: int = DEFAULT_SPLIT_SEED) -> list[int]:

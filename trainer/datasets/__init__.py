@@ -77,6 +77,17 @@ def num_classes_of(name: str, options: dict | None = None) -> int:
     return int((options or {}).get("num_classes", info.default_num_classes))
 
 
+def long_tailed_counts(n_max: int, num_classes: int, gamma: float) -> list[int]:
+    """Images kept per class: class i of C keeps int(n_max * (1/gamma) ** (i / (C - 1)))."""
+    if gamma < 1:
+        raise ValueError(f"gamma = {gamma} is not allowed: the imbalance factor must be >= 1")
+    if num_classes < 1 or n_max < 1:
+        raise ValueError(f"need n_max >= 1 and num_classes >= 1, got n_max={n_max}, num_classes={num_classes}")
+    if num_classes == 1:
+        return [int(n_max)]
+    return [int(n_max * (1.0 / gamma) ** (i / (num_classes - 1))) for i in range(num_classes)]
+
+
 # Images per class in scikit-learn's digits (all 1,797); the reader holds `test_per_class` of each out as the test set.
 DIGITS_CLASS_IMAGES = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
 
