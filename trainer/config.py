@@ -10,7 +10,7 @@ Role = Literal["teacher", "student", "distill"]
 
 # Fields that say where and how a trial runs, not what it computes: left out of its identity.
 NOT_IDENTITY = ("data_root", "device")
-RECIPE_NOT_IDENTITY = ("num_workers", "checkpoint_every", "eval_every", "data_path", "compile")
+RECIPE_NOT_IDENTITY = ("num_workers", "checkpoint_every", "eval_every", "data_path", "compile", "teacher_logits")
 # The device data path draws a trial's crops and flips from a stream of its own (trainer.device_batches),
 # not image by image from the global one as the DataLoader did: the same distribution, other draws.
 # An augmented trial on that path says so in its identity, so runs of the DataLoader path (all such
@@ -42,6 +42,12 @@ class Recipe:
     # folders), "device" or "loader". Its effect on the draws enters the identity (AUGMENT_STREAM).
     data_path: Literal["auto", "device", "loader"] = "auto"
     compile: bool = False  # torch.compile the trained model (CUDA; the same computation, compiled)
+    # Where a distillation step gets the teacher's logits: "table" (computed once per image, crop
+    # offset and flip, `trainer.teacher_logits`; logit methods on the device data path), "live" (the
+    # teacher's forward pass every step) or "auto" (the table where it applies, fits the memory budget
+    # and costs fewer teacher passes than the epochs, or is already built). The table holds the live
+    # teacher's logits up to floating-point reassociation, so, like compile, it is not identity.
+    teacher_logits: Literal["auto", "table", "live"] = "auto"
 
 
 @dataclass(frozen=True)

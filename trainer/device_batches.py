@@ -227,6 +227,13 @@ class DeviceBatches:
         return (len(self.targets) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self):
+        for x, y, _, _ in self.keyed():
+            yield x, y
+
+    def keyed(self):
+        """The epoch's batches as `__iter__` gives them (the same draws), each with what identifies its
+        inputs: (x, y, index, draws), index [B] the images' positions in the set and draws the batch's
+        (top, left, flip) or None without augmentation, all on the device (`trainer.teacher_logits`)."""
         n = len(self.targets)
         if self.loader_order and self.generator is not None:
             torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # as DataLoader.__iter__ does
@@ -240,11 +247,14 @@ class DeviceBatches:
         for start in range(0, n, self.batch_size):
             stop = min(start + self.batch_size, n)
             x = self.images[order_store[start:stop]].to(self.device, non_blocking=True)
+            batch_draws = None
             if draws is not None:
-                x = crop_flip(x, draws[0][start:stop], draws[1][start:stop], draws[2][start:stop], self.augmentation)
+                batch_draws = (draws[0][start:stop], draws[1][start:stop], draws[2][start:stop])
+                x = crop_flip(x, *batch_draws, self.augmentation)
             if self.uint8:
                 x = normalise(x, self.mean, self.std)
-            yield x, self.targets[order_dev[start:stop]]
+            index = order_dev[start:stop]
+            yield x, self.targets[index], index, batch_draws
 
     def rng_state(self) -> dict[str, torch.Tensor]:
         """The streams a resumed trial must continue: shuffle and augmentation."""

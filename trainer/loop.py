@@ -15,9 +15,12 @@ import torch
 from trainer.config import TrialConfig
 from trainer.data import LongTailedData, build_long_tailed, make_loader, without_augmentation
 from trainer.datasets import data_path_of
+from trainer.device_batches import DeviceBatches
 from trainer.evaluate import EvalResult, evaluate, group_probability
 from trainer.methods import IDENTITY_NEUTRAL, METHODS, build_method
+from trainer.methods.base import Method
 from trainer.models import build_model
+from trainer.teacher_logits import TeacherTable, cached_table, fits_in_memory, has_cached_table, table_bytes, variants_of
 
 CHECKPOINT_FILE = "model.pt"
 RESUME_FILE = "state.pt"  # in run_trial's resume_dir: everything needed to continue a stopped trial
@@ -47,6 +50,8 @@ class TrialResult:
     # search trial, `TrialConfig.validation_per_class`; such a trial never reads the test set).
     evaluated_on: str = "test"
     validation_indices: list[int] | None = None  # the held-out images of the full training set (a search trial)
+    # Where the teacher's logits came from: "live" (its forward pass), or its table "table:built" / "table:read".
+    teacher_logits: str = "live"
 
 
 def seed_everything(seed: int) -> None:
@@ -231,6 +236,7 @@ class _Trial:
     teacher: torch.nn.Module | None
     method: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    teacher_table: TeacherTable | None = None  # the teacher's logits by (image, crop offset, flip)
 
     @property
     def cuda(self) -> bool:
@@ -262,15 +268,17 @@ def _restore(saved: dict[str, Any], trial: _Trial, saved_report: Callable[[Epoch
     return progress
 
 
-def _forward(model, teacher, method, x, y, epoch: int, autocast: bool) -> dict[str, torch.Tensor]:
+def _forward(model, teacher, method, x, y, epoch: int, autocast: bool,
+             teacher_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One batch through the method's forward (student, teacher, losses) under the trial's autocast."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        return method.forward_train(model, teacher, x, y, epoch)
+        return method.forward_train(model, teacher, x, y, epoch, teacher_logits=teacher_logits)
 
 
 def _train_epoch(model, teacher, method, optimizer, train_loader, epoch: int, device, autocast: bool,
-                 channels_last: bool = False) -> tuple[float, dict[str, float]]:
-    """One pass over the training set: the mean loss and the mean of each loss term.
+                 channels_last: bool = False, teacher_table: TeacherTable | None = None) -> tuple[float, dict[str, float]]:
+    """One pass over the training set: the mean loss and the mean of each loss term. With a
+    `teacher_table`, each batch's teacher logits are its rows (the batch's images and draws).
 
     Nothing in the pass waits for the device: the loss and its terms are summed on it and read once,
     at the end (the device path's batches are already there; the loader's are copied asynchronously)."""
@@ -280,10 +288,12 @@ def _train_epoch(model, teacher, method, optimizer, train_loader, epoch: int, de
     term_sums: dict[str, torch.Tensor] = {}
     seen = 0
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    for x, y in train_loader:
+    batches = train_loader.keyed() if teacher_table is not None else ((x, y, None, None) for x, y in train_loader)
+    for x, y, index, draws in batches:
         x = x.to(device, non_blocking=True, memory_format=memory_format)
         y = y.to(device, non_blocking=True)
-        terms = _forward(model, teacher, method, x, y, epoch, autocast)
+        teacher_logits = teacher_table.logits(index, draws) if teacher_table is not None else None
+        terms = _forward(model, teacher, method, x, y, epoch, autocast, teacher_logits)
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -308,7 +318,7 @@ def _check(config: TrialConfig, teacher_checkpoint: str | None) -> None:
         raise ValueError(f"a teacher is trained without a teacher: method {config.method!r} is not allowed for role teacher")
 
 
-def _build(config: TrialConfig, teacher_checkpoint: str | None) -> _Trial:
+def _build(config: TrialConfig, teacher_checkpoint: str | None, teacher_logits_dir: str | None = None) -> _Trial:
     """Data, loaders, models, method and optimizer, in the order in which they draw from the seeded
     streams (a resumed trial is built the same way before its state is put back)."""
     seed_everything(config.seed)
@@ -353,7 +363,45 @@ def _build(config: TrialConfig, teacher_checkpoint: str | None) -> _Trial:
                                 fused=True if cuda else None)
     if config.recipe.compile:
         model.compile()  # in place: the state_dict keeps its keys (no `_orig_mod.` prefix)
-    return _Trial(config, device, data, train_loader, eval_loader, eval_path, evaluated_on, model, teacher, method, optimizer)
+    table = None
+    if teacher is not None:  # draws from no seeded stream
+        table = _teacher_table(config, teacher_checkpoint, teacher_logits_dir, teacher, method, train_loader,
+                               data.num_classes, device, config.recipe.amp and cuda, memory_format)
+    return _Trial(config, device, data, train_loader, eval_loader, eval_path, evaluated_on, model, teacher, method, optimizer,
+                  table)
+
+
+def _teacher_table(config: TrialConfig, teacher_checkpoint: str, cache_dir: str | None, teacher, method, train_loader,
+                   num_classes: int, device: torch.device, autocast: bool, memory_format) -> TeacherTable | None:
+    """The teacher's logit table for this trial, or None where the live teacher serves (see
+    `Recipe.teacher_logits`). Cached in `cache_dir`, by default `teacher_logits/` beside the checkpoint."""
+    mode = config.recipe.teacher_logits
+    if mode == "live":
+        return None
+    logit_method = type(method).model_outputs is Method.model_outputs
+    if not (logit_method and isinstance(train_loader, DeviceBatches)):
+        if mode == "table":
+            raise ValueError(f"recipe.teacher_logits = table: method {config.method!r} on the "
+                             f"{'device' if isinstance(train_loader, DeviceBatches) else 'DataLoader'} data path cannot "
+                             "take it (a table serves logit-based methods on the device data path); use auto or live")
+        return None
+    nbytes = table_bytes(train_loader, num_classes)
+    if not fits_in_memory(nbytes, device):
+        if mode == "table":
+            raise ValueError(f"recipe.teacher_logits = table: the table takes {nbytes / 2**30:.2f} GiB, more than the "
+                             "memory budget; use auto or live")
+        return None
+    variants = variants_of(train_loader.augmentation, train_loader.image_hw)
+    folder = os.path.abspath(teacher_checkpoint if os.path.isdir(teacher_checkpoint) else os.path.dirname(teacher_checkpoint))
+    file = os.path.join(folder, CHECKPOINT_FILE) if os.path.isdir(teacher_checkpoint) else teacher_checkpoint
+    if cache_dir is None:  # beside the checkpoint folder: one cache for the teachers kept side by side
+        cache_dir = os.path.join(os.path.dirname(folder), "teacher_logits")
+    # auto: building a table costs one teacher pass per variant, the live teacher one per epoch
+    if mode == "auto" and len(variants) > config.recipe.epochs and not has_cached_table(
+            cache_dir, file, train_loader, autocast):
+        return None
+    table, source = cached_table(cache_dir, file, teacher, train_loader, num_classes, autocast, memory_format)
+    return TeacherTable(table, variants, device, source)
 
 
 def _save_resume_state(trial: _Trial, progress: _Progress, resume_dir: str, epochs_done: int) -> None:
@@ -378,7 +426,8 @@ def _run_epoch(trial: _Trial, progress: _Progress, epoch: int) -> EpochReport:
     for group in trial.optimizer.param_groups:
         group["lr"] = lr
     epoch_loss, terms = _train_epoch(trial.model, trial.teacher, trial.method, trial.optimizer, trial.train_loader, epoch,
-                                     trial.device, recipe.amp and trial.cuda, channels_last=trial.cuda)
+                                     trial.device, recipe.amp and trial.cuda, channels_last=trial.cuda,
+                                     teacher_table=trial.teacher_table)
     evaluated = None
     if (epoch + 1) % max(1, recipe.eval_every) == 0 or epoch + 1 == recipe.epochs:
         # In float32, also on a GPU: bf16 logits tie often enough to bias argmax toward low class ids (the head).
@@ -406,8 +455,9 @@ def _finish(trial: _Trial, progress: _Progress, checkpoint_dir: str | None) -> T
         trial.evaluated_on: group_probability(trial.model, trial.eval_loader, data.class_counts, trial.device),
         "train": group_probability(trial.model, train_eval_loader, data.class_counts, trial.device),
     }
+    source = "live" if trial.teacher_table is None else f"table:{trial.teacher_table.source}"
     return TrialResult(final, best, progress.best_epoch, data.class_counts, data.train_indices, config.recipe.epochs, group_prob,
-                       trial.evaluated_on, data.validation_indices)
+                       trial.evaluated_on, data.validation_indices, source)
 
 
 def run_trial(
@@ -417,6 +467,7 @@ def run_trial(
     checkpoint_dir: str | None = None,
     resume_dir: str | None = None,
     saved_report: Callable[[EpochReport], None] | None = None,
+    teacher_logits_dir: str | None = None,
 ) -> TrialResult:
     """Train `config.model` for `config.role`; evaluate every epoch; save the final weights if asked.
 
@@ -427,11 +478,12 @@ def run_trial(
     On resume, `saved_report` is first called with each epoch report the saved state holds: a report
     can be lost after its state was saved (the process that took the reports died), and a caller
     that drops the epochs it already has then still receives every epoch once.
+    `teacher_logits_dir`: where the teacher's logit table is cached (`Recipe.teacher_logits`).
     """
     _check(config, teacher_checkpoint)
     # read (and check) a saved state first: one of another config fails before any work
     saved = _read_resume_state(resume_dir, config) if resume_dir is not None else None
-    trial = _build(config, teacher_checkpoint)
+    trial = _build(config, teacher_checkpoint, teacher_logits_dir)
     progress = _restore(saved, trial, saved_report) if saved is not None else _Progress()
     del saved
     epochs, every = config.recipe.epochs, config.recipe.checkpoint_every

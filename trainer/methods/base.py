@@ -82,11 +82,13 @@ class Method(nn.Module, ABC):
         return None, model(x)
 
     def forward_train(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, target: torch.Tensor,
-                      epoch: int) -> dict[str, torch.Tensor]:
-        """One training batch through the student (and the frozen teacher) and this method's losses."""
+                      epoch: int, teacher_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One training batch through the student (and the frozen teacher) and this method's losses.
+        `teacher_logits`: the teacher's logits for this batch read from its table
+        (`trainer.teacher_logits`), in place of its forward pass (logit methods only)."""
         student_features, student_logits = self.model_outputs(student, x, of_teacher=False)
-        teacher_features = teacher_logits = None
-        if teacher is not None:
+        teacher_features = None
+        if teacher_logits is None and teacher is not None:
             with torch.no_grad():
                 teacher_features, teacher_logits = self.model_outputs(teacher, x, of_teacher=True)
         # Logit losses in float32: softmax at temperature T and KL terms lose too much in bf16.
