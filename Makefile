@@ -30,6 +30,7 @@ bench: install
 	PYTHONPATH=. $(BIN)/python bench/bench_data.py
 	PYTHONPATH=. $(BIN)/python bench/bench_step.py
 	PYTHONPATH=. $(BIN)/python bench/bench_packing.py
+	PYTHONPATH=. $(BIN)/python bench/bench_teacher_logits.py
 
 clean:
 	rm -rf mlflow.db mlruns tables-out .pytest_cache
