@@ -1,7 +1,7 @@
-"""deploy/slurm/ltkd-sweep.sbatch: bash -n, shellcheck, and the script run for real under a stand-in
-SLURM (no SLURM here): `srun` runs its command on this machine, `scontrol` names two nodes and records
-a requeue, and `ray` / `ltkd` are stand-ins that record what they were given and answer SIGTERM as the
-real ones do (the real `ltkd sweep` under SIGTERM is tested in tests/test_deploy_cluster.py)."""
+"""deploy/slurm/ltkd-sweep.sbatch: bash -n, shellcheck, and the script run under a stand-in SLURM, fast:
+`srun` runs its command on this machine, `scontrol` names two nodes, describes the job as STUB_JOB says
+and records a requeue, and `ray` / `ltkd` are stand-ins that record what they were given and answer
+SIGTERM as the real ones do. The script under a real SLURM, with the real sweep: tests/test_slurm_real.py."""
 from __future__ import annotations
 
 import os
@@ -25,6 +25,7 @@ exec "$@"
     "scontrol": """#!/bin/bash
 case "$1 $2" in
   "show hostnames") printf 'node1\\nnode2\\n';;
+  "show job") echo "JobId=$3 JobName=ltkd-sweep"; echo "   $STUB_JOB";;
   requeue*) echo "requeue $2" >> "$LOG/scontrol";;
 esac
 """,
@@ -57,11 +58,12 @@ def slurm(tmp_path):
         target = (venv_bin if name in ("ray", "ltkd") else bin_dir) / name
         target.write_text(text)
         target.chmod(0o755)
-    (venv_bin / "python").symlink_to(sys.executable)
+    (venv_bin / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')  # this venv's, with Ray
+    (venv_bin / "python").chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "LOG": str(log), "LTKD_VENV": str(tmp_path / "venv"),
            "LTKD_STUDY": "studies/smoke.yaml", "LTKD_STORAGE": str(tmp_path / "shared"), "LTKD_HEAD_IP": "127.0.0.1",
            "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[1-2]",
-           "SLURM_CPUS_PER_TASK": "8"}
+           "SLURM_CPUS_PER_TASK": "8", "STUB_JOB": "JobState=RUNNING Restarts=0 RunTime=00:10:00 TimeLimit=01:00:00"}
     return env, log, tmp_path
 
 
@@ -92,24 +94,68 @@ def test_a_finished_sweep_stops_ray_and_is_not_requeued(slurm):
     assert (log / "ltkd-args").read_text().split() == ["sweep", "studies/smoke.yaml", "--storage", env["LTKD_STORAGE"]]
     assert (log / "ltkd-env").read_text().split() == ["mode=token", "address=127.0.0.1:6379", "token_mode=600"]
     assert len((log / "ray-stopped").read_text().splitlines()) == 2  # head and workers stopped
-    assert not list((tmp / "shared").glob(".ray-token-*"))  # the job's token is removed
+    assert not list((tmp / "shared").glob(".ltkd-slurm-*"))  # the job's folder (its token) is removed
     assert not (log / "scontrol").exists()
+    assert "srun: error" not in out
 
 
-def test_sigterm_before_the_time_limit_stops_the_sweep_then_requeues(slurm):
-    env, log, tmp = slurm
-    proc = start(env)
+def sigterm_when_the_sweep_runs(env: dict, log: Path, **extra: str) -> tuple[int, str]:
+    proc = start(env, **extra)
     deadline = time.time() + 60
     while not (log / "sweep-started").exists():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)  # what --signal=B:TERM@300 sends to the batch script
+    proc.send_signal(signal.SIGTERM)  # what --signal=B:TERM@300 or `scancel --batch --signal=TERM` sends
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 143, out
-    assert "SIGTERM (the time limit is near)" in out and "ltkd: interrupted (SIGTERM)" in out
+    return proc.returncode, out
+
+
+def test_sigterm_before_the_time_limit_stops_the_sweep_then_requeues(slurm):
+    env, log, tmp = slurm
+    code, out = sigterm_when_the_sweep_runs(env, log, STUB_JOB="JobState=RUNNING Restarts=0 RunTime=00:55:30 TimeLimit=01:00:00")
+    assert code == 143, out
+    assert "SIGTERM: the time limit is near (270 s left of 01:00:00): stopping the sweep" in out, out
+    assert "ltkd: interrupted (SIGTERM)" in out
     assert (log / "scontrol").read_text() == "requeue 4242\n"
     assert len((log / "ray-stopped").read_text().splitlines()) == 2
-    assert not list((tmp / "shared").glob(".ray-token-*"))
+    assert not list((tmp / "shared").glob(".ltkd-slurm-*"))
+
+
+def test_sigterm_far_from_the_time_limit_stops_the_sweep_and_says_so_without_requeue(slurm):
+    env, log, tmp = slurm
+    code, out = sigterm_when_the_sweep_runs(env, log)
+    assert code == 143, out
+    assert "SIGTERM sent to the batch script (scancel --batch --signal=TERM, or kill), not the time limit" in out, out
+    assert "ltkd: interrupted (SIGTERM)" in out and not (log / "scontrol").exists()
+    assert len((log / "ray-stopped").read_text().splitlines()) == 2
+    assert not list((tmp / "shared").glob(".ltkd-slurm-*"))
+
+
+def test_a_folder_left_by_an_earlier_run_of_the_job_is_replaced(slurm):
+    env, log, tmp = slurm
+    stale = tmp / "shared" / ".ltkd-slurm-4242"
+    stale.mkdir(parents=True)
+    (stale / "token").write_text("the token of a run that a node failure ended")
+    proc = start(env, STUB_EXIT="0")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"STUB_JOB": "JobState=RUNNING Restarts=0 RunTime=00:00:01 TimeLimit=00:06:00"},
+     "ltkd-sweep.sbatch: --time=00:06:00 leaves 0 s of sweep before the SIGTERM 300 s (up to 360 s) before the limit; "
+     "at least LTKD_MIN_RUN=300 s are needed: --time=11 (minutes) or more"),
+    ({"SBATCH_SIGNAL": "TERM@300"},
+     "ltkd-sweep.sbatch: SBATCH_SIGNAL=TERM@300: this script stops the sweep on SIGTERM to the batch shell: "
+     "B:TERM@SECONDS is allowed"),
+    ({"LTKD_MIN_RUN": "5m"}, "ltkd-sweep.sbatch: LTKD_MIN_RUN=5m: a number of seconds is allowed"),
+])
+def test_a_refused_setting_is_one_line_and_exit_2_before_ray_starts(slurm, extra, message):
+    env, log, _ = slurm
+    run = subprocess.run(["bash", str(SCRIPT)], env={**env, **extra}, capture_output=True, text=True, timeout=30)
+    assert (run.returncode, run.stderr, run.stdout) == (2, message + "\n", "")
+    assert not (log / "ray-start").exists()
 
 
 def test_a_missing_setting_is_one_line_and_exit_2(slurm):
@@ -117,4 +163,19 @@ def test_a_missing_setting_is_one_line_and_exit_2(slurm):
     run = subprocess.run(["bash", str(SCRIPT)], env={k: v for k, v in env.items() if k != "LTKD_STORAGE"},
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "LTKD_STORAGE" in run.stderr
+    assert not (log / "ray-start").exists()
+
+
+def test_a_venv_without_rays_state_api_is_refused_naming_the_cluster_extra(slurm, tmp_path):
+    env, log, _ = slurm
+    bare = tmp_path / "bare-venv" / "bin"
+    bare.mkdir(parents=True)
+    (bare / "ltkd").symlink_to(Path(env["LTKD_VENV"]) / "bin" / "ltkd")
+    (bare / "python").write_text(f'#!/bin/sh\nexec {sys.executable} -I -S "$@"\n')  # no site-packages: no Ray
+    (bare / "python").chmod(0o755)
+    run = subprocess.run(["bash", str(SCRIPT)], env={**env, "LTKD_VENV": str(bare.parent)}, capture_output=True, text=True,
+                         timeout=30)
+    assert (run.returncode, run.stdout) == (2, "")
+    assert run.stderr == (f"ltkd-sweep.sbatch: {bare.parent} lacks Ray's dashboard and state API: install the project with "
+                          "its cluster extra (pip install -e '.[cluster]')\n")
     assert not (log / "ray-start").exists()
