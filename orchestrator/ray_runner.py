@@ -33,7 +33,7 @@ from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.stopper import Stopper  # noqa: E402
 
 from orchestrator.study import Trial  # noqa: E402
-from orchestrator.tracking import FINISHED, TrialRuns, error_line  # noqa: E402
+from orchestrator.tracking import FINISHED, TrialRuns, error_line, redact_credentials  # noqa: E402
 
 FINAL_KEY = "ltkd_final"
 ERROR_KEY = "ltkd_error"
@@ -41,8 +41,9 @@ ERROR_KEY = "ltkd_error"
 DETERMINISTIC_ERRORS = (FloatingPointError, ValueError, KeyError, TypeError, IndexError, ZeroDivisionError, AssertionError)
 
 
-def _train_one(tune_config: dict[str, Any]) -> None:
-    """The Tune trainable: runs in a Ray worker. Trainer + teacher fetch; no MLflow writes."""
+def _train_one(tune_config: dict[str, Any], tracking_uri: str | None = None) -> None:
+    """The Tune trainable: runs in a Ray worker. Trainer + teacher fetch; no MLflow writes.
+    `tracking_uri`: the store's URI with its password, through Ray's object store (`fit_trials`)."""
     import ray
     import torch
     from ray import tune
@@ -91,7 +92,8 @@ def _train_one(tune_config: dict[str, Any]) -> None:
         if payload.get("teacher_checkpoint") is not None:
             teacher_dir = _local_checkpoint(payload["teacher_checkpoint"], payload["config_hash"])
         elif payload.get("teacher_artifact"):
-            teacher_dir = fetch_checkpoint(payload["teacher_artifact"], payload["tracking_uri"], teacher_hash=payload.get("teacher_hash"))
+            teacher_dir = fetch_checkpoint(payload["teacher_artifact"], tracking_uri or payload["tracking_uri"],
+                                           teacher_hash=payload.get("teacher_hash"))
         keep = payload.get("keep_checkpoint", True)  # a search trial's weights are not kept
         with tempfile.TemporaryDirectory(prefix="ltkd-ckpt-") as ckpt:
             result = run_trial(config, report=report_epoch, teacher_checkpoint=teacher_dir, checkpoint_dir=ckpt if keep else None,
@@ -474,11 +476,12 @@ def unsatisfiable(cpu: float, gpu: float) -> str | None:
 
 def trial_payload(t: Trial, sources: dict, tracking_uri: str, resources: dict[str, float], resume_root: str | None,
                   **extra: Any) -> dict:
-    """What `_train_one` receives for a trial: its config, identity, where to resume and its teacher's source."""
+    """What `_train_one` receives for a trial: its config, identity, where to resume and its teacher's source.
+    Tune writes it into its experiment state on the storage: the tracking URI without its password."""
     return {
         "config_hash": t.config_hash,
         "config": t.config.to_dict(),
-        "tracking_uri": tracking_uri,
+        "tracking_uri": redact_credentials(tracking_uri),
         "cpus": resources.get("cpu", 1),
         "gpus": resources.get("gpu", 0),
         "resume_root": resume_root,
@@ -518,7 +521,7 @@ def run_trials(
     schedule = Schedule(trials, teacher_artifacts, payload, on_skip)
     callback = SweepCallback(schedule, runs, progress, outcomes, max_retries + 1, poll)
     fit_trials(trials, runs, outcomes, DependencySearcher(schedule), None, callback, resources, max_retries, storage_path, name,
-               should_stop)
+               should_stop, tracking_uri=tracking_uri)
     if interrupted(trials, outcomes, should_stop):
         raise KeyboardInterrupt  # stop the sweep here
     return outcomes
@@ -526,10 +529,11 @@ def run_trials(
 
 def fit_trials(trials, runs: TrialRuns, outcomes: dict[str, Outcome], search_alg, scheduler, callback, resources: dict[str, float],
                max_retries: int, storage_path: str | None, name: str, should_stop: Callable[[], bool],
-               max_concurrent: int | None = None) -> None:
+               max_concurrent: int | None = None, tracking_uri: str | None = None) -> None:
     """One Tune run of `_train_one` trials that `search_alg` hands out, `callback` tracks and
     `scheduler` (None: first in, first out) may stop early. Trials in flight when it stops (Ctrl-C,
-    `should_stop`) end KILLED; the next sweep continues them from their saved state."""
+    `should_stop`) end KILLED; the next sweep continues them from their saved state. `tracking_uri`
+    reaches the trials through Ray's object store (`tune.with_parameters`), not their persisted config."""
     from ray import tune
 
     cpu, gpu = resources.get("cpu", 1), resources.get("gpu", 0)
@@ -543,7 +547,7 @@ def fit_trials(trials, runs: TrialRuns, outcomes: dict[str, Outcome], search_alg
 
         leftovers.record(tune_dir=storage)
     tuner = tune.Tuner(
-        tune.with_resources(_train_one, {"cpu": cpu, "gpu": gpu}),
+        tune.with_resources(tune.with_parameters(_train_one, tracking_uri=tracking_uri), {"cpu": cpu, "gpu": gpu}),
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=-1, reuse_actors=True,
                                     max_concurrent_trials=slots),
         run_config=tune.RunConfig(

@@ -689,7 +689,7 @@ def _search_all(study: StudySpec, study_path: str, chosen: list[Target], tracker
     stopped = False
     try:
         fit_trials(made, runs, outcomes, searcher, scheduler, callback, resources, study.resources.max_retries, storage,
-                   f"{study.name}-search", outage_exceeded, max_concurrent=sum(r.budget for r in searches))
+                   f"{study.name}-search", outage_exceeded, max_concurrent=sum(r.budget for r in searches), tracking_uri=uri)
         stopped = interrupted(made, outcomes, outage_exceeded)
     finally:
         progress.close()
