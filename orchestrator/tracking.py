@@ -320,6 +320,8 @@ class Tracker:
                 raise UserError(f"--tracking-uri {shown}: cannot use the tracking store ({error_line(exc, 300)})") from None
             raise UserError(self._denied(experiment_id, study, "write its runs", "EDIT")) from None
         except Exception as exc:  # noqa: BLE001 - a read-only SQLite file, a database that refuses writes
+            if "database is locked" in str(exc):
+                raise  # another writer holds a SQLite store: the sweep's caller names it
             raise UserError(f"--tracking-uri {shown}: cannot use the tracking store ({error_line(exc, 300)})") from None
         if delete_runs and self.uri.startswith(("http://", "https://")):
             permission = self.server_permission(experiment_id)
