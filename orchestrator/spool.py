@@ -4,14 +4,29 @@ Why: one MLflow call takes 5 to 50 ms (more across a network), and Ray Tune runs
 the sweep's event loop, so a sweep that wrote synchronously would crawl at the speed of its tracker
 and die with it. Here the driver appends each event to an on-disk spool and returns at once; writer
 threads drain the spool into the store, batching the epochs of a run into one call, and retry with
-backoff while the store is unreachable. A sweep that dies leaves its spool behind; the next sweep of
-the study replays it before it plans, so nothing it had queued is lost.
+backoff while the store cannot take writes. A sweep that dies leaves its spool behind; the next sweep
+of the study replays it before it plans, so nothing it had queued is lost.
 
-Layout: one append-only JSON-lines file per run (`<key>.jsonl`), so a run's events keep their order
-and runs are drained in parallel; `<key>.ack` holds how many bytes of it the store has taken;
-`<key>.run` the MLflow run id once the run exists; `files/<key>/` copies of artifact folders. A
-replayed event is harmless: a metric carries the time it was queued at, and MLflow's SQL store keeps
-one row per (key, step, time, value); params, tags, artifacts and a run's end are idempotent.
+Layout: one append-only file per run (`<key>.jsonl`), so a run's events keep their order and runs are
+drained in parallel; `<key>.ack` holds how many bytes of it the store has taken; `<key>.run` the
+MLflow run id once the run exists; `files/<key>/` copies of artifact folders. A replayed event is
+harmless: a metric carries the time it was queued at, and MLflow's SQL store keeps one row per (key,
+step, time, value); params, tags, artifacts and a run's end are idempotent.
+
+Records are framed like a write-ahead log: each line is `JSON<TAB>crc32\\n` (lines of the earlier,
+unframed layout are read as plain JSON). A last line without its newline is what a crash mid-append
+leaves: when a spool is opened it is cut off with one notice (its event never reached the store, and
+the trial that queued it reports it again). A complete line that does not parse or whose checksum
+differs is moved to `quarantine` (named in one notice) and skipped; the run's other events are
+written. So a replay always ends.
+
+Identity: a writer may be given the identity of its store (`store_identity`); each run's first event
+carries it, and a run queued for another store is not written into this one (its file goes to the
+quarantine folder, named in one notice).
+
+Fencing: `fence` (the study's lease) is asked before every store call; once it raises `Fenced` the
+writer writes nothing more, drops what is queued after (the sweep that took over continues those
+runs), and leaves its spool files as they are for the successor to replay or remove.
 
 Besides metrics, tags and artifacts, a run's events name work for the store to do: link the run to its
 teacher's run, log its dataset input, draw its per-class plot, save its checkpoint as an MLflow model.
@@ -29,6 +44,7 @@ import os
 import shutil
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +54,14 @@ MAX_METRICS_PER_CALL = 1000
 MAX_TAGS_PER_CALL = 100
 READ_CHUNK = 4000  # events read from a run's file per pass: bounds the writer's memory
 BACKOFF_S = (1, 2, 4, 8, 15, 30)
+QUARANTINE = "quarantine"
+# Ops after which the run's outcome is decided in the store: asked of the fence with `decisive=True`.
+DECISIVE_OPS = ("start", "reopen", "end")
+
+
+class Fenced(Exception):
+    """This writer may no longer write to the store (its sweep lost the study's lease, or the store
+    it was opened for is gone); the message says why, in one line."""
 
 
 @dataclass
@@ -46,6 +70,26 @@ class WriterState:
     lag_s: float  # age of the oldest queued event (0 when drained)
     down_since: float | None  # wall time of the first failure of the current outage, None when up
     error: str  # the last failure, one line
+    trouble: str = "server unreachable"  # what the current outage is, in words (`describe`)
+
+
+def frame(event: dict) -> bytes:
+    """One spool record: compact JSON (never a raw tab in it), a tab, its CRC-32, a newline."""
+    body = json.dumps(event, separators=(",", ":"), allow_nan=True).encode()
+    return body + b"\t" + f"{zlib.crc32(body):08x}".encode() + b"\n"
+
+
+def unframe(line: bytes) -> dict:
+    """The event of a whole record (ValueError when it is corrupt); an unframed line is plain JSON."""
+    body = line.rstrip(b"\n")
+    if b"\t" in body:
+        body, crc = body.rsplit(b"\t", 1)
+        if crc != f"{zlib.crc32(body):08x}".encode():
+            raise ValueError("checksum mismatch")
+    event = json.loads(body)
+    if not isinstance(event, dict) or not isinstance(event.get("op"), str):
+        raise ValueError("not a spool event")
+    return event
 
 
 class _Run:
@@ -59,7 +103,7 @@ class _Run:
         self.lock = threading.Lock()
         self.handle = None
         self.size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
-        self.acked = int(_read(self.ack_path) or 0)
+        self.acked = min(int(_read(self.ack_path) or 0), self.size)
         self.run_id = _read(self.run_path) or None
         self.appended = 0  # events appended in this process (for the pending count)
         self.taken = 0  # of those, taken by the store
@@ -69,19 +113,59 @@ class _Run:
         self.uncertain_create = self.run_id is None and self.size > 0
         self.ended = False
 
+    def cut_torn_tail(self) -> int:
+        """Drop a last record without its newline (a crash mid-append); returns the bytes dropped.
+        Only for a file no live process appends to (a spool being opened)."""
+        if self.size == 0:
+            return 0
+        with open(self.path, "rb") as f:
+            f.seek(max(0, self.size - 65536))
+            tail = f.read()
+        if tail.endswith(b"\n"):
+            return 0
+        keep = self.size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else self._last_newline_end()
+        os.truncate(self.path, keep)
+        dropped, self.size = self.size - keep, keep
+        self.acked = min(self.acked, self.size)
+        if self.acked >= self.size:
+            self.oldest = None
+        return dropped
+
+    def _last_newline_end(self) -> int:
+        """Offset just after the last newline of a file whose last 64 KiB hold none."""
+        end = 0
+        with open(self.path, "rb") as f:
+            offset = 0
+            for line in f:
+                offset += len(line)
+                if line.endswith(b"\n"):
+                    end = offset
+        return end
+
     def append(self, line: bytes) -> None:
         with self.lock:
             if self.handle is None:
                 self.handle = open(self.path, "ab")
-            self.handle.write(line)
-            self.handle.flush()  # in the kernel's cache: survives a killed driver
+            try:
+                self.handle.write(line)
+                self.handle.flush()  # in the kernel's cache: survives a killed driver
+            except OSError:
+                # A partial write (a full disk) must not leave half a record for the next one to join.
+                self.handle.close()
+                self.handle = None
+                try:
+                    os.truncate(self.path, self.size)
+                except OSError:
+                    pass
+                raise
             self.size += len(line)
             self.appended += 1
             if self.oldest is None:
                 self.oldest = time.time()
 
-    def read(self, limit: int) -> list[tuple[dict, int]]:
-        """Up to `limit` (event, end offset) pairs after the acknowledged offset; whole lines only."""
+    def read(self, limit: int) -> list[tuple[dict | None, int, bytes]]:
+        """Up to `limit` (event, end offset, raw line) after the acknowledged offset; a corrupt record
+        has event None. Only bytes below the size known to be whole records are read."""
         with self.lock:
             start, end = self.acked, self.size
         if start >= end:
@@ -91,11 +175,15 @@ class _Run:
             f.seek(start)
             offset = start
             while len(out) < limit and offset < end:
-                line = f.readline()
-                if not line.endswith(b"\n"):
+                line = f.readline(end - offset)
+                if not line:  # the file is shorter than it was (cut by someone else): stop here
                     break
                 offset += len(line)
-                out.append((json.loads(line), offset))
+                try:
+                    event = unframe(line) if line.endswith(b"\n") else None
+                except ValueError:
+                    event = None
+                out.append((event, offset, line))
         return out
 
     def ack(self, offset: int, events: int, next_queued: float | None = None) -> None:
@@ -115,8 +203,8 @@ class _Run:
             f.seek(offset)
             line = f.readline()
         try:
-            return float(json.loads(line)["q"]) if line.endswith(b"\n") else None
-        except (ValueError, KeyError):
+            return float(unframe(line)["q"]) if line.endswith(b"\n") else None
+        except (ValueError, KeyError, TypeError):
             return None
 
     def set_run_id(self, run_id: str) -> None:
@@ -155,21 +243,47 @@ def _write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def spooled_runs(folder: str) -> list[str]:
+    """The keys of the runs a spool folder holds events of."""
+    try:
+        return sorted(n[: -len(".jsonl")] for n in os.listdir(folder) if n.endswith(".jsonl"))
+    except FileNotFoundError:
+        return []
+
+
 class SpooledWriter:
     """Queue run events on disk and write them to the store from `workers` background threads.
 
     Every method that queues returns without touching the network. `key` names a run within the
     spool (opaque; `new_run` and `adopt_run` hand one out). A run's events are written in the order
     they were queued; different runs are written in parallel.
+
+    `store_identity`: what the store is (`tracking.store_identity`), carried by each run's first event;
+    runs queued for another store are not written. `fence(decisive)`: asked before every store call
+    (`decisive` for creating, continuing and ending a run); raises `Fenced` when this writer may write
+    no more. `describe(exc)`: a failure in words for the console ("server unreachable", "disk full");
+    `is_fatal(exc)`: a failure no retry mends (the store's file was deleted): the writer stops as if
+    fenced. `quarantine`: where corrupt records and runs of another store are moved. `may_queue()`:
+    a check without the store, asked before each event is queued (False: the lease's renewal is
+    overdue past its expiry, so the event is dropped rather than left for a later replay).
     """
 
     def __init__(self, store, folder: str, workers: int = 4, is_transient: Callable[[BaseException], bool] | None = None,
-                 on_warning: Callable[[str], None] | None = None):
+                 on_warning: Callable[[str], None] | None = None, store_identity: str | None = None,
+                 fence: Callable[[bool], None] | None = None, describe: Callable[[BaseException], str] | None = None,
+                 is_fatal: Callable[[BaseException], str | None] | None = None, quarantine: str | None = None,
+                 may_queue: Callable[[], bool] | None = None):
         self.store = store
         self.folder = folder
         os.makedirs(os.path.join(folder, "files"), exist_ok=True)
         self.is_transient = is_transient or (lambda exc: True)
         self.on_warning = on_warning or (lambda line: None)
+        self.store_identity = store_identity
+        self.fence = fence or (lambda decisive: None)
+        self.describe = describe or (lambda exc: "server unreachable")
+        self.is_fatal = is_fatal or (lambda exc: None)
+        self.quarantine = quarantine or os.path.join(folder, QUARANTINE)
+        self.may_queue = may_queue or (lambda: True)
         self._runs: dict[str, _Run] = {}
         self._ids: dict[str, str] = {}  # key -> MLflow run id, kept after a run's spool files go
         self._lock = threading.Lock()
@@ -184,15 +298,20 @@ class SpooledWriter:
         self._stopping = False
         self.down_since: float | None = None
         self.error = ""
+        self.trouble = "server unreachable"
+        self.fenced: str | None = None  # why this writer writes no more (Fenced's line), None while it may
         self.replayed = 0  # runs found unfinished in the spool when it was opened
-        for name in sorted(os.listdir(folder)):
-            if name.endswith(".jsonl"):
-                run = self._run(name[: -len(".jsonl")])
-                if not run.drained:
-                    self.replayed += 1
-                    self._schedule(run.key)
-                else:
-                    self._forget(run)
+        for key in spooled_runs(folder):
+            run = self._run(key)
+            torn = run.cut_torn_tail()
+            if torn:
+                self.on_warning(f"tracking: the last record of {run.path} was torn ({torn} bytes: a crash mid-write); dropped, "
+                                "the rest replays")
+            if not run.drained:
+                self.replayed += 1
+                self._schedule(run.key)
+            else:
+                self._forget(run)
         self._threads = [threading.Thread(target=self._work, name=f"ltkd-tracking-{i}", daemon=True)
                          for i in range(max(1, workers))]
         for t in self._threads:
@@ -202,7 +321,7 @@ class SpooledWriter:
     def new_run(self, experiment_id: str, run_name: str, params: dict[str, str], tags: dict[str, str]) -> str:
         key = os.urandom(8).hex()
         self._append(key, {"op": "start", "experiment_id": experiment_id, "name": run_name, "params": params,
-                           "tags": {**tags, "spool_key": key}})
+                           "tags": {**tags, "spool_key": key}, "store": self.store_identity})
         return key
 
     def adopt_run(self, run_id: str, tags: dict[str, str]) -> str:
@@ -210,10 +329,10 @@ class SpooledWriter:
         key = "run-" + run_id
         with self._lock:
             run = self._run(key)
-        if run.run_id is None:
+        if run.run_id is None and self.fenced is None:
             run.set_run_id(run_id)
         self._ids[key] = run_id
-        self._append(key, {"op": "reopen", "tags": tags})
+        self._append(key, {"op": "reopen", "tags": tags, "store": self.store_identity})
         return key
 
     def log_metrics(self, key: str, metrics: dict[str, float], step: int) -> None:
@@ -229,6 +348,8 @@ class SpooledWriter:
     def log_dir(self, key: str, local_dir: str, artifact_path: str, model_path: str | None = None) -> None:
         """Copy the folder into the spool now (its source may be deleted before the store is back).
         `model_path`: also log the checkpoint it holds as a model there (`store.log_model`)."""
+        if self.fenced is not None:
+            return
         copy = os.path.join(self.folder, "files", key, f"{os.urandom(4).hex()}-{os.path.basename(artifact_path)}")
         shutil.copytree(local_dir, copy)
         self._append(key, {"op": "dir", "src": os.path.relpath(copy, self.folder), "path": artifact_path})
@@ -264,20 +385,31 @@ class SpooledWriter:
             runs = list(self._runs.values())
         pending = sum(max(0, r.appended - r.taken) for r in runs) + sum(1 for r in runs if r.appended == 0 and not r.drained)
         oldest = [r.oldest for r in runs if r.oldest is not None and not r.drained]
-        return WriterState(pending, now - min(oldest) if oldest else 0.0, self.down_since, self.error)
+        return WriterState(pending, now - min(oldest) if oldest else 0.0, self.down_since, self.error, self.trouble)
 
     def drained(self) -> bool:
         with self._lock:
             return all(r.drained for r in self._runs.values()) and not self._queued and self._busy == 0
 
     def flush(self, timeout: float | None = None, give_up: Callable[[], bool] | None = None) -> bool:
-        """Wait until every queued event is in the store; False on timeout or when `give_up()` says so."""
+        """Wait until every queued event is in the store; False on timeout, when `give_up()` says so,
+        or once the writer is fenced."""
         deadline = None if timeout is None else time.time() + timeout
         while not self.drained():
-            if (deadline is not None and time.time() > deadline) or (give_up is not None and give_up()):
+            if (self.fenced is not None or (deadline is not None and time.time() > deadline)
+                    or (give_up is not None and give_up())):
                 return False
             time.sleep(0.05)
         return True
+
+    def forget_drained(self) -> None:
+        """Remove the spool files of every run the store has taken in full (a replayed spool: its
+        runs that did not end are continued by the sweep under new keys)."""
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            if run.drained:
+                self._forget(run)
 
     def close(self) -> None:
         """Stop the threads (what is not written stays in the spool for the next sweep)."""
@@ -298,8 +430,10 @@ class SpooledWriter:
         return run
 
     def _append(self, key: str, event: dict) -> None:
+        if self.fenced is not None or not self.may_queue():
+            return  # the sweep that took over continues this run: nothing more is queued for it here
         event["q"] = time.time()
-        line = (json.dumps(event, separators=(",", ":"), allow_nan=True) + "\n").encode()
+        line = frame(event)
         with self._lock:
             run = self._run(key)
         run.append(line)
@@ -327,13 +461,22 @@ class SpooledWriter:
                 pass
         shutil.rmtree(os.path.join(self.folder, "files", run.key), ignore_errors=True)
 
+    def _fence_off(self, why: str) -> None:
+        """Write nothing more: the threads stop taking runs, queueing becomes a no-op."""
+        with self._lock:
+            if self.fenced is None:
+                self.fenced = why
+            self._queue.clear()
+            self._queued.clear()
+            self._wake.notify_all()
+
     def _work(self) -> None:
         failures = 0
         while True:
             with self._lock:
                 while not self._queue and not self._stopping:
                     self._wake.wait(timeout=1.0)
-                if self._stopping:
+                if self._stopping or self.fenced is not None:
                     return
                 key = self._queue.popleft()
                 self._queued.discard(key)
@@ -347,10 +490,18 @@ class SpooledWriter:
                     failures = 0
                     if self.down_since is not None:
                         self.down_since, self.error = None, ""
-            except Exception as exc:  # noqa: BLE001 - sorted below: transient (retry) or a run the store refuses
-                if self.is_transient(exc):
+            except Fenced as exc:
+                self._fence_off(str(exc))
+            except Exception as exc:  # noqa: BLE001 - sorted below: fenced, fatal, transient (retry), or a run the store refuses
+                fatal = None if self.fenced is not None else self.is_fatal(exc)
+                if self.fenced is not None:
+                    pass  # a call that was under way when the writer was fenced: its outcome no longer matters here
+                elif fatal:
+                    self._fence_off(fatal)
+                elif self.is_transient(exc):
                     failures += 1
                     self.error = _one_line(exc)
+                    self.trouble = self.describe(exc)
                     if self.down_since is None:
                         self.down_since = time.time()
                     retry_after = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1]
@@ -361,7 +512,7 @@ class SpooledWriter:
             with self._lock:
                 self._busy -= 1
                 self._inflight.discard(key)
-            if run is None:
+            if run is None or self.fenced is not None:
                 continue
             if retry_after:
                 self._schedule(key, front=True)
@@ -371,16 +522,42 @@ class SpooledWriter:
             elif run.ended:
                 self._forget(run)
 
+    def _set_aside(self, run: _Run, raw: bytes, offset: int, why: str) -> None:
+        """A record that cannot be written (corrupt): into the quarantine file, named in one notice."""
+        os.makedirs(self.quarantine, exist_ok=True)
+        path = os.path.join(self.quarantine, run.key + ".jsonl")
+        with open(path, "ab") as f:
+            f.write(raw if raw.endswith(b"\n") else raw + b"\n")
+        self.on_warning(f"tracking: a corrupt record of run {run.key} (ending at byte {offset} of {run.path}: {why}) was moved "
+                        f"to {path}; the run's other events are written")
+
+    def _refuse_other_store(self, run: _Run, event: dict) -> None:
+        """A run queued for another store: its file goes to the quarantine folder, nothing is written."""
+        os.makedirs(self.quarantine, exist_ok=True)
+        path = os.path.join(self.quarantine, f"{run.key}.other-store.jsonl")
+        run.close()
+        shutil.copyfile(run.path, path)
+        self.on_warning(f"tracking: run {run.key} was queued for another store ({event.get('store')}), not this one "
+                        f"({self.store_identity}); not written here, its events are in {path}")
+        run.ack(run.size, 0)
+        run.ended = True
+
     def _drain(self, run: _Run) -> None:
         """Write one chunk of the run's events, acknowledging each call as it succeeds."""
         events = run.read(READ_CHUNK)
         i = 0
         while i < len(events):
-            event, offset = events[i]
+            event, offset, raw = events[i]
+            next_q = events[i + 1][0].get("q") if i + 1 < len(events) and events[i + 1][0] else None
+            if event is None:
+                self._set_aside(run, raw, offset, "torn" if not raw.endswith(b"\n") else "not a whole, valid record")
+                run.ack(offset, 1, next_q)
+                i += 1
+                continue
             op = event["op"]
             if op in ("metrics", "tags"):
                 j, metrics, tags = i, [], {}
-                while j < len(events) and events[j][0]["op"] in ("metrics", "tags"):
+                while j < len(events) and events[j][0] is not None and events[j][0]["op"] in ("metrics", "tags"):
                     e = events[j][0]
                     more = len(e.get("metrics", ())) if e["op"] == "metrics" else len(e["tags"])
                     if (metrics or tags) and (len(metrics) + more > MAX_METRICS_PER_CALL or len(tags) + more > MAX_TAGS_PER_CALL):
@@ -391,9 +568,13 @@ class SpooledWriter:
                         tags.update(e["tags"])
                     j += 1
                 self._call(run, lambda: self.store.write_batch(run.run_id, metrics, tags))
-                run.ack(events[j - 1][1], j - i, events[j][0]["q"] if j < len(events) else None)
+                run.ack(events[j - 1][1], j - i, events[j][0].get("q") if j < len(events) and events[j][0] else None)
                 i = j
                 continue
+            if op in ("start", "reopen") and self.store_identity and event.get("store") and event["store"] != self.store_identity:
+                self._refuse_other_store(run, event)
+                return
+            self.fence(op in DECISIVE_OPS)
             if op == "start":
                 self._create(run, event)
             elif op == "reopen":
@@ -416,9 +597,9 @@ class SpooledWriter:
             elif op == "end":
                 self._call(run, lambda: self.store.end_run(run.run_id, event["status"], event["t"]))
                 run.ended = True
-            run.ack(offset, 1, events[i + 1][0]["q"] if i + 1 < len(events) else None)
+            run.ack(offset, 1, next_q)
             i += 1
-        if events and not run.ended and events[-1][0]["op"] == "end":
+        if events and not run.ended and events[-1][0] is not None and events[-1][0]["op"] == "end":
             run.ended = True
 
     def _create(self, run: _Run, event: dict) -> None:
@@ -444,9 +625,10 @@ class SpooledWriter:
         if run.run_id is None:
             self.on_warning(f"tracking: run {run.key} has no MLflow run (its start was lost); event skipped")
             return
+        self.fence(False)
         try:
             fn()
         except Exception as exc:  # noqa: BLE001
-            if self.is_transient(exc):
+            if self.is_transient(exc) or self.is_fatal(exc):
                 raise
             self.on_warning(f"tracking: the store refused an event of run {run.run_id}: {_one_line(exc)}")
