@@ -146,6 +146,7 @@ class SweepProgress:
         self._pending_events = 0
         self._down_since: float | None = None
         self._tracking_error = ""
+        self._trouble = "server unreachable"  # what the current tracking outage is, in words
         self._lag_told = False
 
         self._closed = False
@@ -194,8 +195,10 @@ class SweepProgress:
     def trial_skipped(self, name: str, reason: str) -> None:
         self._handle(self._on_skipped, name, reason)
 
-    def tracking_state(self, lag_s: float, pending_events: int, down_since: float | None, error: str = "") -> None:
-        self._handle(self._on_tracking, lag_s, pending_events, down_since, error)
+    def tracking_state(self, lag_s: float, pending_events: int, down_since: float | None, error: str = "",
+                       trouble: str = "server unreachable") -> None:
+        """`trouble`: what the outage is, in words (the spool's `WriterState.trouble`)."""
+        self._handle(self._on_tracking, lag_s, pending_events, down_since, error, trouble)
 
     def note(self, line: str) -> None:
         self._handle(lambda: [line])
@@ -291,8 +294,11 @@ class SweepProgress:
         self._skipped += 1
         return [_done_line(self._closed_events(), self.total, SKIPPED, name, reason)]
 
-    def _on_tracking(self, lag_s: float, pending_events: int, down_since: float | None, error: str) -> list[str]:
+    def _on_tracking(self, lag_s: float, pending_events: int, down_since: float | None, error: str,
+                     trouble: str = "server unreachable") -> list[str]:
         was_down_since = self._down_since
+        if down_since is not None:
+            self._trouble = trouble
         self._lag_s, self._pending_events, self._down_since = lag_s, pending_events, down_since
         self._tracking_error = _first_line(error)
         why = f": {self._tracking_error}" if self._tracking_error else ""
@@ -300,12 +306,13 @@ class SweepProgress:
             if was_down_since is not None:
                 return []
             at = time.strftime("%H:%M:%S", time.localtime(self._wall_clock() - (self._clock() - down_since)))
-            return [f"tracking: server unreachable since {at} ({pending_events:,} events kept on disk; retrying){why}"]
+            return [f"tracking: {self._trouble} since {at} ({pending_events:,} events kept on disk; retrying){why}"]
         if was_down_since is not None:
             # Catching up after an outage lags by design; tell lag only once it is past.
             self._lag_told = lag_s > LAG_WARN_S
             outage = _duration(self._clock() - was_down_since)
-            return [f"tracking: server reachable again after {outage}; writing {pending_events:,} events kept on disk"]
+            again = "server reachable again" if self._trouble == "server unreachable" else "the store takes writes again"
+            return [f"tracking: {again} after {outage}; writing {pending_events:,} events kept on disk"]
         if lag_s > LAG_WARN_S and not self._lag_told:
             self._lag_told = True
             return [f"tracking: writes lag {lag_s:.0f} s behind the trials ({pending_events:,} events waiting)"]
@@ -426,7 +433,8 @@ class SweepProgress:
     def _tracking_text(self, now: float) -> Text | None:
         why = f" ({self._tracking_error})" if self._tracking_error else ""
         if self._down_since is not None:
-            return Text(f"tracking server unreachable for {_duration(now - self._down_since)}, "
+            what = "tracking server unreachable" if self._trouble == "server unreachable" else f"tracking: {self._trouble}"
+            return Text(f"{what} for {_duration(now - self._down_since)}, "
                         f"{self._pending_events:,} events kept on disk; retrying{why}", style="red")
         if self._lag_s > LAG_WARN_S:
             return Text(f"tracking lags {self._lag_s:.0f} s behind the trials, {self._pending_events:,} events waiting",

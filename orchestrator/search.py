@@ -596,7 +596,7 @@ def run_search(study_path: str, tracking_uri: str | None, address: str | None, s
                 ray_ready[0] = True
 
         failures = _search_all(study, study_path, chosen, tracker, exp_id, uri, ostorage, storage,
-                               spool_folder(storage, uri, study.name), done, out, outage_limit_s, ensure_ray)
+                               spool_folder(storage, uri, study.name, exp_id), done, out, outage_limit_s, ensure_ray)
     finally:
         lease.release()
         leftovers.forget()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -11,10 +12,12 @@ from orchestrator.errors import RunFailure, UserError
 from orchestrator.paths import writable_folder
 from orchestrator.plan import make_plan
 from orchestrator.study import expand, load_study
-from orchestrator.spool import SpooledWriter
+from orchestrator.spool import Fenced, SpooledWriter, spooled_runs
 from orchestrator.tables.regenerate import TablesRefresher
-from orchestrator.tracking import (FINISHED, Lease, ResumableRun, Tracker, TrialRuns, check_reachable, git_commit,
-                                   is_transient_failure, resolve_tracking_uri, runs_view_state)
+from orchestrator.tracking import (FINISHED, Lease, LeaseLost, ResumableRun, Tracker, TrialRuns, absolute_store_uri, check_reachable,
+                                   git_commit, is_locked, is_transient_failure, locked_store_line, redact_credentials,
+                                   resolve_tracking_uri, runs_view_state, store_gone, store_identity, store_trouble,
+                                   use_write_ahead_log)
 
 DEFAULT_OUTAGE_LIMIT_S = 30 * 60.0
 DEFAULT_TABLES_EVERY_S = 10 * 60.0
@@ -49,17 +52,26 @@ def open_plan(study_path: str, tracking_uri: str | None, create: bool, search_re
     trials = expand(study)
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
+    # The default sqlite:///mlflow.db means the file in this folder: named by its absolute path from
+    # here on (the plan line shows it, and the spool is keyed by it).
+    uri = absolute_store_uri(uri)
     if not create and not store_exists(uri):
         return study, uri, None, None, make_plan(trials, {})
     tracker = Tracker(uri)
+    exp_id = None
     try:
         exp_id = tracker.experiment_id(study.name, create=create)
+        if create:
+            use_write_ahead_log(uri)
+        # Only identities and artifact locations are needed to plan: the fast reader, no params or metrics.
+        return study, uri, tracker, exp_id, make_plan(trials, tracker.final_metrics_by_hash(exp_id, keys=[]))
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - any store failure here is the user's URI or server
-        raise UserError(f"--tracking-uri {uri}: cannot use the tracking store ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    # Only identities and artifact locations are needed to plan: the fast reader, no params or metrics.
-    return study, uri, tracker, exp_id, make_plan(trials, tracker.final_metrics_by_hash(exp_id, keys=[]))
+        if is_locked(exc):  # MLflow waited its 20 s for the lock already
+            raise UserError(locked_store_line(uri, tracker, exp_id, study.name)) from None
+        raise UserError(f"--tracking-uri {redact_credentials(uri)}: cannot use the tracking store ({type(exc).__name__}: "
+                        f"{redact_credentials(str(exc).splitlines()[0][:200])})") from None
 
 
 def check_data(trials) -> None:
@@ -83,15 +95,70 @@ def check_data(trials) -> None:
             raise UserError(f"dataset.options {cfg.dataset_options}: {exc}") from None
 
 
-def spool_folder(storage: str | None, uri: str, study: str) -> str:
-    """Where the sweep queues its tracking writes: beside the Tune storage when that is a path, else
-    the user's cache; one folder per (tracking store, study), so the next sweep of the study replays it."""
+def spool_root(storage: str | None) -> str:
+    """Beside the Tune storage when that is a path, else the user's cache."""
+    return (os.path.join(os.path.abspath(storage), "ltkd-spool") if storage and "://" not in storage
+            else os.path.join(os.path.expanduser("~"), ".cache", "ltkd", "spool"))
+
+
+def _safe(study: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in study)[:80]
+
+
+def spool_folder(storage: str | None, uri: str, study: str, experiment_id: str | None = None) -> str:
+    """The study's spool: one folder per (what the store is, experiment), however the URI is spelt
+    (`store_identity`), so the next sweep of the study into that store, from any folder, replays it
+    and a sweep into another store never does. Each sweep queues into its own subfolder
+    (`sweep_spool`); the next one replays the others."""
     import hashlib
 
-    root = (os.path.join(os.path.abspath(storage), "ltkd-spool") if storage and "://" not in storage
-            else os.path.join(os.path.expanduser("~"), ".cache", "ltkd", "spool"))
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study)[:80]
-    return os.path.join(root, f"{hashlib.sha256(uri.encode()).hexdigest()[:12]}-{safe}")
+    key = store_identity(uri) + "#" + (experiment_id or "")
+    return os.path.join(spool_root(storage), f"{hashlib.sha256(key.encode()).hexdigest()[:12]}-{_safe(study)}")
+
+
+def legacy_spool_folders(storage: str | None, spellings: list[str], study: str) -> list[str]:
+    """Spool folders of the earlier layout (named from the URI's spelling alone) that may hold this
+    study's events."""
+    import hashlib
+
+    names = {f"{hashlib.sha256(u.encode()).hexdigest()[:12]}-{_safe(study)}" for u in spellings}
+    return [os.path.join(spool_root(storage), n) for n in sorted(names) if os.path.isdir(os.path.join(spool_root(storage), n))]
+
+
+SWEEP_SPOOL_PREFIX = "sweep-"
+
+
+def sweep_spool(study_spool: str, lease: Lease) -> str:
+    """This sweep's own spool folder inside the study's: named by its lease token."""
+    return os.path.join(study_spool, f"{SWEEP_SPOOL_PREFIX}g{lease.generation}-{lease.holder['id']}")
+
+
+def earlier_spools(study_spool: str, own: str) -> list[str]:
+    """Folders of the study's spool that hold events of sweeps before this one (older tokens, the
+    study folder itself for a writer that queues there directly, migrated folders)."""
+    found = [study_spool] if spooled_runs(study_spool) else []
+    if os.path.isdir(study_spool):
+        for name in sorted(os.listdir(study_spool)):
+            path = os.path.join(study_spool, name)
+            if path != own and name.startswith((SWEEP_SPOOL_PREFIX, "legacy-")) and os.path.isdir(path):
+                found.append(path)
+    return found
+
+
+def migrate_legacy_spools(storage: str | None, spellings: list[str], study: str, study_spool: str) -> list[str]:
+    """Move folders of the earlier layout into the study's spool (as `legacy-NAME`), where the next
+    replay writes them once; returns what was moved."""
+    moved = []
+    for old in legacy_spool_folders(storage, spellings, study):
+        if os.path.abspath(old) == os.path.abspath(study_spool) or not spooled_runs(old):
+            continue
+        os.makedirs(study_spool, exist_ok=True)
+        target = os.path.join(study_spool, "legacy-" + os.path.basename(old))
+        if os.path.exists(target):
+            continue
+        os.rename(old, target)
+        moved.append(old)
+    return moved
 
 
 def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dry_run: bool, storage: str | None, out=None,
@@ -110,12 +177,17 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
                         "(a shared filesystem, or s3://... / gs://...)")
     print(f"study {study.name}: {plan.summary()}", file=out)
     if dry_run:
-        for t in plan.trials:
-            state = "done" if t.config_hash in plan.done else "to run"
-            print(f"  {t.role:8s} {t.run_name:48s} {t.config_hash}  {state}", file=out)
+        try:
+            for t in plan.trials:
+                state = "done" if t.config_hash in plan.done else "to run"
+                print(f"  {t.role:8s} {t.run_name:48s} {t.config_hash}  {state}", file=out)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt("during the dry run; it writes nothing, and nothing was written") from None
         return 0
-    spool = spool_folder(storage, uri, study.name)
-    if not plan.todo_all() and not _has_queued_events(spool) and not retrain:
+    spellings = [resolve_tracking_uri(tracking_uri), uri]  # the earlier spool layout was named by the spelling
+    spool = spool_folder(storage, uri, study.name, exp_id)
+    legacy = legacy_spool_folders(storage, spellings, study.name) if exp_id is not None else []
+    if not plan.todo_all() and not _has_queued_events(spool) and not any(spooled_runs(f) for f in legacy) and not retrain:
         print("nothing to run: every trial has a FINISHED run", file=out)
         if exp_id is not None:
             _close_orphans_alone(tracker, exp_id, study.name, out)
@@ -126,30 +198,55 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
         check_data(plan.trials)
     if storage and "://" not in storage:
         writable_folder(storage, "--storage")
-    writable_folder(spool, "--storage" if storage and "://" not in storage else "the tracking spool folder (under ~/.cache/ltkd)")
+    writable_folder(spool_root(storage), "--storage" if storage and "://" not in storage else "the tracking spool folder (under ~/.cache/ltkd)")
     if tracker is not None and exp_id is not None:
-        Lease(tracker, exp_id, study.name).check()  # another sweep of the study: refused before Ray starts
-    for line in leftovers.clean_after_killed_sweeps():
-        print(line, file=out, flush=True)
-    start_ray(address, study.resources.cpu, study.resources.gpu, resource_wait_s, out)
-    if tracker is None or exp_id is None:
-        study, uri, tracker, exp_id, plan = _only(only, *open_plan(study_path, tracking_uri, create=True, search_results_needed=only is None))
+        # A read-only login, or another sweep of the study: refused before Ray starts.
+        try:
+            tracker.check_write_access(exp_id, study.name, delete_runs=bool(retrain))
+            Lease(tracker, exp_id, study.name).check()
+        except Exception as exc:  # noqa: BLE001 - a SQLite store locked past MLflow's wait: say by whom
+            if is_locked(exc):
+                raise UserError(locked_store_line(uri, tracker, exp_id, study.name)) from None
+            raise
+    try:
+        for line in leftovers.clean_after_killed_sweeps():
+            print(line, file=out, flush=True)
+        start_ray(address, study.resources.cpu, study.resources.gpu, resource_wait_s, out)
+        if tracker is None or exp_id is None:
+            study, uri, tracker, exp_id, plan = _only(only, *open_plan(study_path, tracking_uri, create=True, search_results_needed=only is None))
+            spool = spool_folder(storage, uri, study.name, exp_id)
+        else:
+            use_write_ahead_log(uri)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("before any trial started; nothing was marked KILLED: run the same command again") from None
     try:
         lease = Lease(tracker, exp_id, study.name)
         lease.claim()
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - the store went away between the plan and here
-        raise UserError(f"--tracking-uri {uri}: cannot use the tracking store ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        if is_locked(exc):
+            raise UserError(locked_store_line(uri, tracker, exp_id, study.name)) from None
+        raise UserError(f"--tracking-uri {redact_credentials(uri)}: cannot use the tracking store ({type(exc).__name__}: "
+                        f"{redact_credentials(str(exc).splitlines()[0][:200])})") from None
     try:
         return _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease, retrain,
-                           tables_every_s, tables=only is None)
+                           tables_every_s, tables=only is None, spellings=spellings)
+    except LeaseLost as exc:
+        raise RunFailure(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - the driver's own store calls (plan, run states): one line
+        if lease.lost is not None:
+            raise RunFailure(lease.lost) from None
+        gone = store_gone(exc, uri)
+        if gone:
+            raise RunFailure(f"{gone}; what was queued is kept in {spool}") from None
+        if is_locked(exc):
+            raise UserError(locked_store_line(uri, tracker, exp_id, study.name)) from None
         if not is_transient_failure(exc):
             raise
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise RunFailure(f"the tracking store at {uri} failed while the sweep ran ({first}); what was queued is kept in "
-                         f"{spool}: rerun the same command once it is back") from None
+        first = redact_credentials(str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__)
+        raise RunFailure(f"the tracking store at {redact_credentials(uri)} failed while the sweep ran ({store_trouble(exc, uri)}: "
+                         f"{first}); what was queued is kept in {spool}: rerun the same command once it is back") from None
     finally:
         lease.release()
         leftovers.forget()  # Ray stops with this process; its folder was removed by run_trials
@@ -237,8 +334,8 @@ def _finish_tables_alone(study, trials, tracker, exp_id: str, tables_out: Path, 
         lease.release()
 
 
-def _has_queued_events(folder: str) -> bool:
-    return os.path.isdir(folder) and any(n.endswith(".jsonl") for n in os.listdir(folder))
+def _has_queued_events(study_spool: str) -> bool:
+    return any(spooled_runs(folder) for folder in earlier_spools(study_spool, own=""))
 
 
 def _read_state(tracker, exp_id, trials) -> tuple:
@@ -253,38 +350,54 @@ def _read_state(tracker, exp_id, trials) -> tuple:
 
 
 def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease, retrain=(),
-                tables_every_s: float = 0.0, tables: bool = True) -> int:
+                tables_every_s: float = 0.0, tables: bool = True, spellings: list[str] | None = None) -> int:
     from orchestrator.progress import SweepProgress
     from orchestrator.ray_runner import run_trials
 
     # The store is read (again) while the lease settles: a sweep that ended meanwhile may have finished trials.
     plan, todo, resumable = _read_state(tracker, exp_id, plan.trials)
     lease.confirm()
+    # Spools of the earlier layout, moved (under the lease: no sweep writes them now) to be replayed once.
+    migrate_legacy_spools(storage, spellings or [uri], study.name, spool)
     if retrain:
         for t in retrain:
             deleted = tracker.retire_finished(exp_id, t.config_hash)
             what = f"its run(s) {', '.join(deleted)} moved to the experiment's trash" if deleted else "it had no FINISHED run"
             print(f"retraining teacher {t.run_name} ({t.config_hash}): {what}", file=out)
         plan, todo, resumable = _read_state(tracker, exp_id, plan.trials)
-    print(f"tracking: {uri} (experiment {study.name!r}, id {exp_id}); ray: {address or 'local'}", file=out)
+    print(f"tracking: {redact_credentials(uri)} (experiment {study.name!r}, id {exp_id}); ray: {address or 'local'}", file=out)
     tracker.describe_experiment(exp_id, study.description, runs_view_state())
     # The driver's own calls fail fast; the spool's writer retries with backoff and says so.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     notes: list[str] = []
-    writer = SpooledWriter(tracker, spool, workers=4, is_transient=is_transient_failure, on_warning=notes.append)
+    own_spool = sweep_spool(spool, lease)
+    writers: list[SpooledWriter] = []
+
+    def open_writer(folder: str) -> SpooledWriter:
+        writers.append(leased_writer(tracker, uri, folder, spool, lease, lambda note: notes.append(redact_credentials(note))))
+        return writers[-1]
 
     def outage_exceeded() -> bool:
-        down = writer.down_since
+        down = writers[-1].down_since if writers else None
         return down is not None and time.time() - down > outage_limit_s
 
+    def stop_now() -> bool:
+        return outage_exceeded() or lease.lost is not None or any(w.fenced for w in writers)
+
     refresher = None
+    runs = None
     try:
-        if writer.replayed:
-            print(f"replaying {writer.replayed} run(s) of tracking writes queued by an earlier sweep ({spool})", file=out, flush=True)
-            if not writer.flush(give_up=outage_exceeded):
-                raise RunFailure(_outage_line(uri, outage_limit_s, writer, spool))
-            plan, todo, resumable = _read_state(tracker, exp_id, plan.trials)  # the replay may have finished some
+        try:
+            if _replay_earlier(spool, own_spool, open_writer, stop_now, uri, outage_limit_s, out):
+                plan, todo, resumable = _read_state(tracker, exp_id, plan.trials)  # the replay may have finished some
+            for note in notes:
+                print(note, file=out, flush=True)
+            notes.clear()
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"while replaying the tracking writes of an earlier sweep; no trial had started, and what "
+                                    f"was not yet written stays in {spool}: run the same command again to go on") from None
+        writer = open_writer(own_spool)
         closed = tracker.close_orphans(exp_id, keep={r.run_id for r in resumable.values()})
         if closed:
             print(f"closed {len(closed)} run(s) that a sweep which died left RUNNING and that this study no longer continues "
@@ -308,6 +421,7 @@ def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage,
             refresher = TablesRefresher(study, plan.trials, tracker, exp_id, Path(spool + "-tables"), tables_every_s, notes.append)
             refresher.out.mkdir(parents=True, exist_ok=True)
             refresher.start()
+        lost_line = lambda: lease.lost or writer.fenced  # noqa: E731 - read when the sweep stops
         progress = SweepProgress(len(todo), out=out, pending={t.config_hash: (t.run_name, t.config.recipe.epochs) for t in todo})
         last_poll = [0.0]
 
@@ -320,32 +434,44 @@ def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage,
                 progress.note(notes.pop(0))
             st = writer.state()
             down = None if st.down_since is None else time.monotonic() - (time.time() - st.down_since)
-            progress.tracking_state(st.lag_s, st.pending_events, down, st.error)
+            progress.tracking_state(st.lag_s, st.pending_events, down, st.error, st.trouble)
 
         resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
         started = time.time()
         teacher_artifacts = {h: r.artifact_uri + "/checkpoint" for h, r in plan.done.items()}
         try:
             outcomes = run_trials(todo, runs, progress, resources, teacher_artifacts, uri, max_retries=study.resources.max_retries,
-                                  storage_path=storage, name=study.name, should_stop=outage_exceeded, poll=poll)
+                                  storage_path=storage, name=study.name, should_stop=stop_now, poll=poll)
             # The sweep ends when its tracking writes are in the store (or the store stays away too long).
-            while not writer.drained() and not outage_exceeded():
+            while not writer.drained() and not stop_now():
                 poll()
                 time.sleep(0.1)
             poll(force=True)
         finally:
             progress.close()
+        if lost_line():
+            _stop_tables(refresher)
+            raise RunFailure(_fenced_line(lost_line(), lease, spool))
         if outage_exceeded():
             raise RunFailure(_outage_line(uri, outage_limit_s, writer, spool))
         for note in notes:
             print(note, file=out)
         _final_tables(refresher, notes, out)
-    except KeyboardInterrupt:
-        writer.flush(timeout=15)  # what is left stays in the spool: the next sweep writes it first
+    except KeyboardInterrupt as exc:
+        if lease.lost is not None or any(w.fenced for w in writers):
+            _stop_tables(refresher)
+            raise RunFailure(_fenced_line(lease.lost or next(w.fenced for w in writers if w.fenced), lease, spool)) from None
+        if writers:
+            writers[-1].flush(timeout=15)  # what is left stays in the spool: the next sweep writes it first
         _final_tables(refresher, notes, out)
-        raise
+        if str(exc) or (runs is not None and runs.key_of):
+            raise
+        raise KeyboardInterrupt("before any trial had started; nothing was marked KILLED: run the same command again") from None
     finally:
-        writer.close()
+        for w in writers:
+            w.close()
+        if writers and lease.lost is None and not writers[-1].fenced and os.path.isdir(own_spool) and not spooled_runs(own_spool):
+            shutil.rmtree(own_spool, ignore_errors=True)  # all written: nothing for the next sweep to replay
 
     counts = {s: sum(1 for o in outcomes.values() if o.status == s) for s in (FINISHED, "FAILED", "SKIPPED")}
     elapsed = time.time() - started
@@ -371,6 +497,57 @@ def _final_tables(refresher, notes: list[str], out) -> None:
 
 def _outage_line(uri: str, limit_s: float, writer: SpooledWriter, spool: str) -> str:
     st = writer.state()
-    return (f"the tracking store at {uri} was unreachable for more than {limit_s / 60:g} min ({st.error or 'no answer'}); "
+    what = "was unreachable" if st.trouble == "server unreachable" else f"could not take writes ({st.trouble})"
+    return (f"the tracking store at {redact_credentials(uri)} {what} for more than {limit_s / 60:g} min ({st.error or 'no answer'}); "
             f"{st.pending_events} tracking events are kept in {spool}: rerun the same command once it is back "
             "(it writes them first, then continues the unfinished trials)")
+
+
+def _fenced_line(why: str, lease: Lease, spool: str) -> str:
+    """The sweep's one line once it may write no more: the lease lost (its runs go on in the sweep
+    that took over), or the store gone."""
+    if lease.lost is not None:
+        return lease.lost
+    return f"{why}; what was queued is kept in {spool}"
+
+
+def _stop_tables(refresher) -> None:
+    """A sweep that may not write: its periodic tables stop, and no final tables are written."""
+    if refresher is not None:
+        refresher.stop()
+
+
+def leased_writer(tracker, uri: str, folder: str, study_spool: str, lease: Lease, on_warning) -> SpooledWriter:
+    """A spooled writer into `folder` whose every store call is made under the sweep's lease token,
+    that refuses runs queued for another store and says what a failed write means."""
+    def fence(decisive: bool) -> None:
+        try:
+            lease.check_current(decisive)
+        except LeaseLost as exc:
+            raise Fenced(str(exc)) from None
+
+    return SpooledWriter(tracker, folder, workers=4, is_transient=is_transient_failure, on_warning=on_warning,
+                         store_identity=store_identity(uri), fence=fence, describe=lambda exc: store_trouble(exc, uri),
+                         is_fatal=lambda exc: store_gone(exc, uri), quarantine=os.path.join(study_spool, "quarantine"),
+                         may_queue=lambda: not lease.paused_past_expiry())
+
+
+def _replay_earlier(study_spool: str, own: str, open_writer, stop_now, uri: str, outage_limit_s: float, out) -> bool:
+    """Write what earlier sweeps of the study queued and did not write, folder by folder, under this
+    sweep's lease (theirs are superseded); a folder written in full is removed. True when anything
+    was replayed."""
+    replayed = False
+    for folder in earlier_spools(study_spool, own):
+        writer = open_writer(folder)
+        if writer.replayed:
+            replayed = True
+            print(f"replaying {writer.replayed} run(s) of tracking writes queued by an earlier sweep ({folder})", file=out, flush=True)
+        if not writer.flush(give_up=stop_now):
+            if writer.fenced:
+                raise RunFailure(writer.fenced)
+            raise RunFailure(_outage_line(uri, outage_limit_s, writer, folder))
+        writer.forget_drained()
+        writer.close()
+        if folder != study_spool and not spooled_runs(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+    return replayed
