@@ -420,12 +420,53 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     if address:
         check_ray_address(address)
+    from orchestrator.runtime_env import cluster_runtime_env
+
+    with _sigterm_deferred_during_ray_init():
+        _ray_init(address, num_cpus, cluster_runtime_env)
+
+
+@contextlib.contextmanager
+def _sigterm_deferred_during_ray_init():
+    """A SIGTERM while Ray starts is handled once it has started, by the handler that was in place
+    (`ltkd sweep`'s: stop as Ctrl-C does, exit 143).
+
+    Left to Ray, it ended the sweep two other ways, depending on when it came: ray.init installs a
+    handler that calls sys.exit(15) in the middle of the start (exit 15, no message, Ray half up),
+    and the driver's core worker installs a native failure-signal handler that prints a stack and
+    aborts (exit 134). The longer Ray takes to start (a loaded machine), the likelier either was.
+    So, in this process only: the native handler is not installed (its workers keep theirs), and
+    Ray's Python handler is not installed while our own records the signal until ray.init returns."""
     import signal
     import threading
 
-    from orchestrator.runtime_env import cluster_runtime_env
+    import ray._private.ray_constants as ray_constants
+    import ray._private.utils as ray_utils
 
-    sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with an immediate exit; restored below
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; Ray does not install its own either
+        return
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True  # read when the driver's core worker is built
+    handler = signal.getsignal(signal.SIGTERM)
+    received: list[int] = []
+    install_ray_handler = ray_utils.set_sigterm_handler
+    ray_utils.set_sigterm_handler = lambda _handler: None
+    signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = install_ray_handler
+        signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
+    if received:
+        if callable(handler):
+            handler(signal.SIGTERM, None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGTERM)
+
+
+def _ray_init(address: str | None, num_cpus: int | None, cluster_runtime_env) -> None:
+    import ray
+
     if address:
         # Workers fetch teacher checkpoints from MLflow: hand them the driver's MLflow credentials.
         env_vars = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_TRACKING_") and k != "MLFLOW_TRACKING_URI"}
@@ -442,8 +483,6 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
                            log_to_driver=False)
         # This Ray is ours: should the sweep be SIGKILLed, the next one stops what is left of it.
         leftovers.record(session_dir=context.address_info.get("session_dir") or "")
-    if callable(sigterm) and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, sigterm)  # `ltkd sweep`'s: SIGTERM stops the sweep as Ctrl-C does
 
 
 def cluster_slots(cpu: float, gpu: float) -> int:
