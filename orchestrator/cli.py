@@ -136,9 +136,9 @@ def _stop_on_sigterm_as_on_ctrl_c() -> None:
 
 
 def cmd_sweep(args) -> int:
+    _stop_on_sigterm_as_on_ctrl_c()  # first: a SIGTERM during the imports below is an interrupt too (exit 143)
     from orchestrator.sweep import run_sweep
 
-    _stop_on_sigterm_as_on_ctrl_c()
     if args.ship:
         os.environ["LTKD_SHIP"] = args.ship  # read where Ray is joined (orchestrator.runtime_env)
     _check_storage(args.storage)
@@ -172,9 +172,9 @@ def _check_duration(option: str, value: float, unit: str, zero_allowed: bool) ->
 
 
 def cmd_search(args) -> int:
+    _stop_on_sigterm_as_on_ctrl_c()  # first: a SIGTERM during the imports below is an interrupt too (exit 143)
     from orchestrator.search import run_search
 
-    _stop_on_sigterm_as_on_ctrl_c()
     _check_storage(args.storage)
     _check_duration("--outage-limit", args.outage_limit, "minutes", zero_allowed=False)
     return run_search(args.study, args.tracking_uri, args.address, args.storage, args.optuna_storage,
