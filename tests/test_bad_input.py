@@ -147,6 +147,11 @@ CASES = [
 
 
 
+def _ray_started() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
 def run_cli(args, cwd, capsys):
     import os
 
@@ -173,8 +178,9 @@ def test_malformed_study_is_refused_with_one_line(tmp_path, capsys, old, new, fr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     assert out == ""
-    # Refused before anything is written: no local store appears.
+    # Refused before anything is written: no local store appears, and no Ray was started.
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+    assert not _ray_started()
 
 
 def test_the_good_study_validates(tmp_path, capsys):
@@ -379,6 +385,7 @@ def test_bad_option_or_environment_is_refused_with_one_line(tmp_path, capsys, mo
         options = fragment if isinstance(fragment, tuple) else (fragment,)
         assert any(f.format(tmp=tmp_path) in lines[0] for f in options), (fragment, lines[0])
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists() and not (tmp_path / "m.db").exists()
+    assert not _ray_started()
 
 
 def test_yaml_merge_keys_and_exponent_floats_are_read_as_users_mean(tmp_path, capsys):
