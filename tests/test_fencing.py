@@ -255,3 +255,54 @@ def test_a_sqlite_store_deleted_mid_sweep_stops_the_sweep_with_what_happened(tmp
     lines = [line for line in out.splitlines() if line.startswith("ltkd:")]
     assert len(lines) == 1 and lines[0].startswith(f"ltkd: failed: the SQLite store {db} was deleted while the sweep ran; "), out[-3000:]
     assert "unreachable" not in out and "Traceback" not in out
+
+
+class _InterruptedOutput:
+    """Standard output whose line containing `text` is where Ctrl-C lands (a real KeyboardInterrupt,
+    raised where the sweep prints it)."""
+
+    def __init__(self, text: str):
+        self.text, self.lines = text, []
+
+    def write(self, s: str) -> int:
+        if self.text in s:
+            raise KeyboardInterrupt
+        self.lines.append(s)
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_ctrl_c_during_a_dry_run_says_nothing_was_written(tmp_path, monkeypatch, capsys):
+    from orchestrator.cli import main
+
+    study = write_study(tmp_path, "dry")
+    monkeypatch.setattr(sys, "stdout", _InterruptedOutput("  teacher "))
+    assert main(["sweep", str(study), "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 130
+    assert capsys.readouterr().err == "ltkd: interrupted: during the dry run; it writes nothing, and nothing was written\n"
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_ctrl_c_during_a_replay_says_no_trial_had_started_and_keeps_the_spool(ray_local, tmp_path, monkeypatch, capsys):
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    study = write_study(tmp_path, "replayed")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = Tracker(uri).experiment_id("replayed", create=True)
+    earlier = Path(spool_folder(None, uri, "replayed", exp)) / "sweep-g1-0123456789abcdef"
+    _queue_unwritten(earlier, exp, runs=1, epochs=3)
+    monkeypatch.setattr(sys, "stdout", _InterruptedOutput("replaying 1 run(s)"))
+    assert main(["sweep", str(study), "--tracking-uri", uri]) == 130
+    err = capsys.readouterr().err.splitlines()[-1]  # after MLflow's own log lines of creating the store
+    assert err == ("ltkd: interrupted: while replaying the tracking writes of an earlier sweep; no trial had started, and "
+                   f"what was not yet written stays in {earlier.parent}: run the same command again to go on"), err
+    assert "KILLED" not in err
+    # What the replay had queued is written before the sweep stops (it flushes for up to 15 s), nothing is
+    # lost and no trial ran: the store holds the replayed run alone.
+    client = MlflowClient(uri)
+    runs = client.search_runs([exp], "tags.config_hash != ''")
+    assert [(r.data.tags["config_hash"], r.info.status) for r in runs] == [("h0", "FINISHED")]
+    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")) == [1, 2, 3]
+    assert spooled_runs(str(earlier)) == []
