@@ -97,13 +97,15 @@ def _train_one(tune_config: dict[str, Any], tracking_uri: str | None = None) -> 
         keep = payload.get("keep_checkpoint", True)  # a search trial's weights are not kept
         with tempfile.TemporaryDirectory(prefix="ltkd-ckpt-") as ckpt:
             result = run_trial(config, report=report_epoch, teacher_checkpoint=teacher_dir, checkpoint_dir=ckpt if keep else None,
-                               resume_dir=resume_dir, saved_report=report_saved_epoch)
+                               resume_dir=resume_dir, saved_report=report_saved_epoch,
+                               teacher_logits_dir=_worker_teacher_logits_root())
             final = {
                 "epoch": result.epochs,
                 **{prefix + k: v for k, v in result.final.metrics().items()},
                 **{f"best_{prefix}{k}": v for k, v in result.best.metrics().items()},
                 "best_epoch": result.best_epoch,
                 "train_seconds": time.time() - started,
+                "teacher_logits": result.teacher_logits,  # live, or its table built here or read from the node's cache
                 **{f"pg_{split}_{group}": v for split, groups in result.group_probability.items() for group, v in groups.items()},
                 FINAL_KEY: {
                     "per_class": result.final.per_class,
@@ -150,6 +152,12 @@ def _local_checkpoint(checkpoint, key: str) -> str:
 
 def _worker_resume_root() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "ltkd", "resume")
+
+
+def _worker_teacher_logits_root() -> str:
+    """This node's teacher-logit tables (`trainer.teacher_logits`): the students of a teacher that run
+    on the node share the one its first student built."""
+    return os.path.join(os.path.expanduser("~"), ".cache", "ltkd", "teacher-logits")
 
 
 def default_resume_root(storage_path: str | None) -> str | None:
@@ -357,6 +365,8 @@ class SweepCallback(Callback):
             return
         payload = final[FINAL_KEY]
         summary = {k: final[k] for k in final if k.startswith(("acc_", "val_", "best_", "pg_")) or k == "train_seconds"}
+        if t.role == "distill" and "teacher_logits" in final:
+            self.runs.set_tags(t, {"teacher_logits": final["teacher_logits"]})
         # the checkpoint is copied into the spool while it is a local folder (a download for remote storage)
         with trial.checkpoint.as_directory() if trial.checkpoint is not None else contextlib.nullcontext() as local:
             self.runs.finished(t, summary, int(final["epoch"]), payload["per_class"], payload["best_per_class"],

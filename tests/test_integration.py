@@ -62,6 +62,10 @@ def check_sweep(uri: str, study: Path, name: str, tmp_path: Path, capsys) -> Non
     assert tags["teacher_hash"] == teacher_s1.data.tags["config_hash"] and tags["cell"] == "LTKD w16>w4 γ10"
     # linked to its teacher's run: a tag and a link in its description
     assert tags["teacher_run_id"] == teacher_s1.info.run_id
+    # digits on the device path: the teacher's logits from its table, built once per teacher on this node
+    distill = [r for n, r in by_name.items() if n.startswith(("KD ", "LTKD "))]
+    assert {r.data.tags["teacher_logits"] for r in distill} <= {"table:built", "table:read"}
+    assert "teacher_logits" not in teacher_s1.data.tags
     assert f"/runs/{teacher_s1.info.run_id})" in tags["mlflow.note.content"]
     # its training data, system metrics, per-class plot and an MLflow model of its final weights
     inputs = client.get_run(ltkd.info.run_id).inputs.dataset_inputs
