@@ -42,9 +42,15 @@ esac
 echo "$*" > "$LOG/ltkd-args"
 { echo "mode=$RAY_AUTH_MODE address=$RAY_ADDRESS"; stat -c 'token_mode=%a' "$RAY_AUTH_TOKEN_PATH"; } > "$LOG/ltkd-env"
 if [ -n "${STUB_EXIT:-}" ]; then exit "$STUB_EXIT"; fi
-trap 'echo "ltkd: interrupted (SIGTERM): runs in flight were marked KILLED"; exit 143' TERM
+stop=""
+trap 'echo TERM >> "$LOG/sweep-sigterms"; stop=1' TERM
+echo $$ > "$LOG/sweep-pid"
 touch "$LOG/sweep-started"
-while :; do sleep 0.05; done
+while [ -z "$stop" ]; do sleep 0.05; done
+for _ in $(seq 20); do sleep 0.05; done  # stopping takes a while: a second SIGTERM meanwhile is recorded
+if [ -e "$RAY_AUTH_TOKEN_PATH" ]; then echo present; else echo gone; fi > "$LOG/token-while-stopping"
+echo "ltkd: interrupted (SIGTERM): runs in flight were marked KILLED"
+exit 143
 """,
 }
 
@@ -119,6 +125,37 @@ def test_sigterm_before_the_time_limit_stops_the_sweep_then_requeues(slurm):
     assert (log / "scontrol").read_text() == "requeue 4242\n"
     assert len((log / "ray-stopped").read_text().splitlines()) == 2
     assert not list((tmp / "shared").glob(".ltkd-slurm-*"))
+
+
+def test_the_time_limit_warning_is_recognised_while_slurm_shows_the_job_signaling(slurm):
+    env, log, _ = slurm
+    code, out = sigterm_when_the_sweep_runs(env, log, STUB_JOB="JobState=SIGNALING Restarts=0 RunTime=00:01:01 TimeLimit=00:02:00",
+                                            SBATCH_SIGNAL="B:TERM@30", LTKD_MIN_RUN="30")
+    assert code == 143 and "SIGTERM: the time limit is near (59 s left of 00:02:00): stopping the sweep" in out, out
+    assert (log / "scontrol").read_text() == "requeue 4242\n"
+
+
+@pytest.mark.parametrize("job, why", [
+    ("JobState=COMPLETING Restarts=1 RunTime=00:00:00 TimeLimit=01:00:00", "SIGTERM: the job is being requeued (scontrol requeue, or preemption)"),
+    ("JobState=COMPLETING Restarts=0 RunTime=00:10:00 TimeLimit=01:00:00", "SIGTERM: the job is cancelled (scancel)"),
+    ("JobState=COMPLETING Restarts=0 RunTime=01:00:02 TimeLimit=01:00:00", "SIGTERM: the time limit is reached (01:00:00)"),
+])
+def test_when_slurm_stops_the_whole_job_the_token_goes_at_once_and_the_sweep_gets_no_second_sigterm(slurm, job, why):
+    env, log, tmp = slurm
+    proc = start(env, STUB_JOB=job)
+    deadline = time.time() + 60
+    while not (log / "sweep-started").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    sweep = int((log / "sweep-pid").read_text())
+    os.kill(sweep, signal.SIGTERM)  # SLURM signals every process of the job: the sweep ...
+    proc.send_signal(signal.SIGTERM)  # ... and the script
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out
+    assert f"ltkd-sweep.sbatch: {why}: stopping the sweep" in out, out
+    assert (log / "sweep-sigterms").read_text() == "TERM\n"  # only SLURM's: a second would abort it
+    assert (log / "token-while-stopping").read_text() == "gone\n"  # before SLURM's SIGKILL could come
+    assert not list((tmp / "shared").glob(".ltkd-slurm-*")) and not (log / "scontrol").exists()
 
 
 def test_sigterm_far_from_the_time_limit_stops_the_sweep_and_says_so_without_requeue(slurm):
