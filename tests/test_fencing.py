@@ -163,16 +163,24 @@ def test_spool_identity_is_what_the_store_is(tmp_path, monkeypatch):
     assert spool_folder(None, servers[0], "study", "3") != spool_folder(None, servers[0], "study", "4")  # per experiment
 
 
-def _queue_unwritten(folder: Path, experiment_id: str, runs: int, epochs: int) -> None:
+def _queue_unwritten(folder: Path, experiment_id: str, runs: int, epochs: int, store_identity: str | None = None) -> None:
     """Queue runs into a spool while the store is away (a refused port), as a sweep does in an outage."""
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    writer = SpooledWriter(Tracker("http://127.0.0.1:9"), str(folder), workers=1, is_transient=is_transient_failure)
-    for i in range(runs):
-        key = writer.new_run(experiment_id, f"run {i}", {"i": str(i)}, {"config_hash": f"h{i}"})
-        for step in range(1, epochs + 1):
-            writer.log_metrics(key, {"loss": i + step / 100}, step)
-        writer.end_run(key, "FINISHED")
-    writer.close()
+    before = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # the refused port fails at once
+    try:
+        writer = SpooledWriter(Tracker("http://127.0.0.1:9"), str(folder), workers=1, is_transient=is_transient_failure,
+                               store_identity=store_identity)
+        for i in range(runs):
+            key = writer.new_run(experiment_id, f"run {i}", {"i": str(i)}, {"config_hash": f"h{i}"})
+            for step in range(1, epochs + 1):
+                writer.log_metrics(key, {"loss": i + step / 100}, step)
+            writer.end_run(key, "FINISHED")
+        writer.close()
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = before
 
 
 def test_a_torn_last_record_and_a_garbage_middle_record_replay_to_the_end(tmp_path):
@@ -206,6 +214,25 @@ def test_a_torn_last_record_and_a_garbage_middle_record_replay_to_the_end(tmp_pa
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "loss")]
         assert sorted(steps) == [1, 2, 3, 4, 5], (r.data.params["i"], steps)  # each step once
     assert not list(folder.glob("*.jsonl"))  # written and ended: the spool is empty
+
+
+def test_a_run_queued_for_another_store_is_not_written_into_this_one(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store = Tracker(uri)
+    exp = store.client.create_experiment("elsewhere")
+    folder = tmp_path / "spool"
+    _queue_unwritten(folder, exp, runs=1, epochs=2, store_identity=f"sqlite:{tmp_path}/other/mlflow.db")
+    (queued,) = folder.glob("*.jsonl")
+    notes: list[str] = []
+    writer = SpooledWriter(store, str(folder), workers=1, is_transient=is_transient_failure, on_warning=notes.append,
+                           store_identity=store_identity(uri))
+    assert writer.flush(timeout=60)
+    writer.close()
+    moved = folder / "quarantine" / f"{queued.stem}.other-store.jsonl"
+    assert notes == [f"tracking: run {queued.stem} was queued for another store (sqlite:{tmp_path}/other/mlflow.db), not this one "
+                     f"(sqlite:{tmp_path}/mlflow.db); not written here, its events are in {moved}"]
+    assert len(moved.read_bytes().splitlines()) == 4  # start, two epochs, end: kept whole
+    assert MlflowClient(uri).search_runs([exp]) == []
 
 
 def test_a_deleted_or_read_only_sqlite_store_and_a_full_disk_say_what_happened(tmp_path):
