@@ -10,7 +10,7 @@ from pathlib import Path
 from orchestrator import leftovers
 from orchestrator.errors import RunFailure, UserError
 from orchestrator.paths import writable_folder
-from orchestrator.plan import make_plan
+from orchestrator.plan import make_plan, teacher_logits_line
 from orchestrator.study import expand, load_study
 from orchestrator.spool import Fenced, SpooledWriter, spooled_runs
 from orchestrator.tables.regenerate import TablesRefresher
@@ -176,6 +176,9 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
         raise UserError(f"--address {address}: a Ray cluster needs --storage, a path every node sees "
                         "(a shared filesystem, or s3://... / gs://...)")
     print(f"study {study.name}: {plan.summary()}", file=out)
+    sharing = teacher_logits_line(plan.todo_all())
+    if sharing:
+        print(sharing, file=out)
     if dry_run:
         try:
             for t in plan.trials:

@@ -222,3 +222,30 @@ def test_another_teacher_or_training_set_gets_another_table(cifar_root, cifar_te
     assert table_key(os.path.join(digits_teacher, CHECKPOINT_FILE), batches, False, torch.device("cpu")) != key
     assert table_key(file, batches, True, torch.device("cpu")) != key  # autocast
     assert table_key(file, _cifar_batches(cifar_root), False, torch.device("cpu")) == key
+
+
+def test_the_plan_line_counts_the_teacher_forwards_the_tables_save(tmp_path):
+    from orchestrator.plan import AUGMENTED_VARIANTS, teacher_logits_line
+    from orchestrator.study import expand, load_study
+    from trainer.datasets import class_counts_of, long_tailed_counts
+
+    study = load_study("studies/smoke.yaml")  # digits (no augmentation), γ 10 and 50, KD and LTKD, 3 seeds, 30 epochs
+    trials = expand(study)
+    counts = class_counts_of("digits")
+    images = {g: sum(long_tailed_counts(min(counts), len(counts), g)) for g in (10, 50)}
+    tables = 3 * (images[10] + images[50])  # one table per teacher (3 seeds x 2 γ), one row per image
+    live = 30 * 2 * 3 * (images[10] + images[50])  # 2 methods x 3 seeds per γ, a teacher pass per epoch
+    assert teacher_logits_line(trials) == (f"teacher logits: 12 students read 6 tables ({tables} teacher forwards per node "
+                                           f"that trains them) instead of {live / 1e3:.1f}k live forwards")
+    assert teacher_logits_line([t for t in trials if t.role != "distill"]) is None
+    # CIFAR at 240 epochs: 162 rows per image; ReviewKD and CAT-KD keep the live teacher
+    main = expand(load_study("studies/cifar100_lt_main.yaml"))
+    line = teacher_logits_line(main)
+    logit = [t for t in main if t.role == "distill" and t.config.method not in ("reviewkd", "catkd")]
+    assert line.startswith(f"teacher logits: {len(logit)} students read ")
+    # the plan's count of rows per image is the readers' own augmentation
+    from trainer.datasets.cifar import CIFAR100_MEAN, CIFAR100_STD, _transforms
+    from trainer.device_batches import parse_transform
+
+    augmentation, _, _ = parse_transform(_transforms(CIFAR100_MEAN, CIFAR100_STD, True)[0])
+    assert len(variants_of(augmentation, (32, 32))) == AUGMENTED_VARIANTS == 162
