@@ -25,7 +25,7 @@ exec "$@"
     "scontrol": """#!/bin/bash
 case "$1 $2" in
   "show hostnames") printf 'node1\\nnode2\\n';;
-  "show job") echo "JobId=$3 JobName=ltkd-sweep"; echo "   $STUB_JOB";;
+  "show job") echo "JobId=$3 JobName=ltkd-sweep"; echo "   $(cat "$LOG/job" 2>/dev/null || echo "$STUB_JOB")";;
   requeue*) echo "requeue $2" >> "$LOG/scontrol";;
 esac
 """,
@@ -156,6 +156,20 @@ def test_when_slurm_stops_the_whole_job_the_token_goes_at_once_and_the_sweep_get
     assert (log / "sweep-sigterms").read_text() == "TERM\n"  # only SLURM's: a second would abort it
     assert (log / "token-while-stopping").read_text() == "gone\n"  # before SLURM's SIGKILL could come
     assert not list((tmp / "shared").glob(".ltkd-slurm-*")) and not (log / "scontrol").exists()
+
+
+def test_a_time_limit_changed_while_the_job_runs_is_the_one_the_warning_is_read_against(slurm):
+    env, log, _ = slurm
+    proc = start(env)  # a 1-hour limit at the start ...
+    deadline = time.time() + 60
+    while not (log / "sweep-started").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    (log / "job").write_text("JobState=RUNNING Restarts=0 RunTime=00:10:00 TimeLimit=00:13:00")  # ... cut by scontrol update
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "SIGTERM: the time limit is near (180 s left of 00:13:00)" in out, out
+    assert (log / "scontrol").read_text() == "requeue 4242\n"
 
 
 def test_sigterm_far_from_the_time_limit_stops_the_sweep_and_says_so_without_requeue(slurm):
