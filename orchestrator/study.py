@@ -516,7 +516,6 @@ def _check_tables(tables: list[TableSpec], info: ValidationInfo) -> list[TableSp
 
 
 DELTA_LABEL = "Δ"  # the Δ row of a table (orchestrator.tables.core.DELTA_ROW)
-ParamValue = bool | int | float | str
 NON_NEGATIVE_PARAMS = {"alpha", "beta", "gamma", "ce_weight", "weight", "warmup", "tau"}
 POSITIVE_PARAMS = {"temperature"}
 
