@@ -80,7 +80,7 @@ def _sweep_and_terminate(work: Path, delay_s: float) -> tuple[int, str]:
     return proc.returncode, "".join(lines)
 
 
-@pytest.mark.parametrize("delay_s", [0.0, 0.8, 2.0])
+@pytest.mark.parametrize("delay_s", [0.0, 1.0])
 def test_sigterm_while_the_sweep_starts_ray_exits_143(tmp_path, delay_s):
     """Repeated at moments across Ray's start (it takes about 2 s here after its GCS appears, longer under load)."""
     code, out = _sweep_and_terminate(tmp_path, delay_s)
