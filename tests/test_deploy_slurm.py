@@ -34,13 +34,14 @@ case "$1" in
   start) echo "$*" >> "$LOG/ray-start"
          trap 'echo "stopped $2" >> "$LOG/ray-stopped"; exit 0' TERM
          while :; do sleep 0.05; done;;
-  health-check) exit 0;;
+  health-check) [ ! -e "$LOG/ray-dead" ];;
   list) echo '[{"state": "ALIVE"}, {"state": "ALIVE"}]';;
 esac
 """,
     "ltkd": """#!/bin/bash
 echo "$*" > "$LOG/ltkd-args"
 { echo "mode=$RAY_AUTH_MODE address=$RAY_ADDRESS"; stat -c 'token_mode=%a' "$RAY_AUTH_TOKEN_PATH"; } > "$LOG/ltkd-env"
+if [ -n "${STUB_RAY_LOST:-}" ]; then touch "$LOG/ray-dead"; echo "Failed to connect to GCS within 60 seconds"; exit 1; fi
 if [ -n "${STUB_EXIT:-}" ]; then exit "$STUB_EXIT"; fi
 stop=""
 trap 'echo TERM >> "$LOG/sweep-sigterms"; stop=1' TERM
@@ -170,6 +171,23 @@ def test_a_time_limit_changed_while_the_job_runs_is_the_one_the_warning_is_read_
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "SIGTERM: the time limit is near (180 s left of 00:13:00)" in out, out
     assert (log / "scontrol").read_text() == "requeue 4242\n"
+
+
+def test_a_sweep_that_fails_because_its_ray_is_gone_is_reported_as_stopped_with_it(slurm):
+    env, log, tmp = slurm
+    proc = start(env, STUB_RAY_LOST="1")  # as after `scancel --signal=TERM JOB`: Ray ends, then the sweep
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 143, out
+    assert "ltkd-sweep.sbatch: a Ray node's job step ended (scancel --signal to the job's steps, or a node failure): the sweep stopped with it" in out
+    assert "ltkd-sweep.sbatch: the sweep exited 1 while stopping" in out and not (log / "scontrol").exists()
+    assert not list((tmp / "shared").glob(".ltkd-slurm-*"))
+
+
+def test_a_sweep_that_fails_with_its_ray_alive_keeps_its_exit_status(slurm):
+    env, _, _ = slurm
+    proc = start(env, STUB_EXIT="1")
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 1 and "job step ended" not in out, out
 
 
 def test_sigterm_far_from_the_time_limit_stops_the_sweep_and_says_so_without_requeue(slurm):
