@@ -14,7 +14,7 @@ from orchestrator.plan import make_plan, teacher_logits_line
 from orchestrator.study import expand, load_study
 from orchestrator.spool import Fenced, SpooledWriter, spooled_runs
 from orchestrator.tables.regenerate import TablesRefresher
-from orchestrator.tracking import (FINISHED, Lease, LeaseLost, ResumableRun, Tracker, TrialRuns, absolute_store_uri, check_reachable,
+from orchestrator.tracking import (FINISHED, Lease, LeaseLost, lease_ttl, ResumableRun, Tracker, TrialRuns, absolute_store_uri, check_reachable,
                                    git_commit, is_locked, is_transient_failure, locked_store_line, redact_credentials,
                                    resolve_tracking_uri, runs_view_state, store_gone, store_identity, store_trouble,
                                    use_write_ahead_log)
@@ -169,6 +169,7 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
     out = out or sys.stdout
     study, uri, tracker, exp_id, plan = _only(only, *open_plan(study_path, tracking_uri, create=False, search_results_needed=only is None))
     retrain = teachers_to_retrain(plan.trials, retrain_teachers or [])
+    lease_ttl()  # a garbled LTKD_LEASE_TTL_S is refused before anything runs
     address = address or os.environ.get("RAY_ADDRESS")
     if address and not storage:
         # Trials on other nodes persist their checkpoints to Tune's storage: a temporary folder on

@@ -333,3 +333,15 @@ def test_ctrl_c_during_a_replay_says_no_trial_had_started_and_keeps_the_spool(ra
     assert [(r.data.tags["config_hash"], r.info.status) for r in runs] == [("h0", "FINISHED")]
     assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")) == [1, 2, 3]
     assert spooled_runs(str(earlier)) == []
+
+
+@pytest.mark.parametrize("value", ["abc", "nan", "inf", "1", "-5", "1e9"])
+def test_a_garbled_lease_expiry_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys, value):
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("LTKD_LEASE_TTL_S", value)
+    study = write_study(tmp_path, "ttl")
+    assert main(["sweep", str(study), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 2
+    assert capsys.readouterr().err == (f"ltkd: error: LTKD_LEASE_TTL_S={value}: the lease's expiry must be a number of seconds "
+                                       "from 4 to 86400 (default 90)\n")
+    assert not (tmp_path / "mlflow.db").exists()
