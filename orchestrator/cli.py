@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from orchestrator.errors import RunFailure, UserError, redact_credentials
+from orchestrator.errors import RunFailure, UserError, describe, redact_credentials
 from orchestrator.paths import disk_full_error, os_reason, writable_folder
 
 FORMATS = ("md", "latex", "csv", "html")
@@ -216,7 +216,7 @@ def cmd_tables(args) -> int:
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - any store failure here is the user's URI or server
-        raise UserError(f"--tracking-uri {uri}: cannot read the tracking store ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise UserError(f"--tracking-uri {uri}: cannot read the tracking store ({describe(exc)})") from None
     if args.watch:
         if exp_id is None:
             raise no_runs

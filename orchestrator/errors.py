@@ -22,6 +22,21 @@ def without_userinfo(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
+def first_line(exc: BaseException | str, limit: int = 200) -> str:
+    """The first non-blank line of an exception's message (or of a text), redacted and cut to `limit`;
+    "" when there is none (`TimeoutError()`): an error handler that shows it never raises itself."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return redact_credentials(line.strip())[:limit]
+    return ""
+
+
+def describe(exc: BaseException, limit: int = 200) -> str:
+    """An exception as `Type: first line`, or its type alone when its message is empty."""
+    line = first_line(exc, limit)
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
 class UserError(Exception):
     """Bad input (study file, option, unreachable server): exit status 2, one line, no traceback."""
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.errors import RunFailure, UserError
+from orchestrator.errors import RunFailure, UserError, describe
 from orchestrator.study import (FROM_SEARCH, PairSpec, RangeSpec, StudySpec, Trial, config_hash, expand, full_params,
                                 load_study)
 from orchestrator.tracking import (CELL_TAG, FINISHED, NOTE_TAG, Tracker, check_reachable, git_commit, redact_credentials,
@@ -166,7 +166,7 @@ def open_optuna_study(storage_uri: str, target: Target, study: StudySpec):
     try:
         storage = optuna.storages.RDBStorage(storage_uri)
     except Exception as exc:  # noqa: BLE001 - a bad URI or an unreachable database: the user's option
-        raise UserError(f"--optuna-storage {storage_uri}: cannot use it ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise UserError(f"--optuna-storage {storage_uri}: cannot use it ({describe(exc)})") from None
     ostudy = optuna.create_study(storage=storage, study_name=f"{study.name} | {target.label} | {target.key}",
                                  sampler=make_sampler(study.search.sampler, seed), direction="maximize", load_if_exists=True)
     ostudy.set_user_attr("metric", study.search.metric)

@@ -49,6 +49,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.errors import describe as describe_error
+
 # MLflow's log_batch limits per call.
 MAX_METRICS_PER_CALL = 1000
 MAX_TAGS_PER_CALL = 100
@@ -221,11 +223,6 @@ class _Run:
             if self.handle is not None:
                 self.handle.close()
                 self.handle = None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
 
 
 def _read(path: str) -> str:
@@ -500,13 +497,13 @@ class SpooledWriter:
                     self._fence_off(fatal)
                 elif self.is_transient(exc):
                     failures += 1
-                    self.error = _one_line(exc)
+                    self.error = describe_error(exc)
                     self.trouble = self.describe(exc)
                     if self.down_since is None:
                         self.down_since = time.time()
                     retry_after = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1]
                 else:
-                    self.on_warning(f"tracking: the store refused run {key} ({_one_line(exc)}); its queued events are dropped")
+                    self.on_warning(f"tracking: the store refused run {key} ({describe_error(exc)}); its queued events are dropped")
                     run.ack(run.size, 0)
                     run.ended = True
             with self._lock:
@@ -631,4 +628,4 @@ class SpooledWriter:
         except Exception as exc:  # noqa: BLE001
             if self.is_transient(exc) or self.is_fatal(exc):
                 raise
-            self.on_warning(f"tracking: the store refused an event of run {run.run_id}: {_one_line(exc)}")
+            self.on_warning(f"tracking: the store refused an event of run {run.run_id}: {describe_error(exc)}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from orchestrator.errors import UserError
+from orchestrator.errors import UserError, describe
 from orchestrator.study import Trial
 from orchestrator.sweep import open_plan
 from orchestrator.tracking import FINISHED, RunState
@@ -66,7 +66,7 @@ def show_status(study_path: str, tracking_uri: str | None, out: TextIO | None = 
             states = tracker.run_states(exp_id)
         except Exception as exc:  # noqa: BLE001 - any store failure here is the user's URI or server
             raise UserError(f"--tracking-uri {uri}: cannot read the tracking store "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+                            f"({describe(exc)})") from None
     names = {t.config_hash: t.run_name for t in plan.trials}
     by_state: dict[str, list[Trial]] = {s: [] for s in ("done", *LISTED_STATES)}
     for t in plan.trials:

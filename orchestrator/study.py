@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import AfterValidator, PrivateAttr, BaseModel, StrictInt, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
-from orchestrator.errors import UserError
+from orchestrator.errors import UserError, first_line
 from trainer.config import Recipe, TrialConfig
 from trainer.recipes import RECIPES, method_defaults, resolve_recipe
 from trainer.datasets import DATASET_INFO, class_counts_of, long_tailed_counts, num_classes_of
@@ -938,7 +938,7 @@ def load_study(path: str | Path, search_results_needed: bool = True) -> StudySpe
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc, 300) or type(exc).__name__
         raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
     bad = _non_finite(data)
     if bad:
@@ -1078,7 +1078,7 @@ def _read_search_points(study: StudySpec, study_dir: Path, missing_ok: bool = Fa
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise UserError(f"{field}: {path}: cannot read it as YAML ({str(exc).splitlines()[0]})") from None
+            raise UserError(f"{field}: {path}: cannot read it as YAML ({first_line(exc, 300) or type(exc).__name__})") from None
         if not isinstance(data, dict) or not isinstance(data.get("points"), list):
             raise UserError(f"{field}: {path}: not a file of `ltkd best` (no list of points)")
         if data.get("method") != method:

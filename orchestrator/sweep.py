@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from orchestrator import leftovers
-from orchestrator.errors import RunFailure, UserError
+from orchestrator.errors import RunFailure, UserError, describe, first_line
 from orchestrator.paths import writable_folder
 from orchestrator.plan import make_plan, teacher_logits_line
 from orchestrator.study import expand, load_study
@@ -70,8 +70,7 @@ def open_plan(study_path: str, tracking_uri: str | None, create: bool, search_re
     except Exception as exc:  # noqa: BLE001 - any store failure here is the user's URI or server
         if is_locked(exc):  # MLflow waited its 20 s for the lock already
             raise UserError(locked_store_line(uri, tracker, exp_id, study.name)) from None
-        raise UserError(f"--tracking-uri {redact_credentials(uri)}: cannot use the tracking store ({type(exc).__name__}: "
-                        f"{redact_credentials(str(exc).splitlines()[0][:200])})") from None
+        raise UserError(f"--tracking-uri {redact_credentials(uri)}: cannot use the tracking store ({describe(exc)})") from None
 
 
 def check_data(trials) -> None:
@@ -90,7 +89,7 @@ def check_data(trials) -> None:
         try:
             load_dataset(cfg.dataset, root=cfg.data_root, **cfg.dataset_options)
         except (FileNotFoundError, RuntimeError, ValueError) as exc:
-            raise UserError(f"dataset {cfg.dataset!r}: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"dataset {cfg.dataset!r}: {first_line(exc, 300) or type(exc).__name__}") from None
         except TypeError as exc:
             raise UserError(f"dataset.options {cfg.dataset_options}: {exc}") from None
 
@@ -231,8 +230,7 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
     except Exception as exc:  # noqa: BLE001 - the store went away between the plan and here
         if is_locked(exc):
             raise UserError(locked_store_line(uri, tracker, exp_id, study.name)) from None
-        raise UserError(f"--tracking-uri {redact_credentials(uri)}: cannot use the tracking store ({type(exc).__name__}: "
-                        f"{redact_credentials(str(exc).splitlines()[0][:200])})") from None
+        raise UserError(f"--tracking-uri {redact_credentials(uri)}: cannot use the tracking store ({describe(exc)})") from None
     try:
         return _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease, retrain,
                            tables_every_s, tables=only is None, spellings=spellings)
@@ -248,7 +246,7 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
             raise UserError(locked_store_line(uri, tracker, exp_id, study.name)) from None
         if not is_transient_failure(exc):
             raise
-        first = redact_credentials(str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__)
+        first = first_line(exc, 300) or type(exc).__name__
         raise RunFailure(f"the tracking store at {redact_credentials(uri)} failed while the sweep ran ({store_trouble(exc, uri)}: "
                          f"{first}); what was queued is kept in {spool}: rerun the same command once it is back") from None
     finally:

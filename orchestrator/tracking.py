@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from orchestrator.errors import UserError, redact_credentials, without_userinfo
+from orchestrator.errors import UserError, describe, redact_credentials, without_userinfo
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MLflow prints a "View run ... at: URL" line per run it ends on a server; the sweep prints its own
@@ -155,8 +155,7 @@ def _check_database_uri(uri: str, timeout: float = 5.0) -> None:
         url = make_url(uri)
         dialect = url.get_dialect()
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's own words name what is wrong with the URI
-        why = redact_credentials(str(exc).splitlines()[0][:200])
-        raise UserError(f"--tracking-uri {shown}: not a database URI SQLAlchemy can use ({type(exc).__name__}: {why})") from None
+        raise UserError(f"--tracking-uri {shown}: not a database URI SQLAlchemy can use ({describe(exc)})") from None
     try:
         dialect.import_dbapi()
     except ImportError as exc:
