@@ -596,7 +596,7 @@ def run_search(study_path: str, tracking_uri: str | None, address: str | None, s
                 ray_ready[0] = True
 
         failures = _search_all(study, study_path, chosen, tracker, exp_id, uri, ostorage, storage,
-                               spool_folder(storage, uri, study.name, exp_id), done, out, outage_limit_s, ensure_ray)
+                               spool_folder(storage, uri, study.name, exp_id), done, out, outage_limit_s, ensure_ray, lease)
     finally:
         lease.release()
         leftovers.forget()
@@ -611,13 +611,14 @@ def run_search(study_path: str, tracking_uri: str | None, address: str | None, s
 
 
 def _search_all(study: StudySpec, study_path: str, chosen: list[Target], tracker: Tracker, exp_id: str, uri: str, ostorage: str,
-                storage: str | None, spool: str, done: dict, out, outage_limit_s: float, ensure_ray: Callable[[], None]) -> int:
+                storage: str | None, spool: str, done: dict, out, outage_limit_s: float, ensure_ray: Callable[[], None],
+                lease) -> int:
     """The study's (pair, γ) searches that have trials left, in one Tune run (each with its own Optuna
     study, ASHA and parent run); returns how many of their trials failed in this run."""
     from orchestrator.progress import SweepProgress
     from orchestrator.ray_runner import default_resume_root, fit_trials, interrupted, trial_payload
-    from orchestrator.spool import SpooledWriter
-    from orchestrator.tracking import ResumableRun, TrialRuns, is_transient_failure
+    from orchestrator.sweep import leased_writer
+    from orchestrator.tracking import ResumableRun, TrialRuns
 
     search = study.search
     searches: list[Running] = []
@@ -667,11 +668,13 @@ def _search_all(study: StudySpec, study_path: str, chosen: list[Target], tracker
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # epoch reports without the metric (final, errors)
     notes: list[str] = []
-    writer = SpooledWriter(tracker, spool, workers=4, is_transient=is_transient_failure, on_warning=notes.append)
+    # Under the study's lease, as the sweep's: a search that lost it (paused past its expiry while
+    # another took the study over) writes nothing more and stops its trials.
+    writer = leased_writer(tracker, uri, spool, spool, lease, notes.append)
 
     def outage_exceeded() -> bool:
         down = writer.down_since
-        return down is not None and time.time() - down > outage_limit_s
+        return writer.fenced is not None or (down is not None and time.time() - down > outage_limit_s)
 
     base_tags = {"study": study.name, "git_commit": git_commit(), "study_file": str(Path(study_path))}
     runs = TrialRuns(writer, exp_id, base_tags, resumable,
@@ -697,6 +700,8 @@ def _search_all(study: StudySpec, study_path: str, chosen: list[Target], tracker
         writer.close()
     for note in notes:
         print(note, file=out)
+    if writer.fenced is not None:
+        raise RunFailure(writer.fenced)
     for r in searches:
         summary = summarise(r.ostudy)
         log_summary(tracker, r.parent, r.ostudy, summary, search.metric, _run_of_number(tracker, exp_id, r.target, summary.best_number))
