@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from orchestrator.errors import UserError, describe, redact_credentials, without_userinfo
+from trainer.files import file_sha256
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MLflow prints a "View run ... at: URL" line per run it ends on a server; the sweep prints its own
@@ -766,16 +767,6 @@ class CorruptCheckpoint(ValueError):
     the trial would meet the same bytes, so it fails at once with this one line)."""
 
 
-def _sha256(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: str) -> None:
     """Record the size and sha256 of every file of a checkpoint folder, so that each copy of it
     (the artifact, a node's cache) can be checked before a student trusts it."""
@@ -783,7 +774,7 @@ def write_manifest(folder: str) -> None:
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
         if name != MANIFEST_FILE and os.path.isfile(path):
-            files[name] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+            files[name] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
     with open(os.path.join(folder, MANIFEST_FILE), "w") as f:
         json.dump({"files": files}, f, indent=1)
 
@@ -802,7 +793,7 @@ def checkpoint_problem(folder: str, manifest: dict | None) -> str | None:
                 return f"{name} is missing"
             if os.path.getsize(path) != want["bytes"]:
                 return f"{name} has {os.path.getsize(path)} bytes, its manifest says {want['bytes']}"
-            if _sha256(path) != want["sha256"]:
+            if file_sha256(path) != want["sha256"]:
                 return f"{name}'s sha256 differs from its manifest"
         return None
     weights = os.path.join(folder, "model.pt")

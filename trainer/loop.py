@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from trainer.data import LongTailedData, build_long_tailed, make_loader, without
 from trainer.datasets import data_path_of
 from trainer.device_batches import DeviceBatches
 from trainer.evaluate import EvalResult, evaluate, group_probability
+from trainer.files import write_atomically
 from trainer.methods import IDENTITY_NEUTRAL, METHODS, build_method
 from trainer.methods.base import Method
 from trainer.models import build_model
@@ -170,19 +170,8 @@ def _report_from_dict(item: dict[str, Any]) -> EpochReport:
 
 
 def _write_resume_state(resume_dir: str, state: dict[str, Any]) -> None:
-    """Write `resume_dir/state.pt` atomically: a temp file in the same folder, then os.replace."""
-    os.makedirs(resume_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=resume_dir, prefix=RESUME_FILE + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(resume_dir, RESUME_FILE))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write `resume_dir/state.pt` atomically (a reader finds the previous state or this one, whole)."""
+    write_atomically(os.path.join(resume_dir, RESUME_FILE), lambda f: torch.save(state, f))
 
 
 def _stored_identity(stored: dict[str, Any]) -> dict[str, Any]:

@@ -26,12 +26,12 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 
 import torch
 
 from trainer.device_batches import DEVICE_SHARE, Augmentation, DeviceBatches, crop_flip, normalise
+from trainer.files import file_sha256, write_atomically
 
 TABLE_FILE = "logits.pt"
 MANIFEST_FILE = "manifest.json"
@@ -79,20 +79,12 @@ def _digest(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def table_key(teacher_file: str, batches: DeviceBatches, autocast: bool, device: torch.device) -> str:
     """What a table depends on, as one digest: the teacher's weights (its checkpoint file), the
     training images and how they become inputs, and how the teacher runs."""
     parts = {
         "format": FORMAT,
-        "teacher": _file_digest(teacher_file),
+        "teacher": file_sha256(teacher_file),
         "images": _digest(batches.images),
         "uint8": batches.uint8,
         "mean": batches.mean.tolist() if batches.uint8 else None,
@@ -137,7 +129,7 @@ def _read(folder: str, shape: tuple[int, ...]) -> torch.Tensor | None:
         with open(os.path.join(folder, MANIFEST_FILE)) as f:
             manifest = json.load(f)
         file = os.path.join(folder, TABLE_FILE)
-        if manifest.get("sha256") != _file_digest(file):
+        if manifest.get("sha256") != file_sha256(file):
             return None
         table = torch.load(file, map_location="cpu", weights_only=True)
     except (OSError, ValueError, RuntimeError, EOFError):  # absent, partial or corrupt: rebuilt
@@ -154,24 +146,9 @@ def _write(folder: str, table: torch.Tensor, key: str) -> None:
     for stale in (MANIFEST_FILE, TABLE_FILE):  # an old manifest must never describe a new, half-written table
         if os.path.exists(os.path.join(folder, stale)):
             os.remove(os.path.join(folder, stale))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TABLE_FILE + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(folder, TABLE_FILE))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    manifest = {"key": key, "sha256": _file_digest(os.path.join(folder, TABLE_FILE)), "shape": list(table.shape)}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=MANIFEST_FILE + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(folder, MANIFEST_FILE))
+    write_atomically(os.path.join(folder, TABLE_FILE), lambda f: torch.save(table, f))
+    manifest = {"key": key, "sha256": file_sha256(os.path.join(folder, TABLE_FILE)), "shape": list(table.shape)}
+    write_atomically(os.path.join(folder, MANIFEST_FILE), lambda f: f.write(json.dumps(manifest).encode()))
 
 
 def cached_table(cache_dir: str | None, teacher_file: str, teacher: torch.nn.Module, batches: DeviceBatches,
