@@ -158,13 +158,34 @@ def optuna_storage_uri(tracking_uri: str, given: str | None) -> str:
     return f"sqlite:///{folder / (hashlib.sha256(tracking_uri.encode()).hexdigest()[:12] + '.db')}"
 
 
+# What a database says when another process created Optuna's schema between our check and our CREATE
+# (SQLite: "table ... already exists"; its alembic row: "UNIQUE constraint failed"; PostgreSQL: "duplicate key").
+_SCHEMA_RACE = ("already exists", "unique constraint", "duplicate key")
+
+
+def optuna_rdb_storage(storage_uri: str, attempts: int = 5):
+    """Optuna's RDBStorage on `storage_uri`. Its constructor creates the schema when the database has
+    none, without a lock: two processes opening a fresh database at once (a search and `ltkd best`, or
+    anything polling it) can both try, and the loser fails. Its next attempt finds the schema made."""
+    import optuna
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(storage_uri)
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors, told apart by their words
+            if attempt == attempts - 1 or not any(words in str(exc).lower() for words in _SCHEMA_RACE):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def open_optuna_study(storage_uri: str, target: Target, study: StudySpec):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seed = target.base.seed
     try:
-        storage = optuna.storages.RDBStorage(storage_uri)
+        storage = optuna_rdb_storage(storage_uri)
     except Exception as exc:  # noqa: BLE001 - a bad URI or an unreachable database: the user's option
         raise UserError(f"--optuna-storage {storage_uri}: cannot use it ({describe(exc)})") from None
     ostudy = optuna.create_study(storage=storage, study_name=f"{study.name} | {target.label} | {target.key}",

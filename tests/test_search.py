@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.search import SEARCH_KEY_TAG, targets
+from orchestrator.search import SEARCH_KEY_TAG, optuna_rdb_storage, targets
 from orchestrator.study import load_study
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def _ostudy(folder: Path, study_file: Path, index: int | None = None):
         (target,) = chosen
     else:
         target = chosen[index]
-    storage = f"sqlite:///{folder}/mlflow-optuna.db"
+    storage = optuna_rdb_storage(f"sqlite:///{folder}/mlflow-optuna.db")  # polled while a search creates it
     return optuna.load_study(study_name=f"{study.name} | {target.label} | {target.key}", storage=storage), target
 
 
