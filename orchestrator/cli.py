@@ -392,7 +392,7 @@ def _check_train_config(config) -> None:
     if not 0 <= config.seed < 2**32:
         raise UserError(f"--seed {config.seed}: must be between 0 and 2**32 - 1")
     _check_device(config.device)
-    from orchestrator.study import _check_param
+    from orchestrator.study import check_param
     from trainer.datasets import num_classes_of
 
     allowed = METHODS[config.method].params
@@ -401,7 +401,7 @@ def _check_train_config(config) -> None:
             raise UserError(f"--param {key}: unknown hyperparameter of {config.method}; allowed: {', '.join(allowed) or 'none'}")
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"--param {key}={value}: NaN or infinite numbers are not allowed")
-        _check_param(f"--param {key}", key, value, allowed[key], num_classes_of(config.dataset))
+        check_param(f"--param {key}", key, value, allowed[key], num_classes_of(config.dataset))
 
 
 def _check_device(name: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from orchestrator import leftovers
 from orchestrator.errors import RunFailure, UserError, describe, first_line
 from orchestrator.paths import writable_folder
-from orchestrator.plan import make_plan, teacher_logits_line
+from orchestrator.study import make_plan, teacher_logits_line
 from orchestrator.study import expand, load_study
 from orchestrator.spool import Fenced, SpooledWriter, spooled_runs
 from orchestrator.tables.regenerate import TablesRefresher

@@ -225,7 +225,7 @@ def test_another_teacher_or_training_set_gets_another_table(cifar_root, cifar_te
 
 
 def test_the_plan_line_counts_the_teacher_forwards_the_tables_save(tmp_path):
-    from orchestrator.plan import AUGMENTED_VARIANTS, teacher_logits_line
+    from orchestrator.study.plan import AUGMENTED_VARIANTS, teacher_logits_line
     from orchestrator.study import expand, load_study
     from trainer.datasets import class_counts_of, long_tailed_counts
 

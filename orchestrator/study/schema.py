@@ -1,34 +1,24 @@
-"""Study files: schema, validation (one clear line per problem), expansion into trials, identity hash.
-
-A study is data: datasets and gammas, teacher-student pairs, methods with hyperparameters (a
-scalar or a list for a grid), seeds, the recipe, resources and the tables to produce. It expands
-into teacher trials (one per dataset, gamma, teacher model, seed), Student (CE) trials and
-distillation trials; a trial's identity is the hash of everything that decides what it computes.
-"""
+"""The study file's schema: every field, its type and allowed values, checked with one clear line per problem."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import itertools
-import json
 import math
 import os
 import re
 import struct
 import typing
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import AfterValidator, PrivateAttr, BaseModel, StrictInt, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
-from orchestrator.errors import UserError, first_line
-from trainer.config import Recipe, TrialConfig
-from trainer.recipes import RECIPES, method_defaults, resolve_recipe
+from orchestrator.errors import UserError
+from trainer.config import Recipe
+from trainer.recipes import RECIPES
 from trainer.datasets import DATASET_INFO, class_counts_of, long_tailed_counts, num_classes_of
-from trainer.methods import METHODS, PARAM_CHOICES, SUPERVISED_LOSSES
+from trainer.methods import METHODS, PARAM_CHOICES
 from trainer.models import MODELS
+from orchestrator.study.rows import FROM_SEARCH, _as_type_of, _fmt, gamma_text, method_rows
+
 
 # Unknown keys refused; no NaN or infinity, not even as a quoted 'nan' / 'inf' that pydantic would read as one.
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -199,8 +189,8 @@ class DatasetSpec(BaseModel):
         for g in v:
             if not math.isfinite(g) or g < 1:
                 raise ValueError(f"gamma = {g:g} is not allowed: the imbalance factor must be >= 1")
-        # Tables, run names and the plan show γ as `_short(g)`: two values shown alike would be one column.
-        shown = [_short(g) for g in v]
+        # Tables, run names and the plan show γ as `gamma_text(g)`: two values shown alike would be one column.
+        shown = [gamma_text(g) for g in v]
         for i, label in enumerate(shown):
             if shown.index(label) != i:
                 raise ValueError(f"gamma values {v[shown.index(label)]!r} and {v[i]!r} both show as {label!r} (in tables and "
@@ -230,7 +220,7 @@ def check_profile(ds: "DatasetSpec", validation_per_class: int) -> None:
         if short:
             i = short[0]
             fits = _largest_fitting_n_max(available, gamma)
-            raise ValueError(f"n_max = {top}: at γ = {_short(gamma)} class {i} of {ds.name} needs {profile[i]} training images "
+            raise ValueError(f"n_max = {top}: at γ = {gamma_text(gamma)} class {i} of {ds.name} needs {profile[i]} training images "
                              f"and has {available[i]}{held}; allowed: n_max up to {fits}")
 
 
@@ -529,7 +519,8 @@ class PaperTableSpec(BaseModel):
     rows: dict[str, list[float | None]] = Field(min_length=1)
 
 
-FROM_SEARCH = "from_search"  # methods.<m>.from_search: take its hyperparameters from `ltkd best`'s file
+
+
 
 
 class RangeSpec(BaseModel):
@@ -601,7 +592,7 @@ class StudySpec(BaseModel):
     description: str = Field(default="", max_length=MAX_DESCRIPTION_CHARS)
     dataset: DatasetSpec
     pairs: list[PairSpec] = Field(min_length=1)
-    # Values are checked against each method's declared defaults (`_check_param`), one line per problem.
+    # Values are checked against each method's declared defaults (`check_param`), one line per problem.
     methods: dict[str, dict[str, Any]] = {}
     student_baseline: bool = True  # the Student (CE) row
     seeds: list[StrictInt] = Field(default=[0], min_length=1)
@@ -714,7 +705,7 @@ class StudySpec(BaseModel):
                 if not values:
                     raise UserError(f"{field} = []: a grid needs at least one value")
                 for v in values:
-                    _check_param(field, key, v, allowed[key], num_classes)
+                    check_param(field, key, v, allowed[key], num_classes)
         if self.search is not None:
             self._check_search(num_classes)
         self._check_row_labels()
@@ -751,19 +742,19 @@ class StudySpec(BaseModel):
                 if isinstance(allowed[key], (bool, str)):
                     raise UserError(f"{field}: {key} takes {type(allowed[key]).__name__} values: give a list of choices, not a range")
                 for v in (dim.low, dim.high):
-                    _check_param(field, key, int(v) if isinstance(allowed[key], int) and float(v).is_integer() else v,
+                    check_param(field, key, int(v) if isinstance(allowed[key], int) and float(v).is_integer() else v,
                                  allowed[key], num_classes)
             else:
                 if not dim:
                     raise UserError(f"{field} = []: give at least one choice, or a range {{low, high}}")
                 for v in dim:
-                    _check_param(field, key, v, allowed[key], num_classes)
+                    check_param(field, key, v, allowed[key], num_classes)
         for key, value in self.methods.get(search.method, {}).items():
             if isinstance(value, list) and len(value) > 1 and key not in search.space:
                 raise UserError(f"methods.{search.method}.{key}: a grid beside search.space; put {key} in the space, or give one value")
 
 
-def _check_param(field: str, key: str, value: Any, default: Any, num_classes: int) -> None:
+def check_param(field: str, key: str, value: Any, default: Any, num_classes: int) -> None:
     expected = type(default)
     if key in PARAM_CHOICES and (not isinstance(value, str) or value not in PARAM_CHOICES[key]):
         raise UserError(f"{field} = {value!r}: allowed: {', '.join(PARAM_CHOICES[key])}")
@@ -828,334 +819,3 @@ def parse_study(data: Any, source: str = "study") -> StudySpec:
             if isinstance(ctx_err, UserError):
                 raise UserError(f"{source}: {ctx_err}") from None
         raise UserError(_format_validation_error(exc, source)) from None
-
-
-class _StudyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader that refuses what a user did not mean: a key given twice in one mapping
-    (PyYAML keeps the last silently), and a document that grows past MAX_YAML_NODES once its
-    aliases are expanded (an alias bomb: a few lines that expand to billions of nodes)."""
-
-    def get_single_data(self):
-        node = self.get_single_node()
-        if node is None:
-            return None
-        limit = max_yaml_nodes()
-        size = _expanded_size(node, {}, limit)
-        if size > limit:
-            raise yaml.YAMLError(f"the document expands to more than {limit:,} values once its aliases (*name) are "
-                                 "expanded; set LTKD_MAX_YAML_NODES to allow more")
-        return self.construct_document(node)
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *base`: the merged keys may be overridden here; flatten_mapping merges them
-            key = self.construct_object(key_node, deep=True)
-            try:
-                given_twice = key in seen
-            except TypeError:  # a list or mapping as a key
-                raise yaml.constructor.ConstructorError(None, None, f"a key must be a plain value, got a {type(key).__name__} "
-                                                        f"({key!r})", key_node.start_mark) from None
-            if given_twice:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-# YAML 1.2's floats, which PyYAML (YAML 1.1) reads as strings when they have no dot: `1e-1`, `5E3`. Users mean numbers.
-_StudyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)$"), list("-+0123456789"))
-
-
-def _expanded_size(node, memo: dict[int, int], limit: int) -> int:
-    """Values in a composed YAML node with every alias expanded, each shared node counted once
-    per use (memoised, so a bomb is measured without being expanded); stops past the limit."""
-    if id(node) in memo:
-        return memo[id(node)]
-    memo[id(node)] = limit + 1  # a node that contains itself is refused as too large
-    if isinstance(node, yaml.SequenceNode):
-        children = node.value
-    elif isinstance(node, yaml.MappingNode):
-        children = [n for pair in node.value for n in pair]
-    else:
-        children = []
-    total = 1
-    for child in children:
-        total += _expanded_size(child, memo, limit)
-        if total > limit:
-            break
-    memo[id(node)] = total
-    return total
-
-
-def _non_finite(data: Any, path: str = "") -> str | None:
-    """The path of the first NaN or infinite number in the parsed study, if any."""
-    if isinstance(data, float) and not math.isfinite(data):
-        return f"{path or '(top level)'} = {data}"
-    if isinstance(data, dict):
-        items = data.items()
-    elif isinstance(data, list):
-        items = enumerate(data)
-    else:
-        return None
-    for key, value in items:
-        found = _non_finite(value, f"{path}.{key}" if path else str(key))
-        if found:
-            return found
-    return None
-
-
-def trial_count(study: StudySpec) -> int:
-    """How many trials the study expands into (before sharing teachers), without expanding it."""
-    grid = sum(math.prod(len(v) if isinstance(v, list) else 1 for v in params.values()) for params in study.methods.values())
-    return len(study.dataset.gammas) * len(study.seeds) * len(study.pairs) * (grid + 1 + int(study.student_baseline))
-
-
-def load_study(path: str | Path, search_results_needed: bool = True) -> StudySpec:
-    """The validated study at `path`. search_results_needed=False: a method that takes its values from a
-    search (`from_search`) whose file is not written yet is left out instead of refused."""
-    path = Path(path)
-    try:
-        is_file = path.is_file()
-        size = path.stat().st_size if is_file else 0
-    except OSError as exc:  # a name too long for the filesystem, a folder without permission, ...
-        raise UserError(f"{str(path)[:200]}: cannot open the study file ({exc.strerror or exc})") from None
-    if not is_file:
-        raise UserError(f"{path}: no such study file")
-    if size > max_study_bytes():
-        raise UserError(f"{path}: {size:,} bytes; a study file may have at most {max_study_bytes():,} (set LTKD_MAX_STUDY_BYTES to allow more)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); save the study as UTF-8") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read the study file ({exc.strerror or exc})") from None
-    try:
-        data = yaml.load(text, Loader=_StudyLoader)  # noqa: S506 - a SafeLoader subclass
-    except RecursionError:
-        raise UserError(f"{path}: not valid YAML: nested too deeply") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or first_line(exc, 300) or type(exc).__name__
-        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
-    bad = _non_finite(data)
-    if bad:
-        raise UserError(f"{path}: {bad}: NaN or infinite numbers are not allowed")
-    study = parse_study(data, str(path))
-    try:
-        _read_search_points(study, path.parent, missing_ok=not search_results_needed)
-    except UserError as exc:
-        raise UserError(f"{path}: {exc}") from None
-    count = trial_count(study)
-    if count > max_trials():
-        raise UserError(f"{path}: the study expands into {count:,} trials; at most {max_trials():,} are allowed "
-                        "(set LTKD_MAX_TRIALS to allow more)")
-    return study
-
-
-# ---------------------------------------------------------------------------------------------
-# Expansion
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One planned trial: its configuration, identity and how tables and people refer to it."""
-
-    config: TrialConfig
-    config_hash: str
-    teacher_hash: str | None  # the teacher trial whose checkpoint a distillation trial needs
-    row: str  # table row: "Teacher", "Student", "KD", "LTKD", "LTKD (beta=2)", ...
-    run_name: str
-
-    @property
-    def role(self) -> str:
-        return self.config.role
-
-
-def config_hash(config: TrialConfig, teacher_hash: str | None = None) -> str:
-    """Identity of a trial: sha256 over what decides its result (`TrialConfig.identity`) and its teacher's."""
-    ident = config.identity()
-    ident["teacher_hash"] = teacher_hash
-    blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _grid(params: dict[str, Any]) -> list[dict[str, Any]]:
-    keys = list(params)
-    values = [params[k] if isinstance(params[k], list) else [params[k]] for k in keys]
-    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def method_rows(study: StudySpec) -> list[tuple[str, str, dict[str, Any]]]:
-    """(row label, method, the study's hyperparameters) for every grid point of every method.
-
-    A method with a single grid point is labelled by its name; grid points add the varied values
-    (`row_label`). The full hyperparameters also take the method's and the recipe's defaults (`full_params`).
-    """
-    rows = []
-    for name, params in study.methods.items():
-        spec = METHODS[name]
-        params = {k: v for k, v in params.items() if k != FROM_SEARCH}  # per (pair, γ): see expand
-        varied = [k for k, v in params.items() if isinstance(v, list) and len(v) > 1]
-        for point in _grid(params):
-            rows.append((row_label(spec.display or name, point, varied), name, point))
-    return rows
-
-
-def row_label(display: str, point: dict[str, Any], varied: list[str]) -> str:
-    """A grid point's row label: the method's name, " + BalSoftmax" when its supervised term is not
-    plain CE (`ce`, varied or not), then the other varied values: "LTKD + BalSoftmax (beta=2)"."""
-    shown = SUPERVISED_LOSSES.get(point.get("ce", "standard"), "")
-    label = display + (f" + {shown}" if shown else "")
-    others = [k for k in varied if k != "ce"]
-    if others:
-        label += " (" + ", ".join(f"{k}={_fmt(point[k])}" for k in others) + ")"
-    return label
-
-
-def full_params(study: StudySpec, method: str, point: dict[str, Any], teacher: str | None, student: str | None) -> dict[str, Any]:
-    """Method defaults, then the recipe preset's defaults for this method and pair, then the study's.
-
-    Values take the type of the method's default (1 and 1.0 are one hyperparameter value), so the
-    way a YAML file writes a number never changes a trial's identity.
-    """
-    declared = METHODS[method].params
-    preset_defaults = method_defaults(study.recipe.preset, method, teacher, student)
-    merged = {**declared, **{k: v for k, v in preset_defaults.items() if k in declared}, **point}
-    return {k: _as_type_of(declared[k], v) for k, v in merged.items()}
-
-
-def _as_type_of(default: Any, value: Any) -> Any:
-    if isinstance(default, bool) or isinstance(value, bool):
-        return value
-    if isinstance(default, float) and isinstance(value, int):
-        return float(value)
-    if isinstance(default, int) and isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def _searched_point(study: StudySpec, method: str, pair: PairSpec, gamma: float) -> dict[str, Any] | None:
-    if method in study._search_points and study._search_points[method] is None:
-        return None
-    points = study._search_points.get(method)
-    if points is None:
-        raise UserError(f"methods.{method}.{FROM_SEARCH}: the search's file was not read (load the study with load_study)")
-    return points[(pair.teacher, pair.student, float(gamma))]
-
-
-def best_file_path(value: str, study_dir: Path) -> Path:
-    """Where `methods.<m>.from_search: VALUE` points: a path (relative to the study's folder) when it
-    names a .yaml file, else the file `ltkd best` writes for the search study of that name."""
-    if value.endswith((".yaml", ".yml")) or "/" in value:
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else study_dir / path
-    return study_dir / f"{value}.best.yaml"
-
-
-def _read_search_points(study: StudySpec, study_dir: Path, missing_ok: bool = False) -> None:
-    """Read each `from_search` file and check it covers every (pair, γ) of the study. missing_ok: a
-    method whose file is not written yet is left out of the study (`ltkd search` of a study whose grid
-    takes the search's own result: the search comes first)."""
-    num_classes = num_classes_of(study.dataset.name, study.dataset.options)
-    for method, params in list(study.methods.items()):
-        if FROM_SEARCH not in params:
-            continue
-        field = f"methods.{method}.{FROM_SEARCH}"
-        path = best_file_path(str(params[FROM_SEARCH]), study_dir)
-        if missing_ok and not path.is_file():
-            study._search_points[method] = None  # not written yet: expand leaves the method out
-            continue
-        if not path.is_file():
-            raise UserError(f"{field} = {params[FROM_SEARCH]!r}: no file {path}; `ltkd search` the study that searches "
-                            f"{method}, then `ltkd best` it, to write that file")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise UserError(f"{field}: {path}: cannot read it as YAML ({first_line(exc, 300) or type(exc).__name__})") from None
-        if not isinstance(data, dict) or not isinstance(data.get("points"), list):
-            raise UserError(f"{field}: {path}: not a file of `ltkd best` (no list of points)")
-        if data.get("method") != method:
-            raise UserError(f"{field}: {path} holds a search of {data.get('method')!r}, not of {method}")
-        points: dict[tuple[str, str, float], dict[str, Any]] = {}
-        for i, item in enumerate(data["points"]):
-            try:
-                key = (str(item["teacher"]), str(item["student"]), float(item["gamma"]))
-                chosen = dict(item["params"])
-            except (KeyError, TypeError, ValueError):
-                raise UserError(f"{field}: {path}: points.{i} needs teacher, student, gamma and params") from None
-            for k, v in chosen.items():
-                if k not in METHODS[method].params:
-                    raise UserError(f"{field}: {path}: points.{i}.params.{k}: unknown hyperparameter of {method}")
-                _check_param(f"{path}: points.{i}.params.{k}", k, v, METHODS[method].params[k], num_classes)
-            clash = sorted(k for k, v in params.items() if k != FROM_SEARCH and k in chosen)
-            if clash:
-                raise UserError(f"methods.{method}.{clash[0]}: also chosen by the search ({path}); leave it to the search or drop from_search")
-            points[key] = chosen
-        missing = [f"{p.teacher}>{p.student} γ={g:g}" for p in study.pairs for g in study.dataset.gammas
-                   if (p.teacher, p.student, float(g)) not in points]
-        if missing:
-            have = ", ".join(f"{t}>{s} γ={g:g}" for t, s, g in points) or "none"
-            raise UserError(f"{field}: {path} has no point for {', '.join(missing)} (it has: {have}); "
-                            "search those pairs and γ values, or drop them from this study")
-        study._search_points[method] = points
-
-
-def _short(g: float) -> str:
-    return f"{g:g}"
-
-
-def expand(study: StudySpec, data_root: str | None = None) -> list[Trial]:
-    """All trials of the study, teachers first, each once (shared teachers and students deduplicated)."""
-    ds = study.dataset
-    preset, overrides = study.recipe.preset, study.recipe.overrides()
-    teacher_recipe = resolve_recipe(preset, {**overrides, **study.teacher_recipe.overrides()})
-    root = data_root or ds.root
-    if root is not None:
-        # Relative to where the sweep runs, made absolute here: Ray workers run in other folders.
-        root = os.path.abspath(os.path.expanduser(root))
-    common = dict(dataset=ds.name, dataset_options=dict(ds.options), n_max=ds.n_max, split_seed=ds.split_seed, data_root=root)
-    teachers: dict[str, Trial] = {}
-    students: dict[str, Trial] = {}
-    distills: dict[str, Trial] = {}
-    for gamma in ds.gammas:
-        for seed in study.seeds:
-            for pair in study.pairs:
-                recipe = resolve_recipe(preset, overrides, student=pair.student)
-                tcfg = TrialConfig(role="teacher", gamma=gamma, model=pair.teacher, seed=seed, recipe=teacher_recipe, **common)
-                th = config_hash(tcfg)
-                teachers.setdefault(th, Trial(tcfg, th, None, "Teacher", f"teacher {pair.teacher} g{_short(gamma)} s{seed}"))
-                if study.student_baseline:
-                    scfg = TrialConfig(role="student", gamma=gamma, model=pair.student, seed=seed, recipe=recipe, **common)
-                    sh = config_hash(scfg)
-                    students.setdefault(sh, Trial(scfg, sh, None, "Student", f"student {pair.student} g{_short(gamma)} s{seed}"))
-                for label, method, point in method_rows(study):
-                    if FROM_SEARCH in study.methods[method]:
-                        searched = _searched_point(study, method, pair, gamma)
-                        if searched is None:
-                            continue
-                        point = {**point, **searched}
-                    params = full_params(study, method, point, pair.teacher, pair.student)
-                    if not METHODS[method].needs_teacher:
-                        # A teacher-free method (balanced softmax, ...) is another Student row.
-                        bcfg = TrialConfig(role="student", gamma=gamma, model=pair.student, seed=seed, method=method,
-                                           method_params=params, recipe=recipe, **common)
-                        bh = config_hash(bcfg)
-                        name = f"{method}{label[len(METHODS[method].display or method):]} {pair.student} g{_short(gamma)} s{seed}"
-                        students.setdefault(bh, Trial(bcfg, bh, None, label, name))
-                        continue
-                    dcfg = TrialConfig(
-                        role="distill", gamma=gamma, model=pair.student, seed=seed, method=method,
-                        method_params=params, teacher=pair.teacher, recipe=recipe, **common,
-                    )
-                    dh = config_hash(dcfg, th)
-                    suffix = label[len(METHODS[method].display or method):]
-                    name = f"{method}{suffix} {pair.teacher}>{pair.student} g{_short(gamma)} s{seed}"
-                    distills.setdefault(dh, Trial(dcfg, dh, th, label, name))
-    return [*teachers.values(), *students.values(), *distills.values()]

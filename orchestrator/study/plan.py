@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
-from orchestrator.study import Trial
-from orchestrator.tracking import RunRecord
+from orchestrator.study.expand import Trial
 from trainer.datasets import class_counts_of, data_path_of, long_tailed_counts
 from trainer.methods import METHODS
 
@@ -17,7 +17,7 @@ AUGMENTED_VARIANTS = 9 * 9 * 2
 @dataclass
 class Plan:
     trials: list[Trial]
-    done: dict[str, RunRecord]  # config_hash -> FINISHED run already tracked
+    done: dict[str, Any]  # config_hash -> the FINISHED run already tracked (tracking's RunRecord)
 
     def _of(self, role: str) -> list[Trial]:
         return [t for t in self.trials if t.role == role]
@@ -38,7 +38,7 @@ class Plan:
         return f"{len(self.trials)} trials: " + ", ".join(parts) + f"; {todo} to run"
 
 
-def make_plan(trials: list[Trial], done: dict[str, RunRecord]) -> Plan:
+def make_plan(trials: list[Trial], done: dict[str, Any]) -> Plan:
     order = {"teacher": 0, "student": 1, "distill": 2}
     planned = {t.config_hash for t in trials}
     return Plan(sorted(trials, key=lambda t: order[t.role]), {h: r for h, r in done.items() if h in planned})
