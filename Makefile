@@ -1,4 +1,5 @@
-# Two commands: `make demo` (set up, run the offline smoke study, print its table) and `make test`.
+# Two commands: `make demo` (set up, run the offline smoke study, print its table) and `make test`
+# (the docs site built strictly, then the suite).
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
@@ -6,7 +7,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ltkd-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo docs test bench clean
+
+# Outside the repository's files (git-ignored under the venv): the site is a build product, not a source.
+DOCS_SITE := $(VENV)/docs-site
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +23,14 @@ demo: install
 	$(BIN)/ltkd sweep studies/smoke.yaml
 	$(BIN)/ltkd tables studies/smoke.yaml --out tables-out
 
+# The documentation site (mkdocs.yml, docs/): strict, so a broken link or anchor, or a page left out of the
+# nav, fails the build. It takes seconds.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $(DOCS_SITE)
+
 # The suite's real components (Chromium, PostgreSQL, SLURM, Fashion-MNIST) are Debian packages:
 # installed here when missing and this user can, else one line gives the command.
-test: install
+test: install docs
 	bash tests/system_packages.sh
 	$(BIN)/pytest -q
 
