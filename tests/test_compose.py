@@ -110,7 +110,7 @@ def test_no_known_default_or_literal_password_in_the_deployment_files():
         from ltkd_secrets import KNOWN_DEFAULTS
     finally:
         sys.path.remove(str(REPO / "docker"))
-    files = [REPO / "docker-compose.yml", REPO / "README.md", *(REPO / "docker").iterdir(), *(REPO / "deploy").rglob("*")]
+    files = [REPO / "docker-compose.yml", REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "docker").iterdir(), *(REPO / "deploy").rglob("*")]
     for path in files:
         if not path.is_file() or path.name == "ltkd_secrets.py":  # the list of refused values itself
             continue
