@@ -2,7 +2,7 @@
 
 Run by the one-shot `secrets` service before anything else starts (stdlib only):
     ltkd_secrets.py init                 # create what is missing, refuse weak or known-default values
-    ltkd_secrets.py rotate NAME [NAME..] # new values; restart the stack afterwards (README: rotating)
+    ltkd_secrets.py rotate NAME [NAME..] # new values; restart the stack afterwards (docs/clusters.md: rotating the secrets)
 
 Each secret is a file in a volume that only its readers mount, owned by root, group SECRETS_GID,
 mode 0440 (the services that read it run with that supplementary group):
