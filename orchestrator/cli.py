@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tables", help="regenerate the study's tables from what is tracked")
     p.add_argument("study")
     _add_tracking(p)
-    p.add_argument("--format", choices=FORMATS, default="md", help="what to print (default md); csv prints one tidy CSV for all tables")
+    p.add_argument("--format", choices=FORMATS, help="what to print (default: a plain table on a terminal, Markdown otherwise); "
+                                                    "csv prints one tidy CSV for all tables")
     p.add_argument("--out", help="also write every format and the plots (PNG) into this folder, and log them to the "
                                  "study's MLflow run 'tables <study>'")
     p.add_argument("--no-log", action="store_true", help="with --out: write the files only, log nothing to MLflow")
@@ -190,10 +191,9 @@ def cmd_best(args) -> int:
 def cmd_tables(args) -> int:
     from orchestrator.study import expand, load_study
     from orchestrator.paths import writable_folder
-    from orchestrator.tables import render
+    from orchestrator.tables.console import print_tables, written_line
     from orchestrator.tables.regenerate import log_tables, read_finished, write_tables
     from orchestrator.tables.report import write_report
-    from orchestrator.tables.render import render_csv
     from orchestrator.tracking import Tracker, check_reachable, resolve_tracking_uri
 
     study = load_study(args.study)
@@ -228,21 +228,7 @@ def cmd_tables(args) -> int:
     tables = build_tables(study, trials, finished)
     if args.versus == "paper":
         return _print_versus_paper(args, study, tables)
-    if args.format == "csv":
-        # one CSV for all tables (the `table` column tells them apart), so the output can be piped
-        print("".join(render_csv(t) if i == 0 else render_csv(t).split("\n", 1)[1] for i, t in enumerate(tables)), end="")
-    for i, table in enumerate(tables):
-        if args.format != "csv":
-            if args.format == "md":
-                print(("\n" if i else "") + f"{table.title}\n")
-            print(render(table, args.format))
-            if args.format == "md":
-                print()
-        gaps = table.missing()
-        if gaps:
-            print(f"{table.name}: {len(gaps)} cells short of seeds (shown as – or with (n=…)):", file=sys.stderr)
-            for g in gaps:
-                print(f"  {g}", file=sys.stderr)
+    print_tables(tables, args.format)
     if not args.out:
         return 0
     out = writable_folder(args.out, "--out")
@@ -250,7 +236,7 @@ def cmd_tables(args) -> int:
     files += write_report(study, trials, tables, tracker.run_states(exp_id), files, uri, exp_id, out)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"wrote {len(files)} files to {out}/: {', '.join(f.name for f in files)}", file=sys.stderr)
+    print(written_line(files, out), file=sys.stderr)
     if not args.no_log:
         from orchestrator.tracking import runs_view_state
 
@@ -265,7 +251,7 @@ def _print_versus_paper(args, study, tables) -> int:
 
     if not study.paper:
         raise UserError(f"--versus paper: study {study.name!r} has no `paper:` block (the paper's values per table and row)")
-    if args.format not in ("md", "csv"):
+    if (args.format or "md") not in ("md", "csv"):
         raise UserError(f"--versus paper --format {args.format}: allowed: md, csv")
     chosen = [t for t in tables if t.name in study.paper]
     if args.format == "csv":
@@ -307,6 +293,7 @@ def _watch_tables(args, study, trials, tracker, exp_id: str) -> int:
 def cmd_report(args) -> int:
     from orchestrator.paths import writable_folder
     from orchestrator.study import expand, load_study
+    from orchestrator.tables.core import count
     from orchestrator.tables.regenerate import regenerate
     from orchestrator.tracking import Tracker, check_reachable, resolve_tracking_uri
 
@@ -325,8 +312,8 @@ def cmd_report(args) -> int:
         raise no_runs
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"wrote {out / (study.name + '_report.html')} and {len(result.files) - 1} more files "
-          f"({result.runs} FINISHED runs, {result.missing} cells short of seeds)"
+    print(f"wrote {out / (study.name + '_report.html')} and {count(len(result.files) - 1, 'more file')} "
+          f"({count(result.runs, 'FINISHED run')}, {count(result.missing, 'cell')} short of seeds)"
           + (f"; logged to run 'tables {study.name}' ({result.run_id})" if result.run_id else ""))
     return 0
 

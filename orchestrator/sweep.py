@@ -494,7 +494,7 @@ def _final_tables(refresher, notes: list[str], out) -> None:
     notes.clear()
     result = refresher.close()
     for note in notes:
-        print(note if result is None else f"{note}; files in {refresher.out}", file=out, flush=True)
+        print(note, file=out, flush=True)  # a regeneration's note says where its tables are (not the internal folder)
 
 
 def _outage_line(uri: str, limit_s: float, writer: SpooledWriter, spool: str) -> str:

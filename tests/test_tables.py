@@ -162,11 +162,11 @@ MAIN_MD = '''\
 
 MAIN_LATEX = r'''\begin{table}
 \centering
-\caption{golden\_main: main --- top-1 accuracy (\%) on digits (long-tailed), mean $\pm$ std over 3 seeds; Tail = tail group, All = all classes; $\Delta$ = LTKD $-$ best other row, $^\dagger$ p $<$ 0.05 (paired t-test over seeds)}
+\caption{Top-1 accuracy (\%) on Digits-LT, mean $\pm$ std over 3 seeds. Tail: the third of the classes with the fewest training images; All: all classes. $\Delta$ = LTKD $-$ best other row; $^\dagger$ p $<$ 0.05 (paired t-test over seeds).}
 \label{tab:golden_main_main}
 \begin{tabular}{lcccc}
 \toprule
- & \multicolumn{4}{c}{cnn\_w16$\to$cnn\_w4} \\
+ & \multicolumn{4}{c}{CNN-w16 $\to$ CNN-w4} \\
  & \multicolumn{2}{c}{$\gamma$=10} & \multicolumn{2}{c}{$\gamma$=50} \\
  & Tail & All & Tail & All \\
 \midrule
@@ -207,7 +207,7 @@ MAIN_HTML = '''\
 </head>
 <body>
 <table id="T_golden_main_main">
-  <caption>golden_main: main — top-1 accuracy (%) on digits (long-tailed), mean ± std over 3 seeds; Tail = tail group, All = all classes; Δ = LTKD − best other row, † p &lt; 0.05 (paired t-test over seeds)</caption>
+  <caption>Top-1 accuracy (%) on Digits-LT, mean ± std over 3 seeds. Tail: the third of the classes with the fewest training images; All: all classes. Δ = LTKD − best other row; † p &lt; 0.05 (paired t-test over seeds).</caption>
   <thead>
     <tr>
       <th class="blank level0" >&nbsp;</th>
@@ -438,7 +438,7 @@ def test_cli_prints_tables_and_lists_missing_cells(main_table, capsys):
     uri, path, _ = main_table
     assert main(["tables", str(path), "--tracking-uri", uri]) == 0
     out, err = capsys.readouterr()
-    assert MAIN_MD.strip() in out and out.startswith("golden_main: main — top-1 accuracy (%)")
+    assert MAIN_MD.strip() in out and out.startswith("golden_main: main — Top-1 accuracy (%) on Digits-LT")
     assert err.splitlines() == [
         "main: 2 cells short of seeds (shown as – or with (n=…)):",
         "  KD / cnn_w16→cnn_w4 / γ=10: 2 of 3 seeds",
@@ -576,9 +576,9 @@ def test_delta_against_a_named_reference(store):
     path, _ = fill(uri, folder, BALSOFT, values)
     main_table, table = tables_of(uri, path)
     assert render(table, "md") + "\n" == BALSOFT_MD
-    assert table.title.endswith("; Δ = LTKD + BalSoftmax − best other row; Δ vs Balanced Softmax = LTKD + BalSoftmax − "
-                                "Balanced Softmax; Δ vs KD + BalSoftmax = LTKD + BalSoftmax − KD + BalSoftmax, "
-                                "† p < 0.05 (paired t-test over seeds)")
+    assert table.title.endswith(" Δ = LTKD + BalSoftmax − best other row; Δ vs Balanced Softmax = LTKD + BalSoftmax − "
+                                "Balanced Softmax; Δ vs KD + BalSoftmax = LTKD + BalSoftmax − KD + BalSoftmax; "
+                                "† p < 0.05 (paired t-test over seeds).")
     ref = BALSOFT_VALUES["LTKD + BalSoftmax"]
     for label, group, idx, versus in (("Δ", "Tail", 0, "KD + BalSoftmax"), ("Δ", "All", 1, "Balanced Softmax"),
                                       ("Δ vs Balanced Softmax", "Tail", 0, "Balanced Softmax"),

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from orchestrator.study import StudySpec, TableSpec, Trial, full_params, method_rows, row_label, versus_text
 from orchestrator.tables.core import (
-    GROUP_COLUMNS, METRIC_NAMES, Cell, Table, delta_cell, gamma_label, mark_best, pair_label,
+    GROUP_COLUMNS, METRIC_NAMES, Cell, Table, dataset_display, delta_cell, gamma_label, mark_best, pair_label,
 )
 from orchestrator.tracking import RunRecord
 from trainer.methods import METHODS
@@ -112,11 +112,12 @@ def _group_table(study: StudySpec, spec: TableSpec, planned, finished: Mapping[s
     if deltas:
         rules.append(deltas[0].label)
     gammas = ", ".join(f"{g:g}" for g in study.dataset.gammas)
-    what = "top-1 accuracy (%)" + (f" at γ = {gammas}" if not several_gammas else "")
+    # A caption a paper can take: no study or table name (the console names those), readable names.
+    where_gamma = f" (γ = {gammas})" if not several_gammas else ""
     title = spec.title or (
-        f"{study.name}: {spec.name} — {what} on {study.dataset.name} (long-tailed), {_seeds_text(study)}; "
-        "Tail = tail group, All = all classes"
-        + (f"; {'; '.join(explained)}, † p < 0.05 (paired t-test over seeds)" if explained else "")
+        f"Top-1 accuracy (%) on {dataset_display(study.dataset.name)}{where_gamma}, {_seeds_text(study)}. "
+        "Tail: the third of the classes with the fewest training images; All: all classes."
+        + (f" {'; '.join(explained)}; † p < 0.05 (paired t-test over seeds)." if explained else "")
     )
     return Table(spec, study.name, title, table_rows, cols, cells, rules)
 
@@ -156,8 +157,9 @@ def _ngroups_table(study: StudySpec, spec: TableSpec, planned, finished: Mapping
         for scope in scopes.values():
             mark_best(scope)
     gammas = ", ".join(f"{g:g}" for g in study.dataset.gammas)
+    scope = {"All": "Overall"}.get(METRIC_NAMES[key], f"{METRIC_NAMES[key]}-group")
     title = spec.title or (
-        f"{study.name}: {spec.name} — {METRIC_NAMES[key].lower()} top-1 accuracy (%, {key}) by number of groups n(G), "
-        f"{study.dataset.name} (long-tailed, γ = {gammas}), {_seeds_text(study)}"
+        f"{scope} top-1 accuracy (%) on {dataset_display(study.dataset.name)} (γ = {gammas}) by the number of class "
+        f"groups n(G), {_seeds_text(study)}."
     )
     return Table(spec, study.name, title, rows, cols, cells)

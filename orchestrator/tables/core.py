@@ -45,6 +45,46 @@ def gamma_label(gamma: float) -> str:
     return f"γ={gamma:g}"
 
 
+# What a paper writes for a model family (the zoo's names are lower case identifiers); the model
+# registry has no display names, so the rest of the name is made readable by rule (`model_display`).
+_MODEL_FAMILIES = {"resnet": "ResNet", "wrn": "WRN", "vgg": "VGG", "mobilenet": "MobileNet",
+                   "shufflenet": "ShuffleNet", "cnn": "CNN"}
+# How papers name the datasets; a long-tailed cut of one is "<name>-LT" (ImageNet-LT is one already).
+_DATASET_NAMES = {"digits": "Digits", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tinyimagenet": "TinyImageNet",
+                  "imagenet": "ImageNet", "imagenet_lt": "ImageNet-LT", "fashion_mnist": "Fashion-MNIST",
+                  "synthetic": "Synthetic"}
+
+
+def model_display(name: str) -> str:
+    """A zoo name as papers write it: resnet32x4 -> ResNet32×4, wrn_40_2 -> WRN-40-2, mobilenet_v2 ->
+    MobileNetV2, cnn_w32 -> CNN-w32; a name of no known family is shown as it is."""
+    import re
+
+    family = next((f for f in sorted(_MODEL_FAMILIES, key=len, reverse=True) if name.startswith(f)), None)
+    if family is None:
+        return name
+    rest = re.sub(r"(?<=\d)x(?=\d)", "×", name[len(family):])
+    rest = re.sub(r"_v(\d)", r"V\1", rest).replace("_", "-")
+    return _MODEL_FAMILIES[family] + rest
+
+
+def pair_display(label: str) -> str:
+    """A pair label (teacher→student, as the tables key their columns) with both models' display names."""
+    teacher, sep, student = label.partition("→")
+    return f"{model_display(teacher)} → {model_display(student)}" if sep else label
+
+
+def dataset_display(name: str) -> str:
+    """The long-tailed dataset as papers name it: cifar100 -> CIFAR-100-LT, imagenet_lt -> ImageNet-LT."""
+    shown = _DATASET_NAMES.get(name, name.replace("_", " "))
+    return shown if shown.endswith("-LT") else f"{shown}-LT"
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 run', '2 runs', '0 runs': a number with its noun in the right number."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
@@ -161,7 +201,7 @@ class Table:
                     where = [info["row"], info["pair"], gamma_label(info["gamma"])]
                     if info.get("n_groups") is not None:
                         where.append(f"n(G)={info['n_groups']}")
-                    lines[f"{' / '.join(where)}: {cell.n} of {cell.expected} seeds"] = None
+                    lines[f"{' / '.join(where)}: {cell.n} of {count(cell.expected, 'seed')}"] = None
         return list(lines)
 
 

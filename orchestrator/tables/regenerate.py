@@ -17,6 +17,8 @@ from pathlib import Path
 
 from orchestrator.paths import file_inside, write_text
 from orchestrator.tables.build import build_tables
+from orchestrator.tables.console import where_logged
+from orchestrator.tables.core import count
 from orchestrator.tables.render import EXTENSIONS, FORMATS, render
 from orchestrator.tables.report import write_report
 
@@ -37,8 +39,8 @@ class Regeneration:
 
     def line(self) -> str:
         logged = f"; logged to run {self.run_id}" if self.run_id else ""
-        return (f"{time.strftime('%H:%M:%S')} tables regenerated from {self.runs} runs "
-                f"({self.missing} cells short of seeds): {len(self.files)} files{logged}")
+        return (f"{time.strftime('%H:%M:%S')} tables regenerated from {count(self.runs, 'run')} "
+                f"({count(self.missing, 'cell')} short of seeds): {count(len(self.files), 'file')}{logged}")
 
 
 def read_finished(tracker, exp_id: str | None, trials) -> dict:
@@ -73,8 +75,9 @@ def log_tables(tracker, exp_id: str, study, files: list[Path], runs: int, missin
     run_id = tracker.tables_run(exp_id, study.name)
     tracker.log_files(run_id, [str(f) for f in files], "tables")
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    tracker.set_tags(run_id, {DESCRIPTION_TAG: f"Tables of study {study.name!r}, regenerated {stamp} from {runs} FINISHED runs "
-                                               f"({missing} cells short of seeds). Files: tables/."})
+    tracker.set_tags(run_id, {DESCRIPTION_TAG: f"Tables of study {study.name!r}, regenerated {stamp} from "
+                                               f"{count(runs, 'FINISHED run')} ({count(missing, 'cell')} short of seeds). "
+                                               "Files: tables/."})
     tracker.end_run(run_id, "FINISHED")
     return run_id
 
@@ -112,8 +115,8 @@ def finish_interrupted_tables(study, trials, tracker, exp_id: str, out: Path) ->
     if result is None:  # no FINISHED trial to tabulate: nothing to regenerate into it
         tracker.end_run(run_id, "KILLED")
         return f"tables: run 'tables {study.name}' was left RUNNING by a regeneration that died; no FINISHED trial to rebuild it from (now KILLED)"
-    return (f"tables: run 'tables {study.name}' was left RUNNING by a regeneration that died; regenerated from {result.runs} runs "
-            f"({result.missing} cells short of seeds), files in {out}")
+    return (f"tables: run 'tables {study.name}' was left RUNNING by a regeneration that died; regenerated from "
+            f"{count(result.runs, 'run')} ({count(result.missing, 'cell')} short of seeds), {where_logged(study.name)}")
 
 
 class TablesRefresher:
@@ -152,8 +155,10 @@ class TablesRefresher:
                 return None
             if result is not None:
                 self.finished_seen = result.runs
-                self.note(f"tables: regenerated from {result.runs} runs ({result.missing} cells short of seeds), logged to "
-                          f"run 'tables {self.study.name}'")
+                # The last regeneration (with plots) says where the tables are for the user; the periodic ones are short.
+                where = where_logged(self.study.name) if plots else f"in MLflow run 'tables {self.study.name}'"
+                self.note(f"tables: regenerated from {count(result.runs, 'run')} ({count(result.missing, 'cell')} short of "
+                          f"seeds), {where}")
             return result
 
     def stop(self) -> None:

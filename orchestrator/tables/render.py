@@ -11,7 +11,7 @@ import re
 
 import pandas as pd
 
-from orchestrator.tables.core import BEST, SECOND, Table
+from orchestrator.tables.core import BEST, SECOND, Table, pair_display
 
 FORMATS = ("md", "latex", "csv", "html")
 EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv", "html": "html"}
@@ -59,9 +59,10 @@ def _styles(table: Table, best: str, second: str, rule: str | None = None) -> pd
 
 
 def render_latex(table: Table) -> str:
+    # For the paper: the models by their display names (ResNet32×4 → ResNet8×4, not resnet32x4→resnet8x4).
     text = table.text().map(latex_escape)
-    text.index = [latex_escape(r) for r in table.rows]
-    text.columns = pd.MultiIndex.from_tuples([tuple(latex_escape(x) for x in c) for c in table.cols])
+    text.index = [latex_escape(pair_display(r)) for r in table.rows]
+    text.columns = pd.MultiIndex.from_tuples([tuple(latex_escape(pair_display(x)) for x in c) for c in table.cols])
     styles = _styles(table, "textbf: --rwrap;", "underline: --rwrap;")
     styles.index, styles.columns = text.index, text.columns
     styler = text.style.apply(lambda _: styles, axis=None)
@@ -71,7 +72,7 @@ def render_latex(table: Table) -> str:
     )
     # booktabs \midrule before the method rows and before Δ
     lines = latex.splitlines()
-    starts = {latex_escape(r) + " & " for r in table.rules_before}
+    starts = {latex_escape(pair_display(r)) + " & " for r in table.rules_before}
     out, in_body = [], False
     for line in lines:
         if line.strip() == r"\midrule":

@@ -15,7 +15,8 @@ import pandas as pd
 from orchestrator.errors import redact_credentials, without_userinfo
 from orchestrator.paths import file_inside, write_text
 from orchestrator.tables.build import planned_by_cell, study_pairs
-from orchestrator.tables.core import Table, gamma_label, pair_label
+from orchestrator.tables.core import BEST, SECOND, Table, count, gamma_label, pair_label
+from orchestrator.tables.plots import caption_of
 from orchestrator.tables.render import render
 
 STATES = ("done", "running", "failed", "missing")
@@ -58,8 +59,12 @@ def completeness(table: Table, study, trials, run_states: dict) -> pd.DataFrame 
     return pd.DataFrame(data, index=pd.Index(rows), columns=pd.MultiIndex.from_tuples(table.cols))
 
 
+# The best / second-best marks, as the tables' own HTML shows them (bold, underlined).
+MARKED_HTML = {BEST: "<strong>{}</strong>", SECOND: "<u>{}</u>", "": "{}"}
+
+
 def _linked_cells(table: Table, base: str, experiment_id: str) -> pd.DataFrame:
-    """The table's cells as HTML: the value, then one link per seed's run."""
+    """The table's cells as HTML: the value (best bold, second underlined), then one link per seed's run."""
     data = []
     for r in table.rows:
         line = []
@@ -67,7 +72,8 @@ def _linked_cells(table: Table, base: str, experiment_id: str) -> pd.DataFrame:
             cell = table.cells[(r, c)]
             links = "" if cell.is_delta else " ".join(
                 f'<a href="{html.escape(run_link(base, experiment_id, rid))}">s{seed}</a>' for seed, rid in zip(cell.seeds, cell.run_ids))
-            line.append(html.escape(cell.text()) + (f"<br><small>{links}</small>" if links else ""))
+            value = MARKED_HTML[cell.mark].format(html.escape(cell.text()))
+            line.append(value + (f"<br><small>{links}</small>" if links else ""))
         data.append(line)
     # The cells are HTML already (written with escape=False); the labels come from the study (its
     # `labels:`, pair and model names) and are escaped here, so a label cannot inject markup.
@@ -82,7 +88,7 @@ def write_report(study, trials, tables: list[Table], run_states: dict, plots: li
     counts = Counter(_state(run_states, t.config_hash) for t in trials)
     summary = ", ".join(f"{counts[s]} {s}" for s in STATES)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    head = (f"Study {study.name!r} ({study.description or 'no description'}): {len(trials)} planned trials: {summary}. "
+    head = (f"Study {study.name!r} ({study.description or 'no description'}): {count(len(trials), 'planned trial')}: {summary}. "
             f"Generated {stamp} from {redact_credentials(tracking_uri)}.")
     parts_html = [f"<h1>{html.escape(study.name)}</h1>", f"<p>{html.escape(head)}</p>"]
     parts_md = [f"# {study.name}", "", head, ""]
@@ -98,9 +104,10 @@ def write_report(study, trials, tables: list[Table], run_states: dict, plots: li
             parts_md += ["### Completeness", "", flat.to_markdown(), ""]
         for plot in [p for p in plots if p.suffix == ".png" and p.name.startswith(f"{study.name}_{table.name}_")]:
             data = base64.b64encode(plot.read_bytes()).decode()
+            caption = f"{caption_of(plot)} ({plot.name}; vector: {plot.with_suffix('.pdf').name})"
             parts_html.append(f'<figure><img alt="{html.escape(plot.name)}" src="data:image/png;base64,{data}">'
-                              f"<figcaption>{html.escape(plot.name)}</figcaption></figure>")
-            parts_md += [f"![{plot.name}]({plot.name})", ""]
+                              f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            parts_md += [f"![{plot.name}]({plot.name})", "", caption, ""]
     page = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>" + html.escape(f"ltkd report: {study.name}") +
             "</title><style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;margin:1em 0} "
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right} img{max-width:100%}</style></head><body>"

@@ -1,0 +1,75 @@
+"""What `ltkd tables` prints, and the lines that say where the tables went.
+
+On a terminal (stdout a TTY, no --format given) each table is drawn as a plain table: best bold, second
+best underlined, rules before the method rows and before Δ, the caption under it. Anything else gets
+the format asked for, Markdown by default, as before: scripts and tests read `ltkd tables STUDY | ...`
+as Markdown (with its ** and <u> marks), and `--format md` asks for Markdown even on a terminal.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from orchestrator.tables.core import BEST, SECOND, Table, count
+from orchestrator.tables.render import render, render_csv
+
+_MARK_STYLES = {BEST: "bold", SECOND: "underline", "": ""}
+
+
+def print_terminal(table: Table, out) -> None:
+    """One table for a person at a terminal (rich draws it to the terminal's width)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    grid = RichTable(title=f"{table.study}: {table.name}", title_style="bold", title_justify="left",
+                     caption=f"{table.title} Bold: best; underlined: second best (among the method rows of a column).",
+                     caption_justify="left", box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    grid.add_column("")
+    for col in table.cols:
+        grid.add_column("\n".join(col), justify="right")
+    text, marks = table.text(), table.marks()
+    for i, row in enumerate(table.rows):
+        ruled = i + 1 < len(table.rows) and table.rows[i + 1] in table.rules_before
+        grid.add_row(row, *[Text(t, style=_MARK_STYLES[m]) for t, m in zip(text.loc[row], marks.loc[row])], end_section=ruled)
+    Console(file=out, highlight=False).print(grid)
+
+
+def print_tables(tables: list[Table], fmt: str | None, out=None, err=None) -> None:
+    """Every table in `fmt` (None: a plain table on a terminal, else Markdown) to `out`; to `err`, the
+    cells short of seeds."""
+    out, err = out or sys.stdout, err or sys.stderr
+    terminal = fmt is None and out.isatty()
+    fmt = fmt or "md"
+    if fmt == "csv":
+        # one CSV for all tables (the `table` column tells them apart), so the output can be piped
+        print("".join(render_csv(t) if i == 0 else render_csv(t).split("\n", 1)[1] for i, t in enumerate(tables)), end="", file=out)
+    for i, table in enumerate(tables):
+        if terminal:
+            if i:
+                print(file=out)
+            print_terminal(table, out)
+        elif fmt == "md":
+            print(("\n" if i else "") + f"{table.study}: {table.name} — {table.title}\n", file=out)
+            print(render(table, fmt), file=out)
+            print(file=out)
+        elif fmt != "csv":
+            print(render(table, fmt), file=out)
+        gaps = table.missing()
+        if gaps:
+            print(f"{table.name}: {count(len(gaps), 'cell')} short of seeds (shown as – or with (n=…)):", file=err)
+            for g in gaps:
+                print(f"  {g}", file=err)
+
+
+def written_line(files: list[Path], out: Path) -> str:
+    """The line after `ltkd tables --out` wrote its files."""
+    return f"wrote {count(len(files), 'file')} to {out}/: {', '.join(f.name for f in files)}"
+
+
+def where_logged(study_name: str) -> str:
+    """Where tables regenerated without --out (by a sweep) are for the user: the study's tables run in
+    MLflow, or a folder of their choosing (the sweep's own copy sits in an internal folder)."""
+    return (f"in MLflow run 'tables {study_name}' (artifacts under tables/); "
+            "`ltkd tables <the study file> --out DIR` writes them to a folder")
