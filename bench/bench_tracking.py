@@ -56,7 +56,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator.spool import SpooledWriter  # noqa: E402
+from orchestrator.tracking import SpooledWriter  # noqa: E402
 from orchestrator.tracking import EPOCH_METRICS, Tracker, is_transient_failure  # noqa: E402
 
 TARGET_RATE = 500.0  # reports/s sustained

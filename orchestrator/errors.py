@@ -37,6 +37,16 @@ def describe(exc: BaseException, limit: int = 200) -> str:
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
+def error_line(exc: BaseException, limit: int = 600) -> str:
+    """An error as one line: its first line, and its last one when that says more (MLflow and Ray
+    put the cause of a multi-line message last). Never a traceback, never a password."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith(("Traceback", "File \"", "#####"))]
+    text = lines[0] if lines else ""
+    if len(lines) > 1 and lines[-1] not in text:
+        text = f"{text.rstrip(':')}: {lines[-1]}"
+    return redact_credentials(f"{type(exc).__name__}: {text}")[:limit] if text else type(exc).__name__
+
+
 class UserError(Exception):
     """Bad input (study file, option, unreachable server): exit status 2, one line, no traceback."""
 

@@ -33,7 +33,8 @@ from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.stopper import Stopper  # noqa: E402
 
 from orchestrator.study import Trial  # noqa: E402
-from orchestrator.tracking import FINISHED, TrialRuns, error_line, redact_credentials  # noqa: E402
+from orchestrator.tracking import FINISHED, TrialRuns  # noqa: E402
+from orchestrator.errors import error_line, redact_credentials
 
 FINAL_KEY = "ltkd_final"
 ERROR_KEY = "ltkd_error"
@@ -48,7 +49,8 @@ def _train_one(tune_config: dict[str, Any], tracking_uri: str | None = None) -> 
     import torch
     from ray import tune
 
-    from orchestrator.tracking import error_line, fetch_checkpoint, write_manifest
+    from orchestrator.errors import error_line
+    from orchestrator.tracking import fetch_checkpoint, write_manifest
     from trainer.config import TrialConfig
     from trainer.loop import run_trial
 

@@ -35,8 +35,8 @@ import yaml
 from orchestrator.errors import RunFailure, UserError, describe
 from orchestrator.study import (FROM_SEARCH, PairSpec, RangeSpec, StudySpec, Trial, config_hash, expand, full_params,
                                 load_study)
-from orchestrator.tracking import (CELL_TAG, FINISHED, NOTE_TAG, Tracker, check_reachable, git_commit, redact_credentials,
-                                   resolve_tracking_uri)
+from orchestrator.tracking import CELL_TAG, FINISHED, NOTE_TAG, Tracker, check_reachable, git_commit, resolve_tracking_uri
+from orchestrator.errors import redact_credentials
 from trainer.config import TrialConfig
 from trainer.methods import METHODS
 from trainer.recipes import resolve_recipe
@@ -594,7 +594,9 @@ def run_search(study_path: str, tracking_uri: str | None, address: str | None, s
     teachers = {t.teacher.config_hash for t in chosen}
     run_sweep(study_path, tracking_uri, address, False, storage, out=out, outage_limit_s=outage_limit_s, only=teachers,
               tables_every_s=0)
-    tracker = Tracker(uri)
+    from orchestrator.tables.plots import run_per_class_png
+
+    tracker = Tracker(uri, draw_per_class=run_per_class_png)
     exp_id = tracker.experiment_id(study.name, create=True)
     done = tracker.final_metrics_by_hash(exp_id, keys=[])
     missing = [t.teacher.run_name for t in chosen if t.teacher.config_hash not in done]

@@ -12,12 +12,13 @@ from orchestrator.errors import RunFailure, UserError, describe, first_line
 from orchestrator.paths import writable_folder
 from orchestrator.study import make_plan, teacher_logits_line
 from orchestrator.study import expand, load_study
-from orchestrator.spool import Fenced, SpooledWriter, spooled_runs
+from orchestrator.tracking import Fenced, SpooledWriter, spooled_runs
+from orchestrator.tables.plots import run_per_class_png
 from orchestrator.tables.regenerate import TablesRefresher
-from orchestrator.tracking import (FINISHED, Lease, LeaseLost, lease_ttl, ResumableRun, Tracker, TrialRuns, absolute_store_uri, check_reachable,
-                                   git_commit, is_locked, is_transient_failure, locked_store_line, redact_credentials,
-                                   resolve_tracking_uri, runs_view_state, store_gone, store_identity, store_trouble,
-                                   use_write_ahead_log)
+from orchestrator.tracking import (FINISHED, Lease, LeaseLost, lease_ttl, ResumableRun, Tracker, TrialRuns, absolute_store_uri,
+    check_reachable, git_commit, is_locked, is_transient_failure, locked_store_line, resolve_tracking_uri, runs_view_state,
+    store_gone, store_identity, store_trouble, use_write_ahead_log)
+from orchestrator.errors import redact_credentials
 
 DEFAULT_OUTAGE_LIMIT_S = 30 * 60.0
 DEFAULT_TABLES_EVERY_S = 10 * 60.0
@@ -32,7 +33,8 @@ def store_exists(uri: str) -> bool:
 def browse_hint(uri: str, experiment: str, experiment_id: str) -> str:
     """How to look at the runs: the server's page, or the MLflow UI over the local store; the link
     opens the runs table in MLflow's model-training view, grouped by table cell (`experiment_url`)."""
-    from orchestrator.tracking import experiment_url, redact_credentials, without_userinfo
+    from orchestrator.tracking import experiment_url
+    from orchestrator.errors import redact_credentials, without_userinfo
 
     if uri.startswith(("http://", "https://")):
         return f"runs: experiment {experiment!r} at {experiment_url(without_userinfo(uri), experiment_id)}"
@@ -57,7 +59,7 @@ def open_plan(study_path: str, tracking_uri: str | None, create: bool, search_re
     uri = absolute_store_uri(uri)
     if not create and not store_exists(uri):
         return study, uri, None, None, make_plan(trials, {})
-    tracker = Tracker(uri)
+    tracker = Tracker(uri, draw_per_class=run_per_class_png)
     exp_id = None
     try:
         exp_id = tracker.experiment_id(study.name, create=create)

@@ -223,7 +223,7 @@ def test_a_read_only_store_is_one_line_and_exit_2(tmp_path):
 def test_an_error_is_reported_as_its_own_one_line_never_a_traceback():
     from mlflow.exceptions import MlflowException
 
-    from orchestrator.tracking import error_line
+    from orchestrator.errors import error_line
 
     listed = MlflowException("The following failures occurred while downloading one or more artifacts from file:///a:\n"
                              "##### File checkpoint #####\nNo such artifact: 'checkpoint'")

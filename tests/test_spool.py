@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.spool import SpooledWriter
+from orchestrator.tracking import SpooledWriter
 from orchestrator.tracking import Tracker, is_transient_failure
 
 pytestmark = pytest.mark.integration
@@ -69,7 +69,7 @@ def test_burst_from_many_runs_arrives_complete_and_ends_after_its_metrics(mlflow
 
 DRIVER = textwrap.dedent("""
     import sys, time
-    from orchestrator.spool import SpooledWriter
+    from orchestrator.tracking import SpooledWriter
     from orchestrator.tracking import Tracker, is_transient_failure
     sys.path.insert(0, {tests!r})
     from test_spool import _burst

@@ -33,8 +33,8 @@ teacher's run, log its dataset input, draw its per-class plot, save its checkpoi
 That work runs in the writer's threads, never in the sweep's; one the store cannot do (a ValueError
 from it) is one warning and is skipped.
 
-The store is reached through an object with the `Tracker` methods used below (orchestrator.tracking);
-this module imports no MLflow.
+The store is reached through `RunStore`, the methods of `Tracker` this writer calls (the tests' fake
+stores implement it too); this module imports no MLflow.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from orchestrator.errors import describe as describe_error
 
@@ -59,6 +59,40 @@ BACKOFF_S = (1, 2, 4, 8, 15, 30)
 QUARANTINE = "quarantine"
 # Ops after which the run's outcome is decided in the store: asked of the fence with `decisive=True`.
 DECISIVE_OPS = ("start", "reopen", "end")
+
+
+@runtime_checkable
+class RunStore(Protocol):
+    """What the writer needs of a tracking store (`Tracker` is the real one). The writer's threads call
+    it, up to `workers` at once, each on its own runs: never two calls for one run at a time. A call
+    raises on failure: `is_transient` decides whether it is retried, a ValueError skips the event."""
+
+    def create_run(self, experiment_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str],
+                   start_time: int | None = None) -> str: ...
+
+    def reopen_run(self, run_id: str, tags: dict[str, str]) -> None: ...
+
+    def find_run_by_tag(self, experiment_id: str, key: str, value: str) -> str | None: ...
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None: ...
+
+    def write_batch(self, run_id: str, metrics: list[tuple[str, float, int, int]], tags: dict[str, str]) -> None: ...
+
+    def log_json(self, run_id: str, data: Any, artifact_file: str) -> None: ...
+
+    def log_dir(self, run_id: str, local_dir: str, artifact_path: str) -> None: ...
+
+    def log_model(self, run_id: str, checkpoint_dir: str, artifact_path: str) -> None: ...
+
+    def log_input(self, run_id: str, dataset: dict[str, Any]) -> None: ...
+
+    def log_per_class_plot(self, run_id: str, per_class: list[float], class_counts: list[int], title: str,
+                           artifact_file: str) -> None: ...
+
+    def link_teacher(self, run_id: str, experiment_id: str, teacher_run: str | None, teacher_hash: str,
+                     teacher_name: str) -> None: ...
+
+    def end_run(self, run_id: str, status: str, end_time: int | None = None) -> None: ...
 
 
 class Fenced(Exception):
@@ -265,7 +299,7 @@ class SpooledWriter:
     overdue past its expiry, so the event is dropped rather than left for a later replay).
     """
 
-    def __init__(self, store, folder: str, workers: int = 4, is_transient: Callable[[BaseException], bool] | None = None,
+    def __init__(self, store: RunStore, folder: str, workers: int = 4, is_transient: Callable[[BaseException], bool] | None = None,
                  on_warning: Callable[[str], None] | None = None, store_identity: str | None = None,
                  fence: Callable[[bool], None] | None = None, describe: Callable[[BaseException], str] | None = None,
                  is_fatal: Callable[[BaseException], str | None] | None = None, quarantine: str | None = None,

@@ -1,0 +1,252 @@
+"""The run layout: what a trial's run holds (its name, params, tags, metrics and artifacts), decided in one place."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+
+# MLflow 3.17's UI picks its GenAI or model-training view from the `workflowType` URL parameter, else
+# from the browser's own choice (localStorage `mlflow.workflowType_v1`, set by the sidebar's switch,
+# "genai" until then); this tag only labels the experiment's kind. See `experiment_url`.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+NOTE_TAG = "mlflow.note.content"  # an experiment's or a run's description in the UI (Markdown)
+VIEW_STATE_KEY = "ltkd"  # the runs table's shared view, opened with ?viewStateShareKey=ltkd
+VIEW_STATE_TAG = "mlflow.sharedViewState." + VIEW_STATE_KEY
+
+
+def git_commit() -> str:
+    """The commit of the ltkd source that runs, with '-dirty' when it has local changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+
+
+def _plain(value: Any) -> Any:
+    """Numbers as a study writes them: a whole float is an int (γ 50, not 50.0)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def param_str(value: Any) -> str:
+    """A param's string in MLflow: `50` for γ 50 (so `params.gamma = '50'` finds it), `0.5`, `true`
+    stays `True`, lists and dicts as JSON. Only the string: a trial's identity (config_hash) is
+    computed from the config itself."""
+    value = _plain(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    if value is None:
+        return "none"
+    return str(value)
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The run layout: what a trial's run holds. The Ray adapter only moves events; every name of a
+# param, tag, metric and artifact is decided here.
+
+SCHEMA_METHOD_PARAMS = ("alpha", "beta", "n_groups", "temperature")
+# plus loss_<term> per loss term, and system/<...> (CPU, memory, GPU: the UI's System metrics tab)
+SPLIT_FILE = "long_tailed_split.json"
+EPOCH_METRICS = ("loss", "lr", "acc_all", "acc_head", "acc_medium", "acc_tail",
+                 # a search trial's accuracies, on its validation split (it has no acc_*)
+                 "val_acc_all", "val_acc_head", "val_acc_medium", "val_acc_tail")
+SYSTEM_PREFIX = "system/"
+PER_CLASS_FILE = "per_class_accuracy.json"
+BEST_PER_CLASS_FILE = "best_epoch_per_class_accuracy.json"
+PER_CLASS_PLOT = "per_class_accuracy.png"  # distillation runs: the final per-class accuracy, drawn
+CHECKPOINT_DIR = "checkpoint"  # what a student's teacher is fetched from (with its MANIFEST.json)
+MODEL_DIR = "model"  # the final weights as an MLflow PyTorch model: mlflow.pytorch.load_model("runs:/ID/model")
+CELL_TAG = "cell"  # one value per table cell (row, pair, γ): the UI's "Group by" puts its seeds together
+TEACHER_RUN_TAG = "teacher_run_id"
+
+# Model names shortened in run names so that method, pair, γ and seed fit the UI's Run Name column
+# (190 px): resnet32x4 -> r32x4, wrn_40_2 -> wrn40_2, mobilenet_v2 -> mnv2, cnn_w32 -> w32.
+_SHORT_MODELS = (("resnet", "r"), ("wrn_", "wrn"), ("mobilenet_v", "mnv"), ("shufflenet_v", "snv"), ("cnn_w", "w"))
+
+
+def short_model(name: str) -> str:
+    for prefix, short in _SHORT_MODELS:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return short + name[len(prefix):]
+    return name
+
+
+def _gamma(value: float) -> str:
+    return "γ" + param_str(value)
+
+
+def _who(trial) -> str:
+    """The run's row and models: 'Teacher w32', 'Student w8', 'LTKD w32>w8'."""
+    cfg = trial.config
+    if cfg.role == "distill":
+        return f"{trial.row} {short_model(cfg.teacher)}>{short_model(cfg.model)}"
+    return f"{trial.row} {short_model(cfg.model)}"
+
+
+def run_name(trial) -> str:
+    """Short and complete: 'LTKD w32>w8 γ50 s0', 'Teacher r32x4 γ100 s1'."""
+    return f"{_who(trial)} {_gamma(trial.config.gamma)} s{trial.config.seed}"
+
+
+def cell_label(trial) -> str:
+    """The table cell a run counts in, without the seed: 'LTKD w32>w8 γ50' (the `cell` tag)."""
+    return f"{_who(trial)} {_gamma(trial.config.gamma)}"
+
+
+def teacher_run_name(trial) -> str:
+    """The run name of a distillation trial's teacher (same γ and seed)."""
+    cfg = trial.config
+    return f"Teacher {short_model(cfg.teacher)} {_gamma(cfg.gamma)} s{cfg.seed}"
+
+
+def teacher_link_tags(experiment_id: str, teacher_run: str | None, teacher_hash: str, teacher_name: str) -> dict[str, str]:
+    """The `teacher_run_id` tag and the run's description (Markdown) linking to the teacher's run page."""
+    if teacher_run is None:
+        return {NOTE_TAG: f"Distilled from teacher **{teacher_name}** (config_hash `{teacher_hash}`; its run was not found)."}
+    return {TEACHER_RUN_TAG: teacher_run,
+            NOTE_TAG: f"Distilled from teacher run [{teacher_name}](#/experiments/{experiment_id}/runs/{teacher_run}) "
+                      f"(config_hash `{teacher_hash}`)."}
+
+
+def system_sampler():
+    """A function giving the trial's system metrics at each epoch (CPU, memory, GPU memory), named
+    as MLflow's own system metrics so the UI's System metrics tab shows them. Cheap: a few
+    microseconds of psutil and torch counters per epoch, no thread; {} where psutil is missing."""
+    try:
+        import psutil
+    except ImportError:
+        return lambda: {}
+    proc = psutil.Process()
+    proc.cpu_percent(None)  # the first call starts the interval
+
+    def sample() -> dict[str, float]:
+        out = {
+            SYSTEM_PREFIX + "cpu_utilization_percentage": proc.cpu_percent(None),
+            SYSTEM_PREFIX + "process_memory_rss_megabytes": proc.memory_info().rss / 2**20,
+            SYSTEM_PREFIX + "system_memory_usage_percentage": psutil.virtual_memory().percent,
+        }
+        import torch
+
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                out[SYSTEM_PREFIX + f"gpu_{i}_memory_usage_megabytes"] = torch.cuda.memory_reserved(i) / 2**20
+                out[SYSTEM_PREFIX + f"gpu_{i}_max_memory_allocated_megabytes"] = torch.cuda.max_memory_allocated(i) / 2**20
+        return out
+
+    return sample
+
+
+def split_digest(train_indices: list[int]) -> str:
+    """The long-tailed split's fingerprint: sha256 of its sorted training indices (16 hex digits)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(sorted(train_indices), separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def dataset_input(trial, class_counts: list[int], digest: str) -> dict[str, Any]:
+    """The training data of a run as `Tracker.log_input` logs it: the long-tailed split of the
+    dataset at γ, named 'digits-LT γ50', with its digest and class counts."""
+    cfg = trial.config
+    return {
+        "name": f"{cfg.dataset}-LT {_gamma(cfg.gamma)}",
+        "digest": digest,
+        "source_type": "ltkd",
+        "source": {"dataset": cfg.dataset, "gamma": _plain(cfg.gamma), "n_max": cfg.n_max, "split_seed": cfg.split_seed,
+                   **({"options": cfg.dataset_options} if cfg.dataset_options else {})},
+        "schema": {"classes": len(class_counts), "split": "train"},
+        "profile": {"num_images": int(sum(class_counts)), "num_classes": len(class_counts), "class_counts": list(class_counts)},
+        "context": "train",
+    }
+
+
+def runs_view_state() -> dict[str, Any]:
+    """The runs table as the study's link opens it: grouped by table cell (each group's row shows the
+    mean over its seeds), with the method, γ, seed, dataset and accuracy columns, run names wide enough."""
+    columns = ["metrics.`acc_all`", "metrics.`acc_tail`", "metrics.`acc_head`", "metrics.`acc_medium`",
+               "params.`method`", "params.`gamma`", "params.`seed`",
+               "metrics.`val_acc_tail`", "metrics.`val_acc_all`"]  # a search's trials (`ltkd search`) have only these
+    name_column = "attributes.`Run Name`"
+    return {
+        "selectedColumns": columns,
+        "columnOrder": [name_column],  # the UI applies a width only to the columns it orders
+        "columnWidths": {name_column: 240},  # room for the groups' names ("Group: LTKD w32>w8 γ50")
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": CELL_TAG}]},
+        "groupsExpanded": {},
+        "runListHidden": False,
+        "viewMaximized": False,
+        "useGroupedValuesInCharts": True,
+        "hideEmptyCharts": True,
+    }
+
+
+def experiment_url(base: str, experiment_id: str, shared_view: bool = True) -> str:
+    """The experiment's runs table in the model-training view (MLflow 3.17 reads `workflowType`
+    from the URL before the browser's stored choice), opened on the study's shared view."""
+    query = "workflowType=machine_learning" + (f"&viewStateShareKey={VIEW_STATE_KEY}" if shared_view else "")
+    return f"{base.rstrip('/')}{'/' if base else ''}#/experiments/{experiment_id}/runs?{query}"
+
+
+def trial_params(trial) -> dict[str, Any]:
+    """MLflow params of a trial, per the tracking schema, plus the method's other hyperparameters
+    and the rest of the recipe. A hyperparameter whose name is taken by a schema param with another
+    meaning (DIST's `gamma` beside the imbalance factor γ) is logged as `method.<name>`."""
+    cfg = trial.config
+    mp = cfg.method_params
+    params: dict[str, Any] = {
+        "dataset": cfg.dataset,
+        "gamma": cfg.gamma,
+        "role": cfg.role,
+        "method": cfg.method,
+        "teacher": cfg.teacher if cfg.role == "distill" else (cfg.model if cfg.role == "teacher" else None),
+        "student": cfg.model if cfg.role != "teacher" else None,
+        **{key: mp.get(key) for key in SCHEMA_METHOD_PARAMS},
+        "seed": cfg.seed,
+        "epochs": cfg.recipe.epochs,
+        "model": cfg.model,
+        "n_max": cfg.n_max,
+        "split_seed": cfg.split_seed,
+        **({"validation_per_class": cfg.validation_per_class} if cfg.validation_per_class else {}),
+    }
+    for key, value in mp.items():
+        if key not in SCHEMA_METHOD_PARAMS:
+            params["method." + key if key in params else key] = value
+    for key, value in cfg.recipe.__dict__.items():
+        params.setdefault(key, value)
+    if cfg.dataset_options:
+        params["dataset_options"] = cfg.dataset_options
+    return params
+
+
+def trial_tags(trial, base_tags: dict[str, str]) -> dict[str, str]:
+    tags = {**base_tags, "config_hash": trial.config_hash, "role": trial.role, "row": trial.row, CELL_TAG: cell_label(trial)}
+    if trial.teacher_hash:
+        tags["teacher_hash"] = trial.teacher_hash
+    return tags
+
+
+def epoch_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """What a run records per epoch (step = epoch) from a trial's epoch report."""
+    out = {k: report[k] for k in EPOCH_METRICS if k in report}
+    out.update({k: v for k, v in report.items() if k.startswith(("loss_", SYSTEM_PREFIX)) and isinstance(v, (int, float))})
+    return out
+
+
+def per_class_artifact(per_class: list[float], class_counts: list[int]) -> dict[str, Any]:
+    return {"per_class_accuracy": per_class, "class_counts": class_counts}
