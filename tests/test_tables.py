@@ -6,6 +6,7 @@ tables read (tags config_hash / role / row / study from expand() of the study, f
 from __future__ import annotations
 
 import math
+import re
 import statistics
 import textwrap
 import time
@@ -448,6 +449,49 @@ def test_cli_prints_tables_and_lists_missing_cells(main_table, capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("table,kind,row,pair,gamma,group,n_groups,metric,mean,std,n,expected")
     assert len(out.splitlines()) == 1 + 6 * 4
+
+
+def _run_on_a_terminal(argv: list[str], env: dict) -> str:
+    """What `argv` prints to a pseudo-terminal (stdout and stderr both on it), as a person at a terminal sees it."""
+    import os
+    import pty
+    import subprocess
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=follower, stdout=follower, stderr=follower, env=env, close_fds=True)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the program ended and closed its side
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0, b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks).decode()
+
+
+def test_cli_on_a_terminal_draws_a_plain_table_with_the_marks_as_bold_and_underline(main_table):
+    import os
+    import sys
+
+    uri, path, _ = main_table
+    env = {**os.environ, "COLUMNS": "220", "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    ltkd = str(Path(sys.executable).with_name("ltkd"))
+    shown = _run_on_a_terminal([ltkd, "tables", str(path), "--tracking-uri", uri], env)
+    assert "**" not in shown and "<u>" not in shown and "|:" not in shown  # no Markdown
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", shown)
+    assert "golden_main: main" in plain and "Bold: best; underlined: second best" in plain
+    rows = {line.split()[0]: line for line in plain.splitlines() if line.strip() and line.split()[0] in ("Teacher", "KD", "LTKD", "Δ")}
+    assert rows["LTKD"].split()[1:] == ["45.00", "±", "1.00", "67.00", "±", "1.00", "16.33", "±", "1.53", "44.87", "±", "1.10"]
+    assert rows["Δ"].split()[1:] == ["+4.00†", "+1.50", "(n=2)", "+5.33†", "+3.87†"]
+    assert "\x1b[1m45.00 ± 1.00" in shown and "\x1b[4m41.00 ± 1.41 (n=2)" in shown  # best bold, second underlined
+    assert "\x1b[1m52.00" not in shown  # the Teacher, highest in its column, is never marked
+    assert "main: 2 cells short of seeds (shown as – or with (n=…)):" in plain
 
 
 def test_cli_out_writes_every_format_notes_skipped_plots_and_logs_a_tables_run(main_table, tmp_path, capsys):

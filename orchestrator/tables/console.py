@@ -1,7 +1,7 @@
 """What `ltkd tables` prints, and the lines that say where the tables went.
 
 On a terminal (stdout a TTY, no --format given) each table is drawn as a plain table: best bold, second
-best underlined, rules before the method rows and before Δ, the caption under it. Anything else gets
+best underlined, a blank line before the method rows and before Δ, the caption under it. Anything else gets
 the format asked for, Markdown by default, as before: scripts and tests read `ltkd tables STUDY | ...`
 as Markdown (with its ** and <u> marks), and `--format md` asks for Markdown even on a terminal.
 """
@@ -32,7 +32,8 @@ def print_terminal(table: Table, out) -> None:
     text, marks = table.text(), table.marks()
     for i, row in enumerate(table.rows):
         ruled = i + 1 < len(table.rows) and table.rows[i + 1] in table.rules_before
-        grid.add_row(row, *[Text(t, style=_MARK_STYLES[m]) for t, m in zip(text.loc[row], marks.loc[row])], end_section=ruled)
+        # The mark styles the value only, not the padding that right-aligns it (an underline would run into it).
+        grid.add_row(row, *[Text.assemble((t, _MARK_STYLES[m])) for t, m in zip(text.loc[row], marks.loc[row])], end_section=ruled)
     Console(file=out, highlight=False).print(grid)
 
 
