@@ -155,6 +155,22 @@ def test_saved_figures_are_vector_pdf_with_embedded_truetype_and_png_one_column_
     assert caption_of(files[0]).startswith("Per-class test accuracy") and caption_of(tmp_path / "x.png") == ""
 
 
+def test_the_legend_sits_at_the_same_place_in_the_png_and_the_pdf(main_records):
+    from orchestrator.tables.style import paper_style
+
+    study, trials, finished, read_json, table = main_records
+    fig, _ = per_class_figure(table, study, trials, finished, read_json)
+    where = {}
+    with paper_style():
+        for fmt in ("png", "pdf"):
+            fig.savefig(io.BytesIO(), format=fmt)  # each save lays the figure out again for its renderer
+            box = fig.legends[0].get_window_extent().transformed(fig.transFigure.inverted())
+            where[fmt] = (box.x0, box.y0, box.x1, box.y1)
+    assert where["png"] == pytest.approx(where["pdf"], abs=0.01)
+    assert where["png"][1] > 0.85  # above the panels, inside the figure
+    assert all(0 <= v <= 1 for v in where["png"])
+
+
 def test_teacher_group_probability_figure_shares_its_y_range(main_records):
     study, trials, finished, _, table = main_records
     fig, notes = teacher_group_prob_figure(table, study, trials, finished)
@@ -200,7 +216,8 @@ def test_ngroups_figure_names_models_and_shares_axes():
     fig, notes = ngroups_figure(table)
     assert notes == []
     axes = _assert_paper_style(fig, 2)
-    assert [ax.get_title() for ax in axes] == ["ResNet32×4 → ResNet8×4", "WRN-40-2 → ResNet8×4"]
+    # side by side, a long title wraps at a space to its panel's width rather than run into the next one
+    assert [ax.get_title() for ax in axes] == ["ResNet32×4 →\nResNet8×4", "WRN-40-2 → ResNet8×4"]
     for ax in axes:
         assert [t.get_text() for t in ax.get_xticklabels()] == ["3", "5", "10"]
         (bar,) = _error_bars(ax)

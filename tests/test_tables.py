@@ -518,6 +518,28 @@ def test_cli_out_writes_every_format_notes_skipped_plots_and_logs_a_tables_run(m
     assert tracker.finished_by_hash(exp).keys() == before.keys()
 
 
+def test_the_sweeps_refresher_says_where_the_tables_are(main_table, tmp_path):
+    """The sweep's regenerations: the periodic ones name the tables run; the last one (with the plots) also
+    how to get them as files, never the internal folder the sweep writes them to."""
+    from orchestrator.tables.regenerate import TablesRefresher
+
+    uri, path, _ = main_table
+    study = load_study(path)
+    tracker = Tracker(uri)
+    notes: list[str] = []
+    refresher = TablesRefresher(study, expand(study), tracker, tracker.experiment_id(study.name), tmp_path / "internal",
+                                every_s=0, note=notes.append)
+    (tmp_path / "internal").mkdir()
+    assert refresher.refresh(plots=False, only_if_new=True).runs == 26
+    assert refresher.refresh(plots=False, only_if_new=True) is None  # nothing new: not regenerated
+    refresher.close()
+    assert notes == [
+        "tables: regenerated from 26 runs (2 cells short of seeds), in MLflow run 'tables golden_main'",
+        "tables: regenerated from 26 runs (2 cells short of seeds), in MLflow run 'tables golden_main' (artifacts under "
+        "tables/); `ltkd tables <the study file> --out DIR` writes them to a folder",
+    ]
+
+
 def test_fast_reader_matches_search_runs(main_table):
     uri, _, _ = main_table
     tracker = Tracker(uri)

@@ -25,7 +25,7 @@ from pathlib import Path
 from orchestrator.study import StudySpec, Trial
 from orchestrator.tables.build import planned_by_cell, study_pairs
 from orchestrator.tables.core import METRIC_NAMES, Table, count, model_display, pair_display, pair_label
-from orchestrator.tables.style import COLORS, DPI, MARKERS, figure_legend, label_outer, panel_figure, paper_style, save
+from orchestrator.tables.style import COLORS, DPI, MARKERS, figure_legend, label_outer, panel_figure, panel_title, paper_style, save
 from orchestrator.tracking import RunRecord
 
 MAX_PANELS = 12
@@ -130,7 +130,7 @@ def ngroups_figure(table: Table):
                 i = blocks.index(block)
                 bars = ax.errorbar(xs, ys, yerr=es, color=COLORS[i % len(COLORS)], marker=MARKERS[i % len(MARKERS)], label=block)
                 handles.setdefault(block, bars)
-            ax.set_title(pair_display(key[0]) + (f", {_gamma_title(key[1])}" if several_gammas else ""))
+            panel_title(ax, pair_display(key[0]) + (f", {_gamma_title(key[1])}" if several_gammas else ""))
         n_values = sorted({x for key in keys for pts in panels[key].values() for x, _, _ in pts})
         _set_log_x(axes, n_values, n_values)
         label_outer(axes, "number of class groups n(G)", f"{METRIC_NAMES[metric].lower()} accuracy (%)")
@@ -220,7 +220,7 @@ def per_class_figure(table: Table, study: StudySpec, trials: list[Trial], finish
                                    marker=MARKERS[i % len(MARKERS)], label=row)
                 handles.setdefault(row, bars)
             title = (pair_display(pair_label(*pair)) + "\n" if several_pairs else "") + _gamma_title(gamma)
-            ax.set_title(title + _short_seeds({row: n for row, n, *_ in lines}, len(study.seeds)))
+            panel_title(ax, title + _short_seeds({row: n for row, n, *_ in lines}, len(study.seeds)))
         _set_log_x(axes, [x for _, _, lines in data for line in lines for x in line[2]])
         axes[0].set_ylim(-3, 103)
         axes[0].set_yticks([0, 25, 50, 75, 100])
@@ -275,7 +275,7 @@ def teacher_group_prob_figure(table: Table, study: StudySpec, trials: list[Trial
             ax.set_xticks(list(xs), [g.capitalize() for g in GROUPS])
             ax.grid(False, axis="x")
             title = (f"{model_display(teacher)} teacher, " if several_teachers else "") + _gamma_title(gamma)
-            ax.set_title(title + _short_seeds({"teacher": n}, len(study.seeds)))
+            panel_title(ax, title + _short_seeds({"teacher": n}, len(study.seeds)))
         axes[0].set_ylim(0, min(100.0, 10 * math.ceil(top * 1.05 / 10)))
         label_outer(axes, None, "mean probability mass (%)")
         figure_legend(fig, list(handles.values()), list(handles))

@@ -146,8 +146,8 @@ class TablesRefresher:
         with self._lock:
             try:
                 if only_if_new:
-                    count = len(read_finished(self.tracker, self.exp_id, self.trials))
-                    if count == self.finished_seen:
+                    finished_now = len(read_finished(self.tracker, self.exp_id, self.trials))
+                    if finished_now == self.finished_seen:
                         return None
                 result = regenerate(self.study, self.trials, self.tracker, self.exp_id, self.out, log=True, plots=plots)
             except Exception as exc:  # noqa: BLE001 - the tables wait for the next refresh

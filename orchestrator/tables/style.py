@@ -122,6 +122,17 @@ def label_outer(axes: list, xlabel: str | None, ylabel: str) -> None:
         axes[0].get_figure().supxlabel(xlabel)
 
 
+def panel_title(ax, text: str) -> None:
+    """The panel's title, each line wrapped at spaces to the panel's width (side by side, long model
+    names would otherwise run into the next panel's title)."""
+    import textwrap
+
+    fig = ax.get_figure()
+    panel_in = fig.get_figwidth() / ax.get_gridspec().ncols
+    chars = max(12, int(panel_in * 12.5))  # 8 pt characters per inch, about
+    ax.set_title("\n".join(textwrap.fill(line, chars, break_long_words=False) for line in text.split("\n")))
+
+
 def figure_legend(fig, handles: list, labels: list[str]) -> None:
     """One legend for the figure, above the panels (below them it would meet the shared x label): as many
     columns as fit the figure's width."""
