@@ -5,7 +5,7 @@ Each trial trains a ResNet8x4 student with KD from a ResNet32x4 teacher (a CIFAR
 paper's tables) through the project's loop on the device-resident path, on CIFAR-100-shaped data.
 The trials start together (a barrier after their warm-up) and train for --seconds; the aggregate is
 the images all of them trained divided by the longest one's time. On CUDA, k packed trials each cap
-their CUDA memory at a 1/k share (`orchestrator.packing.cap_gpu_memory`, what a trial with
+their CUDA memory at a 1/k share (`orchestrator.execution.packing.cap_gpu_memory`, what a trial with
 `resources.gpu: 1/k` does) and each takes one CPU thread; on the CPU each takes one thread.
 
     PYTHONPATH=. python3 bench/bench_packing.py [--device cpu|cuda] [--seconds 20] [--trials 1 2 4]
@@ -28,7 +28,7 @@ def _trial(device_name: str, share: float, seconds: float, batch_size: int, batc
     torch.set_num_threads(1)
     device = torch.device(device_name)
     if device.type == "cuda" and share < 1:
-        from orchestrator.packing import cap_gpu_memory
+        from orchestrator.execution.packing import cap_gpu_memory
 
         cap_gpu_memory(share)
     from trainer.data import make_loader

@@ -141,7 +141,7 @@ def cmd_sweep(args) -> int:
     from orchestrator.sweep import run_sweep
 
     if args.ship:
-        os.environ["LTKD_SHIP"] = args.ship  # read where Ray is joined (orchestrator.runtime_env)
+        os.environ["LTKD_SHIP"] = args.ship  # read where Ray is joined (orchestrator.execution.runtime_env)
     _check_storage(args.storage)
     _check_duration("--outage-limit", args.outage_limit, "minutes", zero_allowed=False)
     _check_duration("--tables-every", args.tables_every, "minutes", zero_allowed=True)

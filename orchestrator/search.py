@@ -35,7 +35,7 @@ import yaml
 from orchestrator.errors import RunFailure, UserError, describe
 from orchestrator.study import (FROM_SEARCH, PairSpec, RangeSpec, StudySpec, Trial, config_hash, expand, full_params,
                                 load_study)
-from orchestrator.tracking import CELL_TAG, FINISHED, NOTE_TAG, Tracker, check_reachable, git_commit, resolve_tracking_uri
+from orchestrator.tracking import CELL_TAG, FINISHED, PRUNED, NOTE_TAG, Tracker, check_reachable, git_commit, resolve_tracking_uri
 from orchestrator.errors import redact_credentials
 from trainer.config import TrialConfig
 from trainer.methods import METHODS
@@ -43,7 +43,6 @@ from trainer.recipes import resolve_recipe
 
 SEARCH_KEY_TAG = "ltkd.search_key"  # the parent run of a search, and its trials, carry the search's key
 PARENT_TAG = "mlflow.parentRunId"  # MLflow nests a run under the run this tag names
-PRUNED = "PRUNED"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +397,8 @@ class _SearchSchedule:
 
 def make_callback(searcher, asha, runs, progress, outcomes, max_attempts: int, poll, metric: str, numbers: dict[str, int],
                   cell_of: Callable[[str], str]):
-    from orchestrator.ray_runner import ERROR_KEY, FINAL_KEY, Outcome, SweepCallback
+    from orchestrator.execution.trainable import ERROR_KEY, FINAL_KEY
+    from orchestrator.execution.schedule import Outcome, SweepCallback
 
     class SearchCallback(SweepCallback):
         """SweepCallback's tracking, plus the outcome told to Optuna: COMPLETE with the final
@@ -570,7 +570,7 @@ def optuna_plots(ostudy) -> dict[str, bytes]:
 
 def run_search(study_path: str, tracking_uri: str | None, address: str | None, storage: str | None,
                optuna_storage: str | None = None, out=None, outage_limit_s: float = 30 * 60.0) -> int:
-    from orchestrator import leftovers
+    from orchestrator.execution import leftovers
     from orchestrator.sweep import run_sweep, spool_folder, start_ray
     from orchestrator.tracking import Lease
 
@@ -638,8 +638,9 @@ def _search_all(study: StudySpec, study_path: str, chosen: list[Target], tracker
                 lease) -> int:
     """The study's (pair, γ) searches that have trials left, in one Tune run (each with its own Optuna
     study, ASHA and parent run); returns how many of their trials failed in this run."""
-    from orchestrator.progress import SweepProgress
-    from orchestrator.ray_runner import default_resume_root, fit_trials, interrupted, trial_payload
+    from orchestrator.execution.progress import SweepProgress
+    from orchestrator.execution.trainable import default_resume_root
+    from orchestrator.execution.run import fit_trials, interrupted, trial_payload
     from orchestrator.sweep import leased_writer
     from orchestrator.tracking import ResumableRun, TrialRuns
 

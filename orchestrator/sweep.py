@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator import leftovers
+from orchestrator.execution import leftovers
 from orchestrator.errors import RunFailure, UserError, describe, first_line
 from orchestrator.paths import writable_folder
 from orchestrator.study import make_plan, teacher_logits_line
@@ -279,7 +279,7 @@ def teachers_to_retrain(trials, given: list[str]) -> list:
 def start_ray(address: str | None, cpu: float, gpu: float, wait_s: float, out) -> None:
     """Start or join Ray and make sure some node can run a trial of the study's size, before the
     store is written: a trial no node can hold would wait in Tune's queue forever."""
-    from orchestrator.ray_runner import init_ray, unsatisfiable
+    from orchestrator.execution.cluster import init_ray, unsatisfiable
 
     try:
         init_ray(address)
@@ -296,8 +296,8 @@ def start_ray(address: str | None, cpu: float, gpu: float, wait_s: float, out) -
     if why:
         raise UserError(f"resources: a trial asks for {cpu:g} CPU and {gpu:g} GPU on one node, and {why}; lower resources.cpu/gpu "
                         "in the study, add a node that size, or pass --wait-for-resources MINUTES to an autoscaling cluster")
-    from orchestrator.packing import packing_lines
-    from orchestrator.ray_runner import largest_nodes
+    from orchestrator.execution.packing import packing_lines
+    from orchestrator.execution.cluster import largest_nodes
 
     for line in packing_lines(largest_nodes(), cpu, gpu):  # how many trials run at once, before any starts
         print(line, file=out, flush=True)
@@ -355,8 +355,8 @@ def _read_state(tracker, exp_id, trials) -> tuple:
 
 def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease, retrain=(),
                 tables_every_s: float = 0.0, tables: bool = True, spellings: list[str] | None = None) -> int:
-    from orchestrator.progress import SweepProgress
-    from orchestrator.ray_runner import run_trials
+    from orchestrator.execution.progress import SweepProgress
+    from orchestrator.execution.run import run_trials
 
     # The store is read (again) while the lease settles: a sweep that ended meanwhile may have finished trials.
     plan, todo, resumable = _read_state(tracker, exp_id, plan.trials)

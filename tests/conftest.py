@@ -19,7 +19,7 @@ def ray_local():
     """One real local Ray for the whole session (2 CPUs, as on CI)."""
     import ray
 
-    from orchestrator.ray_runner import init_ray
+    from orchestrator.execution.cluster import init_ray
 
     init_ray(None, num_cpus=2)
     yield

@@ -299,7 +299,7 @@ def stop_ray_folder(temp_dir: str) -> None:
     open files name it), then remove the folder."""
     import shutil
 
-    from orchestrator.leftovers import _holders
+    from orchestrator.execution.leftovers import _holders
 
     procs = _holders(temp_dir)
     for p in procs:

@@ -141,7 +141,7 @@ def stack(tmp_path_factory):
 
 PROBE = """
 import os, ray
-from orchestrator.runtime_env import cluster_runtime_env
+from orchestrator.execution.runtime_env import cluster_runtime_env
 
 @ray.remote(num_cpus=0)
 def where_is_trainer():
@@ -154,7 +154,7 @@ def where_is_trainer():
 ray.init(address=os.environ["ADDRESS"], log_to_driver=False)
 print("without:", ray.get(where_is_trainer.remote()))
 ray.shutdown()
-# As `ltkd sweep --address` joins (orchestrator.ray_runner.init_ray): a job-level runtime environment.
+# As `ltkd sweep --address` joins (orchestrator.execution.cluster.init_ray): a job-level runtime environment.
 ray.init(address=os.environ["ADDRESS"], log_to_driver=False, runtime_env=cluster_runtime_env(mode="code"))
 print("with:", ray.get(where_is_trainer.remote()))
 """

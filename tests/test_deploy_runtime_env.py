@@ -1,4 +1,4 @@
-"""orchestrator.runtime_env: what `ltkd sweep --address` sends to the workers of an existing cluster."""
+"""orchestrator.execution.runtime_env: what `ltkd sweep --address` sends to the workers of an existing cluster."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 
 from orchestrator.cli import build_parser
 from orchestrator.errors import UserError
-from orchestrator.runtime_env import SHIP_MODES, cluster_runtime_env, pinned_requirements
+from orchestrator.execution.runtime_env import SHIP_MODES, cluster_runtime_env, pinned_requirements
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ from conftest import REPO, free_port
 
 PROBE = """
 import ray
-from orchestrator.ray_runner import init_ray
+from orchestrator.execution.cluster import init_ray
 init_ray(None, num_cpus=1)
 print("cpus", ray.cluster_resources().get("CPU"))
 ray.shutdown()

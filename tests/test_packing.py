@@ -9,8 +9,8 @@ import types
 import pytest
 import torch
 
-from orchestrator import packing
-from orchestrator.packing import CONTEXT_GIB, cap_gpu_memory, memory_fraction, packing_lines, trials_per_node
+from orchestrator.execution import packing
+from orchestrator.execution.packing import CONTEXT_GIB, cap_gpu_memory, memory_fraction, packing_lines, trials_per_node
 
 
 @pytest.mark.parametrize("cpu,gpu,node_cpu,node_gpu,trials,limit", [
@@ -76,13 +76,14 @@ def test_packing_lines_name_the_fit_the_limit_and_the_budget():
 
 
 def test_cluster_slots_and_the_sweeps_line_use_the_same_plan(monkeypatch):
-    from orchestrator import ray_runner, sweep
+    from orchestrator import sweep
+    from orchestrator.execution import cluster
 
     nodes = [{"cpu": 16.0, "gpu": 2.0}, {"cpu": 4.0, "gpu": 1.0}]
-    monkeypatch.setattr(ray_runner, "largest_nodes", lambda: nodes)
-    assert ray_runner.cluster_slots(1, 0.4) == 4 + 2  # per GPU, not floor(GPU / 0.4)
-    assert ray_runner.cluster_slots(1, 0.25) == 8 + 4
-    monkeypatch.setattr(ray_runner, "init_ray", lambda address: None)
+    monkeypatch.setattr(cluster, "largest_nodes", lambda: nodes)
+    assert cluster.cluster_slots(1, 0.4) == 4 + 2  # per GPU, not floor(GPU / 0.4)
+    assert cluster.cluster_slots(1, 0.25) == 8 + 4
+    monkeypatch.setattr(cluster, "init_ray", lambda address: None)
     out = io.StringIO()
     sweep.start_ray(None, 1, 0.25, 0.0, out)
     assert out.getvalue().splitlines()[:3] == [

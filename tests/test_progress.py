@@ -6,7 +6,7 @@ import time
 import pytest
 from rich.console import Console
 
-from orchestrator.progress import SweepProgress
+from orchestrator.execution.progress import SweepProgress
 
 TEACHER = "teacher resnet32 g100 s0"
 STUDENT = "student resnet8 g100 s0"

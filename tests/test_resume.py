@@ -224,7 +224,7 @@ def test_a_trial_that_finds_its_state_complete_is_tagged_as_resumed(ray_local, t
     import mlflow
 
     from orchestrator.cli import main
-    from orchestrator.ray_runner import default_resume_root
+    from orchestrator.execution.trainable import default_resume_root
     from orchestrator.study import expand, load_study
 
     study = tmp_path / "complete.yaml"

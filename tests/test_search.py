@@ -55,9 +55,9 @@ def searched(ray_local, tmp_path_factory):
     shutil.copy(SMOKE, study_file)
     uri = f"sqlite:///{folder}/mlflow.db"
     seen: list[dict] = []
-    from orchestrator import ray_runner
+    from orchestrator.execution import schedule
 
-    original = ray_runner.SweepCallback.on_trial_result
+    original = schedule.SweepCallback.on_trial_result
 
     def spy(self, iteration, trials, trial, result, **info):
         if type(self).__name__ == "SearchCallback":  # not the teacher's trial, which the sweep runs first
@@ -65,7 +65,7 @@ def searched(ray_local, tmp_path_factory):
         return original(self, iteration, trials, trial, result, **info)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ray_runner.SweepCallback, "on_trial_result", spy)
+        mp.setattr(schedule.SweepCallback, "on_trial_result", spy)
         started = time.time()
         code = main(["search", str(study_file), "--tracking-uri", uri])
         wall = time.time() - started

@@ -2,7 +2,7 @@
 
 Ray left alone turned a SIGTERM during its start into exit 15 (ray.init's own handler calls sys.exit)
 or 134 (the driver's native failure-signal handler aborts); a loaded machine, where Ray takes longer
-to start, made that window wide (orchestrator.ray_runner._sigterm_deferred_during_ray_init)."""
+to start, made that window wide (orchestrator.execution.cluster._sigterm_deferred_during_ray_init)."""
 from __future__ import annotations
 
 import os
@@ -95,7 +95,7 @@ def test_a_sigterm_during_ray_init_is_handled_after_it_returns(tmp_path):
     script.write_text(textwrap.dedent("""
         import os, signal, sys, threading
         import ray
-        from orchestrator.ray_runner import init_ray
+        from orchestrator.execution.cluster import init_ray
 
         def handler(signum, frame):
             print(f"handled {signum} with Ray initialized={ray.is_initialized()}", flush=True)

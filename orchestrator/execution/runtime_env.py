@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import trainer
+
+import orchestrator
 from orchestrator.errors import UserError
 
 SHIP_MODES = ("code", "deps", "none")
@@ -51,9 +54,6 @@ def pinned_requirements() -> list[str]:
 
 def project_modules() -> list[str]:
     """The folders of the project's two packages, as this driver imports them."""
-    import orchestrator
-    import trainer
-
     return [os.path.dirname(os.path.abspath(m.__file__)) for m in (trainer, orchestrator)]
 
 

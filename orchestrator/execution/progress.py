@@ -25,8 +25,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-FINISHED = "FINISHED"
-SKIPPED = "SKIPPED"
+from orchestrator.errors import first_line
+from orchestrator.tracking import FINISHED, PRUNED, SKIPPED
 
 LAG_WARN_S = 10.0  # writer lag that is worth telling: an epoch's batch normally lands within a second
 LAG_REARM_S = LAG_WARN_S / 2  # re-arm the lag line only well below the threshold, so a lag near it cannot flap
@@ -68,11 +68,6 @@ def _duration(seconds: float) -> str:
         return f"{h}h {m:02d}m"
     d, h = divmod(h, 24)
     return f"{d}d {h:02d}h"
-
-
-def _first_line(error: str, limit: int = 200) -> str:
-    lines = error.strip().splitlines()
-    return lines[0][:limit] if lines else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +276,7 @@ class SweepProgress:
         t.state, t.restarting = _CLOSED, False
         self._running.pop(key, None)
         self._pending_key_by_name.pop(t.name, None)
-        if status in (FINISHED, "PRUNED"):  # a search trial that ASHA stopped ended as searches end
+        if status in (FINISHED, PRUNED):  # a search trial that ASHA stopped ended as searches end
             self._finished += 1
         else:  # FAILED and KILLED alike: the trial has no result
             self._failed += 1
@@ -300,7 +295,7 @@ class SweepProgress:
         if down_since is not None:
             self._trouble = trouble
         self._lag_s, self._pending_events, self._down_since = lag_s, pending_events, down_since
-        self._tracking_error = _first_line(error)
+        self._tracking_error = first_line(error)
         why = f": {self._tracking_error}" if self._tracking_error else ""
         if down_since is not None:
             if was_down_since is not None:
