@@ -196,7 +196,7 @@ def test_the_html_table_artifact_renders_plus_minus(swept, tmp_path):
     viewer = f"{url}/#/experiments/{exp.experiment_id}/runs/{tables.info.run_id}/artifacts/tables/ui_main.html?workflowType=machine_learning"
     dom = page(viewer, tmp_path, "table.png")
     assert 'class="mlflow-html-iframe"' in dom
-    framed = [t for t in frame_texts(viewer, tmp_path) if "top-1 accuracy" in t and "Teacher" in t]
+    framed = [t for t in frame_texts(viewer, tmp_path) if "Top-1 accuracy" in t and "Teacher" in t]
     assert framed, "the table's frame did not render"
     assert "±" in framed[0] and "γ" in framed[0] and "Â±" not in framed[0] and "Î³" not in framed[0], framed[0]
     logged = {f.path for f in MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db").list_artifacts(tables.info.run_id, "tables")}
