@@ -222,7 +222,7 @@ def test_ngroups_figure_names_models_and_shares_axes():
         assert [t.get_text() for t in ax.get_xticklabels()] == ["3", "5", "10"]
         (bar,) = _error_bars(ax)
         assert len(bar.lines[1]) == 2
-    assert axes[0].get_ylabel() == "tail accuracy (%)"
+    assert axes[0].get_ylabel() == "tail-group accuracy (%)"
 
 
 def test_model_display_names_and_the_latex_caption(main_records):

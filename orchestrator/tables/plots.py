@@ -133,7 +133,8 @@ def ngroups_figure(table: Table):
             panel_title(ax, pair_display(key[0]) + (f", {_gamma_title(key[1])}" if several_gammas else ""))
         n_values = sorted({x for key in keys for pts in panels[key].values() for x, _, _ in pts})
         _set_log_x(axes, n_values, n_values)
-        label_outer(axes, "number of class groups n(G)", f"{METRIC_NAMES[metric].lower()} accuracy (%)")
+        scope = {"All": "overall"}.get(METRIC_NAMES[metric], f"{METRIC_NAMES[metric].lower()}-group")
+        label_outer(axes, "number of class groups n(G)", f"{scope} accuracy (%)")
         figure_legend(fig, list(handles.values()), list(handles))
     return fig, []
 
