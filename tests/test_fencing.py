@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from test_cluster_sweeps import LTKD, Sweep, assert_complete, running_with_epochs, runs_of, sweep_env, wait_for, write_study
 
 from orchestrator.tracking import SpooledWriter, spooled_runs
-from orchestrator.sweep import spool_folder
+from orchestrator.commands.session import spool_folder
 from orchestrator.tracking import Tracker, is_transient_failure, store_gone, store_identity, store_trouble
 
 pytestmark = pytest.mark.integration

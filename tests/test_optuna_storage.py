@@ -10,7 +10,7 @@ import time
 OPENER = """
 import sys, time
 from pathlib import Path
-from orchestrator.search import optuna_rdb_storage
+from orchestrator.search.optuna_adapter import optuna_rdb_storage
 folder = Path(sys.argv[1])
 for round_ in range(int(sys.argv[2])):
     while not (folder / f"go{round_}").exists():  # all openers start a round together, racing on its empty database

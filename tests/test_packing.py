@@ -76,7 +76,7 @@ def test_packing_lines_name_the_fit_the_limit_and_the_budget():
 
 
 def test_cluster_slots_and_the_sweeps_line_use_the_same_plan(monkeypatch):
-    from orchestrator import sweep
+    from orchestrator.commands import session
     from orchestrator.execution import cluster
 
     nodes = [{"cpu": 16.0, "gpu": 2.0}, {"cpu": 4.0, "gpu": 1.0}]
@@ -85,7 +85,7 @@ def test_cluster_slots_and_the_sweeps_line_use_the_same_plan(monkeypatch):
     assert cluster.cluster_slots(1, 0.25) == 8 + 4
     monkeypatch.setattr(cluster, "init_ray", lambda address: None)
     out = io.StringIO()
-    sweep.start_ray(None, 1, 0.25, 0.0, out)
+    session.start_ray(None, 1, 0.25, 0.0, out)
     assert out.getvalue().splitlines()[:3] == [
         "packing: 8 trials at once per node of 16 CPU / 2 GPU (CPU allows 16, GPU 8 at 0.25 GPU each; limited by GPU)",
         "packing: 4 trials at once per node of 4 CPU / 1 GPU (CPU allows 4, GPU 4 at 0.25 GPU each; limited by GPU)",

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.search import SEARCH_KEY_TAG, optuna_rdb_storage, targets
+from orchestrator.search.optuna_adapter import optuna_rdb_storage
+from orchestrator.search.space import SEARCH_KEY_TAG, targets
 from orchestrator.study import load_study
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from pydantic import AfterValidator, PrivateAttr, BaseModel, StrictInt, ConfigDi
 from orchestrator.errors import UserError
 from trainer.config import Recipe
 from trainer.recipes import RECIPES
-from trainer.datasets import DATASET_INFO, class_counts_of, long_tailed_counts, num_classes_of
+from trainer.datasets import data_path_of, DATASET_INFO, class_counts_of, long_tailed_counts, num_classes_of
 from trainer.methods import METHODS, PARAM_CHOICES
 from trainer.models import MODELS
 from orchestrator.study.rows import FROM_SEARCH, _as_type_of, _fmt, gamma_text, method_rows
@@ -677,8 +677,6 @@ class StudySpec(BaseModel):
     @model_validator(mode="after")
     def _check_data_path(self) -> "StudySpec":
         """recipe.data_path: device only for a dataset held in memory (`trainer.datasets.data_path_of`)."""
-        from trainer.datasets import data_path_of
-
         for field, value in (("recipe.data_path", self.recipe.data_path), ("teacher_recipe.data_path", self.teacher_recipe.data_path)):
             if value is not None:
                 try:

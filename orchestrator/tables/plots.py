@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from orchestrator.study import StudySpec, Trial
+from orchestrator.study import StudySpec, Trial, method_rows
 from orchestrator.tables.build import planned_by_cell, study_pairs
 from orchestrator.tables.core import METRIC_NAMES, Table, count, model_display, pair_display, pair_label
 from orchestrator.tables.style import COLORS, DPI, MARKERS, figure_legend, label_outer, panel_figure, panel_title, paper_style, save
@@ -174,8 +174,6 @@ def per_class_plot(table: Table, study: StudySpec, trials: list[Trial], finished
 
 def per_class_figure(table: Table, study: StudySpec, trials: list[Trial], finished: Mapping[str, RunRecord], read_json):
     """(the figure, notes): one panel per pair × γ; (None, notes) when no run has the per-class artifact."""
-    from orchestrator.study import method_rows
-
     planned = planned_by_cell(study, trials)
     labels = {m: lb for lb, m, _ in reversed(method_rows(study))}  # each method's first row
     deltas = table.spec.deltas(table.spec.shown_rows(study.methods, study.student_baseline))

@@ -20,6 +20,7 @@ from orchestrator.tables.build import build_tables
 from orchestrator.tables.console import where_logged
 from orchestrator.tables.core import count
 from orchestrator.tables.render import EXTENSIONS, FORMATS, render
+from orchestrator.tables.plots import write_plots
 from orchestrator.tables.report import write_report
 
 # Only what tables show: final accuracies and the teacher's group probabilities.
@@ -63,8 +64,6 @@ def write_tables(study, trials, tables, finished, tracker, out: Path, plots: boo
             files.append(path)
     notes: list[str] = []
     if plots:
-        from orchestrator.tables.plots import write_plots
-
         drawn, notes = write_plots(tables, study, trials, finished, tracker.read_json_artifact, out)
         files += drawn
     return files, notes

@@ -7,6 +7,7 @@ import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
+from orchestrator.paths import disk_full_error, os_reason
 from orchestrator.errors import UserError, describe, redact_credentials, without_userinfo
 
 
@@ -296,8 +297,6 @@ def store_trouble(exc: BaseException, uri: str) -> str:
     """What a failed write says about the store, in a few words for the console: `server
     unreachable` only when it is; else the SQLite file deleted or read-only, a full disk, a locked
     database, or the local spool failing."""
-    from orchestrator.paths import disk_full_error, os_reason
-
     path = sqlite_path(uri)
     text = _chain_text(exc)
     full = disk_full_error(exc)

@@ -206,6 +206,11 @@ class Tracker:
         if tags:
             self.set_tags(run_id, tags)
 
+    def runs_tagged(self, experiment_id: str, tags: dict[str, str], max_results: int = 1) -> list:
+        """MLflow's runs of the experiment whose tags have these values (a search's parent run, its trials)."""
+        query = " and ".join(f"tags.`{key}` = {filter_literal(value)}" for key, value in tags.items())
+        return self.client.search_runs([experiment_id], query, max_results=max_results)
+
     def find_run_by_tag(self, experiment_id: str, key: str, value: str) -> str | None:
         from mlflow.entities import ViewType
 

@@ -13,7 +13,8 @@ from typing import TextIO
 
 from orchestrator.errors import UserError, describe
 from orchestrator.study import Trial
-from orchestrator.sweep import open_plan
+from orchestrator.commands.session import open_plan
+from orchestrator.search.space import SEARCH_KEY_TAG, targets
 from orchestrator.tracking import FINISHED, RunState
 
 STATE_OF_STATUS = {FINISHED: "done", "RUNNING": "running", "SCHEDULED": "running", "FAILED": "failed", "KILLED": "failed"}
@@ -56,6 +57,11 @@ def detail(trial: Trial, state: str, states: dict[str, RunState], names: dict[st
     return ""
 
 
+def command(args) -> int:
+    """`ltkd status`."""
+    return show_status(args.study, args.tracking_uri)
+
+
 def show_status(study_path: str, tracking_uri: str | None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     # A grid method that takes its values from a search not run yet is left out, not refused.
@@ -89,8 +95,6 @@ def show_status(study_path: str, tracking_uri: str | None, out: TextIO | None = 
 
 def search_lines(study, tracker, exp_id: str | None) -> list[str]:
     """One line per (pair, γ) search of the study: its trials by outcome, and its best point so far."""
-    from orchestrator.search import SEARCH_KEY_TAG, targets
-    from orchestrator.tracking import filter_literal
 
     metric = study.search.metric
     lines = []
@@ -98,8 +102,7 @@ def search_lines(study, tracker, exp_id: str | None) -> list[str]:
         counts = {"complete": 0, "pruned": 0, "failed": 0, "running": 0}
         best = None
         if tracker is not None and exp_id is not None:
-            runs = tracker.client.search_runs([exp_id], f"tags.`{SEARCH_KEY_TAG}` = {filter_literal(target.key)} and tags.role = 'distill'",
-                                              max_results=50_000)
+            runs = tracker.runs_tagged(exp_id, {SEARCH_KEY_TAG: target.key, "role": "distill"}, max_results=50_000)
             for run in runs:
                 status = run.info.status
                 if status == FINISHED:

@@ -7,80 +7,42 @@ import sys
 import time
 from pathlib import Path
 
+from orchestrator.commands.session import (DEFAULT_OUTAGE_LIMIT_S, browse_hint, earlier_spools, leased_writer, legacy_spool_folders,
+                                           migrate_legacy_spools, open_plan, spool_folder, spool_root, start_ray, store_refused,
+                                           sweep_spool)
+from orchestrator.commands.options import check_duration, check_storage
+from orchestrator.errors import RunFailure, UserError, first_line, redact_credentials
 from orchestrator.execution import leftovers
-from orchestrator.errors import RunFailure, UserError, describe, first_line
+from orchestrator.execution.progress import SweepProgress
+from orchestrator.execution.run import run_trials
 from orchestrator.paths import writable_folder
 from orchestrator.study import make_plan, teacher_logits_line
-from orchestrator.study import expand, load_study
-from orchestrator.tracking import Fenced, SpooledWriter, spooled_runs
-from orchestrator.tables.plots import run_per_class_png
-from orchestrator.tables.regenerate import TablesRefresher
-from orchestrator.tracking import (FINISHED, Lease, LeaseLost, lease_ttl, ResumableRun, Tracker, TrialRuns, absolute_store_uri,
-    check_reachable, git_commit, is_locked, is_transient_failure, locked_store_line, resolve_tracking_uri, runs_view_state,
-    store_gone, store_identity, store_trouble, use_write_ahead_log)
-from orchestrator.errors import redact_credentials
+from orchestrator.tables.regenerate import TablesRefresher, finish_interrupted_tables, interrupted_tables_run
+from orchestrator.tracking import (FINISHED, Lease, LeaseLost, ResumableRun, SpooledWriter, TrialRuns, git_commit, is_locked,
+                                   is_transient_failure, lease_ttl, locked_store_line, resolve_tracking_uri, runs_view_state,
+                                   spooled_runs, store_gone, store_trouble, use_write_ahead_log)
+from trainer.datasets import load_dataset
 
-DEFAULT_OUTAGE_LIMIT_S = 30 * 60.0
 DEFAULT_TABLES_EVERY_S = 10 * 60.0
 
 
-def store_exists(uri: str) -> bool:
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).expanduser().exists()
-    return True
-
-
-def browse_hint(uri: str, experiment: str, experiment_id: str) -> str:
-    """How to look at the runs: the server's page, or the MLflow UI over the local store; the link
-    opens the runs table in MLflow's model-training view, grouped by table cell (`experiment_url`)."""
-    from orchestrator.tracking import experiment_url
-    from orchestrator.errors import redact_credentials, without_userinfo
-
-    if uri.startswith(("http://", "https://")):
-        return f"runs: experiment {experiment!r} at {experiment_url(without_userinfo(uri), experiment_id)}"
-    uri = redact_credentials(uri)
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    try:
-        shown = os.path.relpath(mlflow_bin) if mlflow_bin.exists() else "mlflow"
-    except ValueError:
-        shown = str(mlflow_bin)
-    return (f"runs: experiment {experiment!r} in {uri}. Browse them with `{shown} ui --backend-store-uri {uri}` "
-            f"and open {experiment_url('http://127.0.0.1:5000', experiment_id)}")
-
-
-def open_plan(study_path: str, tracking_uri: str | None, create: bool, search_results_needed: bool = True):
-    """Validate the study and the tracking store (nothing written on bad input); return its plan."""
-    study = load_study(study_path, search_results_needed)
-    trials = expand(study)
-    uri = resolve_tracking_uri(tracking_uri)
-    check_reachable(uri)
-    # The default sqlite:///mlflow.db means the file in this folder: named by its absolute path from
-    # here on (the plan line shows it, and the spool is keyed by it).
-    uri = absolute_store_uri(uri)
-    if not create and not store_exists(uri):
-        return study, uri, None, None, make_plan(trials, {})
-    tracker = Tracker(uri, draw_per_class=run_per_class_png)
-    exp_id = None
-    try:
-        exp_id = tracker.experiment_id(study.name, create=create)
-        if create:
-            use_write_ahead_log(uri)
-        # Only identities and artifact locations are needed to plan: the fast reader, no params or metrics.
-        return study, uri, tracker, exp_id, make_plan(trials, tracker.final_metrics_by_hash(exp_id, keys=[]))
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any store failure here is the user's URI or server
-        if is_locked(exc):  # MLflow waited its 20 s for the lock already
-            raise UserError(locked_store_line(uri, tracker, exp_id, study.name)) from None
-        raise UserError(f"--tracking-uri {redact_credentials(uri)}: cannot use the tracking store ({describe(exc)})") from None
+def command(args) -> int:
+    """`ltkd sweep` (the cli has made SIGTERM an interrupt before importing this module)."""
+    if args.ship:
+        os.environ["LTKD_SHIP"] = args.ship  # read where Ray is joined (orchestrator.execution.runtime_env)
+    check_storage(args.storage)
+    check_duration("--outage-limit", args.outage_limit, "minutes", zero_allowed=False)
+    check_duration("--tables-every", args.tables_every, "minutes", zero_allowed=True)
+    check_duration("--wait-for-resources", args.wait_for_resources, "minutes", zero_allowed=True)
+    return run_sweep(args.study, args.tracking_uri, args.address, args.dry_run, args.storage, outage_limit_s=args.outage_limit * 60,
+                     resource_wait_s=args.wait_for_resources * 60, retrain_teachers=args.retrain_teacher,
+                     tables_every_s=args.tables_every * 60)
 
 
 def check_data(trials) -> None:
     """On one machine, read each dataset the trials need once before anything starts: missing or
     unreadable files are bad input (exit 2), not a failure of every trial after Ray has started.
     On a cluster the data may exist only on the workers, so this is left to the trials there."""
-    from trainer.datasets import load_dataset
-
     seen = set()
     for t in trials:
         cfg = t.config
@@ -94,72 +56,6 @@ def check_data(trials) -> None:
             raise UserError(f"dataset {cfg.dataset!r}: {first_line(exc, 300) or type(exc).__name__}") from None
         except TypeError as exc:
             raise UserError(f"dataset.options {cfg.dataset_options}: {exc}") from None
-
-
-def spool_root(storage: str | None) -> str:
-    """Beside the Tune storage when that is a path, else the user's cache."""
-    return (os.path.join(os.path.abspath(storage), "ltkd-spool") if storage and "://" not in storage
-            else os.path.join(os.path.expanduser("~"), ".cache", "ltkd", "spool"))
-
-
-def _safe(study: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in study)[:80]
-
-
-def spool_folder(storage: str | None, uri: str, study: str, experiment_id: str | None = None) -> str:
-    """The study's spool: one folder per (what the store is, experiment), however the URI is spelt
-    (`store_identity`), so the next sweep of the study into that store, from any folder, replays it
-    and a sweep into another store never does. Each sweep queues into its own subfolder
-    (`sweep_spool`); the next one replays the others."""
-    import hashlib
-
-    key = store_identity(uri) + "#" + (experiment_id or "")
-    return os.path.join(spool_root(storage), f"{hashlib.sha256(key.encode()).hexdigest()[:12]}-{_safe(study)}")
-
-
-def legacy_spool_folders(storage: str | None, spellings: list[str], study: str) -> list[str]:
-    """Spool folders of the earlier layout (named from the URI's spelling alone) that may hold this
-    study's events."""
-    import hashlib
-
-    names = {f"{hashlib.sha256(u.encode()).hexdigest()[:12]}-{_safe(study)}" for u in spellings}
-    return [os.path.join(spool_root(storage), n) for n in sorted(names) if os.path.isdir(os.path.join(spool_root(storage), n))]
-
-
-SWEEP_SPOOL_PREFIX = "sweep-"
-
-
-def sweep_spool(study_spool: str, lease: Lease) -> str:
-    """This sweep's own spool folder inside the study's: named by its lease token."""
-    return os.path.join(study_spool, f"{SWEEP_SPOOL_PREFIX}g{lease.generation}-{lease.holder['id']}")
-
-
-def earlier_spools(study_spool: str, own: str) -> list[str]:
-    """Folders of the study's spool that hold events of sweeps before this one (older tokens, the
-    study folder itself for a writer that queues there directly, migrated folders)."""
-    found = [study_spool] if spooled_runs(study_spool) else []
-    if os.path.isdir(study_spool):
-        for name in sorted(os.listdir(study_spool)):
-            path = os.path.join(study_spool, name)
-            if path != own and name.startswith((SWEEP_SPOOL_PREFIX, "legacy-")) and os.path.isdir(path):
-                found.append(path)
-    return found
-
-
-def migrate_legacy_spools(storage: str | None, spellings: list[str], study: str, study_spool: str) -> list[str]:
-    """Move folders of the earlier layout into the study's spool (as `legacy-NAME`), where the next
-    replay writes them once; returns what was moved."""
-    moved = []
-    for old in legacy_spool_folders(storage, spellings, study):
-        if os.path.abspath(old) == os.path.abspath(study_spool) or not spooled_runs(old):
-            continue
-        os.makedirs(study_spool, exist_ok=True)
-        target = os.path.join(study_spool, "legacy-" + os.path.basename(old))
-        if os.path.exists(target):
-            continue
-        os.rename(old, target)
-        moved.append(old)
-    return moved
 
 
 def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dry_run: bool, storage: str | None, out=None,
@@ -230,9 +126,7 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - the store went away between the plan and here
-        if is_locked(exc):
-            raise UserError(locked_store_line(uri, tracker, exp_id, study.name)) from None
-        raise UserError(f"--tracking-uri {redact_credentials(uri)}: cannot use the tracking store ({describe(exc)})") from None
+        raise store_refused(exc, uri, tracker, exp_id, study.name) from None
     try:
         return _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease, retrain,
                            tables_every_s, tables=only is None, spellings=spellings)
@@ -276,33 +170,6 @@ def teachers_to_retrain(trials, given: list[str]) -> list:
     return chosen
 
 
-def start_ray(address: str | None, cpu: float, gpu: float, wait_s: float, out) -> None:
-    """Start or join Ray and make sure some node can run a trial of the study's size, before the
-    store is written: a trial no node can hold would wait in Tune's queue forever."""
-    from orchestrator.execution.cluster import init_ray, unsatisfiable
-
-    try:
-        init_ray(address)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise UserError(f"--address {address or '(local)'}: cannot start or join Ray ({first})") from None
-    why = unsatisfiable(cpu, gpu)
-    if why and wait_s > 0:
-        print(f"waiting up to {wait_s / 60:g} min for a node with {cpu:g} CPU / {gpu:g} GPU ({why})", file=out, flush=True)
-        deadline = time.monotonic() + wait_s
-        while why and time.monotonic() < deadline:
-            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
-            why = unsatisfiable(cpu, gpu)
-    if why:
-        raise UserError(f"resources: a trial asks for {cpu:g} CPU and {gpu:g} GPU on one node, and {why}; lower resources.cpu/gpu "
-                        "in the study, add a node that size, or pass --wait-for-resources MINUTES to an autoscaling cluster")
-    from orchestrator.execution.packing import packing_lines
-    from orchestrator.execution.cluster import largest_nodes
-
-    for line in packing_lines(largest_nodes(), cpu, gpu):  # how many trials run at once, before any starts
-        print(line, file=out, flush=True)
-
-
 def _close_orphans_alone(tracker, exp_id: str, study: str, out) -> None:
     """Every planned trial is done, yet a dead sweep of an earlier version of the study may have
     left runs RUNNING: close them under the study's lease (a live sweep's runs are its own)."""
@@ -323,8 +190,6 @@ def _close_orphans_alone(tracker, exp_id: str, study: str, out) -> None:
 def _finish_tables_alone(study, trials, tracker, exp_id: str, tables_out: Path, out) -> None:
     """A sweep killed while it regenerated the final tables left the `tables` run RUNNING: regenerate it
     under the study's lease (`orchestrator.tables.regenerate.finish_interrupted_tables`)."""
-    from orchestrator.tables.regenerate import finish_interrupted_tables, interrupted_tables_run
-
     if not study.tables or interrupted_tables_run(tracker, exp_id, study.name) is None:
         return
     lease = Lease(tracker, exp_id, study.name)
@@ -355,9 +220,6 @@ def _read_state(tracker, exp_id, trials) -> tuple:
 
 def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease, retrain=(),
                 tables_every_s: float = 0.0, tables: bool = True, spellings: list[str] | None = None) -> int:
-    from orchestrator.execution.progress import SweepProgress
-    from orchestrator.execution.run import run_trials
-
     # The store is read (again) while the lease settles: a sweep that ended meanwhile may have finished trials.
     plan, todo, resumable = _read_state(tracker, exp_id, plan.trials)
     lease.confirm()
@@ -409,8 +271,6 @@ def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage,
         if not todo:
             print("nothing to run: every trial has a FINISHED run", file=out)
             if tables and study.tables:
-                from orchestrator.tables.regenerate import finish_interrupted_tables
-
                 line = finish_interrupted_tables(study, plan.trials, tracker, exp_id, Path(spool + "-tables"))
                 if line:
                     print(line, file=out)
@@ -519,21 +379,6 @@ def _stop_tables(refresher) -> None:
     """A sweep that may not write: its periodic tables stop, and no final tables are written."""
     if refresher is not None:
         refresher.stop()
-
-
-def leased_writer(tracker, uri: str, folder: str, study_spool: str, lease: Lease, on_warning) -> SpooledWriter:
-    """A spooled writer into `folder` whose every store call is made under the sweep's lease token,
-    that refuses runs queued for another store and says what a failed write means."""
-    def fence(decisive: bool) -> None:
-        try:
-            lease.check_current(decisive)
-        except LeaseLost as exc:
-            raise Fenced(str(exc)) from None
-
-    return SpooledWriter(tracker, folder, workers=4, is_transient=is_transient_failure, on_warning=on_warning,
-                         store_identity=store_identity(uri), fence=fence, describe=lambda exc: store_trouble(exc, uri),
-                         is_fatal=lambda exc: store_gone(exc, uri), quarantine=os.path.join(study_spool, "quarantine"),
-                         may_queue=lambda: not lease.paused_past_expiry())
 
 
 def _replay_earlier(study_spool: str, own: str, open_writer, stop_now, uri: str, outage_limit_s: float, out) -> bool:

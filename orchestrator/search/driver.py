@@ -1,0 +1,137 @@
+"""Running a study's searches: one Tune run over every (pair, γ) search that has trials left."""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+
+from orchestrator.errors import RunFailure
+from orchestrator.study import StudySpec, Trial
+from orchestrator.execution.progress import SweepProgress
+from orchestrator.execution.run import fit_trials, interrupted, trial_payload
+from orchestrator.execution.trainable import default_resume_root
+from orchestrator.tracking import FINISHED, ResumableRun, RunRecord, SpooledWriter, Tracker, TrialRuns, git_commit
+from orchestrator.search.optuna_adapter import distributions, open_optuna_study, summarise
+from orchestrator.search.parents import (counts_text, log_summary, parent_run, point_text, run_of_number,
+                                         search_cell, value_text)
+from orchestrator.search.space import PARENT_TAG, SEARCH_KEY_TAG, Target, search_trial
+from orchestrator.search.tune import OptunaAskSearcher, PerSearchASHA, Running, SearchCallback
+
+
+@dataclass
+class SearchContext:
+    """What the `ltkd search` command has set up for the driver: the store, the Tune storage, the
+    FINISHED teachers, and how to start Ray and open the study's leased writer."""
+
+    tracker: Tracker
+    exp_id: str
+    uri: str
+    storage: str | None  # Tune's storage (--storage), None: a temporary folder per run
+    done: dict[str, RunRecord]  # config_hash -> FINISHED run: the searches' teachers
+    out: TextIO
+    outage_limit_s: float
+    ensure_ray: Callable[[], None]  # starts (or joins) Ray, once, only when a search has trials to run
+    open_writer: Callable[[Callable[[str], None]], SpooledWriter]  # the spooled writer under the study's lease
+
+
+def search_all(study: StudySpec, study_path: str, chosen: list[Target], ostorage: str, ctx: SearchContext) -> int:
+    """The study's (pair, γ) searches that have trials left, in one Tune run (each with its own Optuna
+    study, ASHA and parent run); returns how many of their trials failed in this run."""
+    tracker, exp_id, uri, storage, done, out, outage_limit_s = (ctx.tracker, ctx.exp_id, ctx.uri, ctx.storage, ctx.done, ctx.out,
+                                                                ctx.outage_limit_s)
+    search = study.search
+    searches: list[Running] = []
+    for target in chosen:
+        ostudy, curve = open_optuna_study(ostorage, target, study)
+        before = summarise(ostudy)
+        ended = before.complete + before.pruned + before.failed
+        parent, finished = parent_run(tracker, exp_id, study, target, search.trials)
+        if finished or (ended >= search.trials and not before.running):
+            if not finished:
+                log_summary(tracker, parent, ostudy, before, search.metric, run_of_number(tracker, exp_id, target, before.best_number))
+                tracker.end_run(parent, FINISHED)
+            print(f"search {target.label}: done ({counts_text(before)}); best {search.metric} {value_text(before.best_value)} at "
+                  f"{point_text(before.best_params)}", file=out, flush=True)
+            continue
+        stale = [t for t in ostudy.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
+        searches.append(Running(target, ostudy, parent, search.trials, before, stale, curve))
+        print(f"search {target.label}: {search.trials - ended} trial(s) to run ({ended} ended before"
+              + (f", {before.running} to continue" if before.running else "") + f"); parent run {parent}", file=out, flush=True)
+    if not searches:
+        return 0
+
+    ctx.ensure_ray()
+    resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
+    resume_root = default_resume_root(storage)
+    made: list[Trial] = []  # grows as Optuna proposes: fit_trials closes those still running when it stops
+    numbers: dict[str, int] = {}
+    search_of: dict[str, Running] = {}  # trial key -> its search
+
+    def make_trial(run: Running, number: int, params: dict) -> Trial:
+        t = search_trial(run.target, number, params, study)
+        made.append(t)
+        numbers[t.config_hash] = number
+        search_of[t.config_hash] = run
+        return t
+
+    def payload(t: Trial) -> dict:
+        teacher = search_of[t.config_hash].target.teacher.config_hash
+        source = {"teacher_artifact": done[teacher].artifact_uri + "/checkpoint", "teacher_hash": teacher}
+        return trial_payload(t, source, uri, resources, resume_root, keep_checkpoint=False)
+
+    # Runs of the trials that a stopped search left RUNNING or KILLED (not pruned) are continued.
+    states = tracker.run_states(exp_id)
+    stale_keys = {search_trial(r.target, t.number, dict(t.params), study).config_hash for r in searches for t in r.stale}
+    resumable = {h: ResumableRun(st.run_id, st.last_epoch, st.attempts) for h, st in states.items()
+                 if h in stale_keys and st.status in ("RUNNING", "KILLED")}
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # epoch reports without the metric (final, errors)
+    notes: list[str] = []
+    # Under the study's lease, as the sweep's: a search that lost it (paused past its expiry while
+    # another took the study over) writes nothing more and stops its trials.
+    writer = ctx.open_writer(notes.append)
+
+    def outage_exceeded() -> bool:
+        down = writer.down_since
+        return writer.fenced is not None or (down is not None and time.time() - down > outage_limit_s)
+
+    base_tags = {"study": study.name, "git_commit": git_commit(), "study_file": str(Path(study_path))}
+    runs = TrialRuns(writer, exp_id, base_tags, resumable,
+                     tags_of=lambda t: {PARENT_TAG: search_of[t.config_hash].parent, SEARCH_KEY_TAG: search_of[t.config_hash].target.key})
+    progress = SweepProgress(sum(r.budget - r.ended_before for r in searches), out=out)
+    searcher = OptunaAskSearcher(searches, distributions(study), make_trial, payload, search.metric)
+    scheduler = None
+    if search.pruner == "asha":
+        scheduler = PerSearchASHA(searches, search.metric, search.grace_period, search.reduction_factor,
+                                      key_of=lambda trial: search_of[trial.config["payload"]["config_hash"]].target.key)
+    outcomes: dict = {}
+    callback = SearchCallback(searcher, scheduler, search.metric, numbers, lambda key: search_cell(search_of[key].target), runs,
+                              progress, outcomes, study.resources.max_retries + 1)
+    started = time.time()
+    stopped = False
+    try:
+        fit_trials(made, runs, outcomes, searcher, scheduler, callback, resources, study.resources.max_retries, storage,
+                   f"{study.name}-search", outage_exceeded, max_concurrent=sum(r.budget for r in searches), tracking_uri=uri)
+        stopped = interrupted(made, outcomes, outage_exceeded)
+    finally:
+        progress.close()
+        writer.flush(timeout=60)
+        writer.close()
+    for note in notes:
+        print(note, file=out)
+    if writer.fenced is not None:
+        raise RunFailure(writer.fenced)
+    for r in searches:
+        summary = summarise(r.ostudy)
+        log_summary(tracker, r.parent, r.ostudy, summary, search.metric, run_of_number(tracker, exp_id, r.target, summary.best_number))
+        complete = summary.complete + summary.pruned + summary.failed >= r.budget and not summary.running
+        tracker.end_run(r.parent, FINISHED if complete else "KILLED")
+        print(f"search {r.target.label}: {counts_text(summary)} ({time.time() - started:.0f} s for the searches of this run); "
+              f"best {search.metric} {value_text(summary.best_value)} at {point_text(summary.best_params)}", file=out, flush=True)
+    if stopped or outage_exceeded():
+        raise KeyboardInterrupt
+    return sum(1 for o in outcomes.values() if o.status == "FAILED")
