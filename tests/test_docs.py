@@ -88,6 +88,49 @@ def test_every_relative_link_points_at_a_file(page):
         assert any(t.startswith("docs/") for t in links), "README.md links into the docs"
 
 
+# A repository path in code (`orchestrator/tracking/layout.py`, `studies/smoke.yaml`, `tests/test_fencing.py`).
+REPO_PATH = re.compile(r"(?<![\w./~-])((?:orchestrator|trainer|tests|bench|studies|deploy|docker|docs|\.ci)/[\w./*-]*)")
+# Paths the pages name that the commands write, not the repository.
+WRITTEN_BY_COMMANDS = {"studies/search_smoke.best.yaml"}  # `ltkd best studies/search_smoke.yaml`
+
+
+def repository_paths(text: str) -> list[str]:
+    """The repository paths named in a Markdown text's code (spans and blocks); globs left out."""
+    blocks = [m.group(0) for m in FENCED_CODE.finditer(text)]
+    code = blocks + [m.group(0) for m in INLINE_CODE.finditer(FENCED_CODE.sub(" ", text))]
+    paths = [p.rstrip(".,:;") for c in code for p in REPO_PATH.findall(c)]
+    return [p for p in paths if "*" not in p]
+
+
+def test_repository_paths_are_found_in_code_only():
+    text = "see `orchestrator/tracking/layout.py` and `tests/test_deploy_*.py`; docs/a.md\n```\ncat studies/smoke.yaml\n```\n"
+    assert sorted(repository_paths(text)) == ["orchestrator/tracking/layout.py", "studies/smoke.yaml"]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_repository_path_a_page_names_exists(page):
+    """The pages name modules, studies, tests and scripts: when one moves, the page must follow it."""
+    paths = repository_paths(page.read_text(encoding="utf-8"))
+    assert [p for p in paths if p not in WRITTEN_BY_COMMANDS and not (REPO / p).exists()] == []
+
+
+def test_the_architecture_page_names_every_module_and_only_modules_that_exist():
+    """Its tables name modules relative to their package root (`tracking/spool.py`, `cli.py`, `methods/`)."""
+    page = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    sections = dict(re.findall(r"^## (trainer|orchestrator)/\n(.*?)(?=^## |\Z)", page, re.MULTILINE | re.DOTALL))
+    for package, top_level_only in (("orchestrator", False), ("trainer", True)):
+        root = REPO / package
+        named = set(re.findall(r"^\| `([\w/.]+)`(?:, `([\w/.]+)`)?", sections[package], re.MULTILINE))
+        named = {n for pair in named for n in pair if n}
+        if top_level_only:  # the trainer's packages are named as folders: `methods/`, `models/`, `datasets/`
+            modules = {p.name for p in root.glob("*.py") if p.name != "__init__.py"}
+            modules |= {p.name + "/" for p in root.iterdir() if (p / "__init__.py").is_file()}
+        else:
+            modules = {str(p.relative_to(root)) for p in root.rglob("*.py") if p.name != "__init__.py"}
+        assert sorted(modules - named) == [], f"{package}/ modules the architecture page does not name"
+        assert sorted(n for n in named if not (root / n).exists()) == [], f"names on the page that {package}/ lacks"
+
+
 def test_every_page_is_in_the_site_nav():
     def paths(nav) -> list[str]:
         if isinstance(nav, str):
