@@ -26,6 +26,22 @@ def ray_local():
     ray.shutdown()
 
 
+def wait_until(predicate, timeout: float, what: str, detail=None, ended=None, interval: float = 0.3):
+    """Poll `predicate` until it returns something truthy, and return that. Else an AssertionError naming
+    what was awaited, with `detail()` (a log's tail) when given; `ended()`, when given, returns a line once
+    waiting is pointless (the process that would bring it has exited), raised at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        why = ended() if ended is not None else None
+        if why or time.monotonic() >= deadline:
+            message = f"{why} before {what}" if why else f"no {what} in {timeout:.0f} s"
+            raise AssertionError(message + (f"\n{detail()}" if detail is not None else ""))
+        time.sleep(interval)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -43,18 +59,21 @@ def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess
         stdout=open(root / "server.log", "a"), stderr=subprocess.STDOUT, env=env, cwd=root,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("mlflow server exited: " + (root / "server.log").read_text()[-2000:])
+
+    def healthy() -> bool:
         try:
             with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
+                return r.status == 200
         except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("mlflow server did not answer /health in 90 s")
+            return False
+
+    try:
+        wait_until(healthy, 90, f"answer from the mlflow server's {url}/health", detail=lambda: (root / "server.log").read_text()[-2000:],
+                   ended=lambda: proc.poll() is not None and f"the mlflow server exited ({proc.returncode})", interval=0.2)
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc, url
 
 
 def stop(proc: subprocess.Popen) -> None:

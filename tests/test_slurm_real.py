@@ -18,14 +18,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import free_port
+from conftest import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -72,16 +71,6 @@ def seconds(slurm_time: str) -> int:
     return ((int(days or 0) * 24 + int(h)) * 60 + int(m)) * 60 + int(sec)
 
 
-def wait_until(predicate, timeout: float, what: str, detail=lambda: ""):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"no {what} in {timeout:.0f} s\n{detail()}")
-
-
 def kill_ours(marker: str) -> None:
     """Processes whose environment names our SLURM configuration: the job's, which a job's end can orphan
     (proctrack/linuxproc follows parents), after the daemons are stopped."""
@@ -114,7 +103,9 @@ def slurm(tmp_path_factory):
     node = socket.gethostname().split(".")[0]
     conf = root / "slurm.conf"
     # A requeued job waits cred_expire + 1 s (120 s by default), then for the next scheduling pass (60 s
-    # by default): 10 s and 5 s keep its wait short.
+    # by default): 10 s and 5 s keep its wait short. A job that SLURM stops whole (scontrol requeue)
+    # is SIGKILLed KillWait s after its SIGTERM (30 s by default): the script, which waits for its sweep,
+    # is killed after 10 s instead (and the Ray node is stopped before: RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S).
     conf.write_text(f"""\
 ClusterName=ltkdtest
 SlurmctldHost={node}(127.0.0.1)
@@ -138,6 +129,7 @@ AccountingStorageType=accounting_storage/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 MpiDefault=none
+KillWait=10
 ReturnToService=2
 SchedulerParameters=sched_interval=5,bf_interval=5
 NodeName={node} NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN
@@ -222,7 +214,10 @@ class Sweep:
     def submit(self, *options: str, **env: str) -> str:
         base = {"LTKD_STUDY": str(self.folder / f"{self.study}.yaml"), "LTKD_STORAGE": str(self.storage),
                 "LTKD_VENV": str(REPO / ".venv"), "MLFLOW_TRACKING_URI": self.url, "HOME": str(self.folder),
-                "LTKD_RAY_PORT": str(free_port())}  # not 6379, which another Ray on this machine may hold
+                "LTKD_RAY_PORT": str(free_port()),  # not 6379, which another Ray on this machine may hold
+                # A Ray node that SLURM stops whole (scontrol requeue) while its trials run waits up to this
+                # long for them to drain (30 s by default) before it stops; Ray's own setting.
+                "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5"}
         return self.slurm.sbatch("--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2", *options,
                                  env={**base, **env}, cwd=self.folder)
 
@@ -290,7 +285,9 @@ def new_sweep(slurm, mlflow_server, tmp_path, request):
 def test_a_sweep_stopped_by_the_time_limit_requeue_and_scancel_goes_on_to_one_finished_run_per_trial(new_sweep):
     """One study through every way a job of the script is stopped, each checked where it happens, then
     to its end (one job where it can: each stop leaves the next one something to stop)."""
-    sweep = new_sweep(400)
+    # 300 epochs: trials outlast the four stops (about 35 s of training here, most of it the wait for
+    # the warning) with room to spare, and the last job trains what is left.
+    sweep = new_sweep(300)
     # The warning 180 s before the limit. Once trials train, the limit is cut to the minute that leaves
     # 121-180 s: SLURM sends the warning at its next time-limit check (every 30 s), mid-trial whatever
     # this machine's speed; the script stops the sweep and requeues the job itself.
@@ -327,8 +324,9 @@ def test_a_sweep_stopped_by_the_time_limit_requeue_and_scancel_goes_on_to_one_fi
     assert "ltkd: interrupted (SIGTERM)" in log and "requeueing" not in log, log[-4000:]
     sweep.assert_stopped_cleanly(job)
 
-    # `scancel --signal=TERM`: the job's steps (the Ray node), not the script.
-    job = sweep.submit()
+    # `scancel --signal=TERM`: the job's steps (the Ray node), not the script. The sweep, its Ray gone,
+    # may exit only when Ray gives up reconnecting to its GCS: after 10 s (Ray's own setting) instead of 60.
+    job = sweep.submit(RAY_gcs_rpc_server_reconnect_timeout_s="10")
     sweep.wait_training(job)
     sweep.slurm.run("scancel", "--signal=TERM", job)
     info = sweep.wait_state(job, ("COMPLETED", "FAILED"), 240)
