@@ -9,10 +9,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from conftest import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "deploy" / "slurm" / "ltkd-sweep.sbatch"
@@ -79,6 +80,13 @@ def start(env: dict, **extra: str) -> subprocess.Popen:
                             text=True)
 
 
+def wait_for_the_sweep(proc: subprocess.Popen, log: Path) -> None:
+    """Until the stand-in sweep has started; the script's output in the message if it ended first."""
+    wait_until(lambda: (log / "sweep-started").exists(), 60, "stand-in sweep start",
+               detail=lambda: proc.communicate()[0] if proc.poll() is not None else "(the script still runs)",
+               ended=lambda: proc.poll() is not None and f"the script exited ({proc.returncode})", interval=0.05)
+
+
 def test_script_passes_bash_n_and_shellcheck():
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
     shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
@@ -108,10 +116,7 @@ def test_a_finished_sweep_stops_ray_and_is_not_requeued(slurm):
 
 def sigterm_when_the_sweep_runs(env: dict, log: Path, **extra: str) -> tuple[int, str]:
     proc = start(env, **extra)
-    deadline = time.time() + 60
-    while not (log / "sweep-started").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
-        time.sleep(0.05)
+    wait_for_the_sweep(proc, log)
     proc.send_signal(signal.SIGTERM)  # what --signal=B:TERM@300 or `scancel --batch --signal=TERM` sends
     out, _ = proc.communicate(timeout=60)
     return proc.returncode, out
@@ -144,10 +149,7 @@ def test_the_time_limit_warning_is_recognised_while_slurm_shows_the_job_signalin
 def test_when_slurm_stops_the_whole_job_the_token_goes_at_once_and_the_sweep_gets_no_second_sigterm(slurm, job, why):
     env, log, tmp = slurm
     proc = start(env, STUB_JOB=job)
-    deadline = time.time() + 60
-    while not (log / "sweep-started").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
-        time.sleep(0.05)
+    wait_for_the_sweep(proc, log)
     sweep = int((log / "sweep-pid").read_text())
     os.kill(sweep, signal.SIGTERM)  # SLURM signals every process of the job: the sweep ...
     proc.send_signal(signal.SIGTERM)  # ... and the script
@@ -162,10 +164,7 @@ def test_when_slurm_stops_the_whole_job_the_token_goes_at_once_and_the_sweep_get
 def test_a_time_limit_changed_while_the_job_runs_is_the_one_the_warning_is_read_against(slurm):
     env, log, _ = slurm
     proc = start(env)  # a 1-hour limit at the start ...
-    deadline = time.time() + 60
-    while not (log / "sweep-started").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
-        time.sleep(0.05)
+    wait_for_the_sweep(proc, log)
     (log / "job").write_text("JobState=RUNNING Restarts=0 RunTime=00:10:00 TimeLimit=00:13:00")  # ... cut by scontrol update
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
