@@ -2,6 +2,7 @@
 its one adapter package, no module circle, no project import hidden in a function body (outside the
 commands, where laziness keeps `ltkd --help` fast), and every study's trials keep their identity."""
 import ast
+import functools
 import json
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def package_of(module: str) -> str:
     return module.split(".")[1]
 
 
-def imports(path: Path):
+@functools.cache  # every test reads the same files
+def imports(path: Path) -> tuple:
     """(imported module, names, inside a function, line) of every import that runs (`if TYPE_CHECKING:` blocks skipped)."""
     found = []
 
@@ -63,7 +65,7 @@ def imports(path: Path):
             walk(child, inner)
 
     walk(ast.parse(path.read_text(encoding="utf-8")), False)
-    return found
+    return tuple(found)
 
 
 def project_targets(module: str, names: list[str]) -> list[str]:

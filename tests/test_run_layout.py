@@ -1,4 +1,4 @@
-"""The run layout (orchestrator/tracking.py): what a trial's MLflow run is given, decided in one place."""
+"""The run layout (orchestrator/tracking/layout.py): what a trial's MLflow run is given, decided in one place."""
 from orchestrator.study import expand, parse_study
 from orchestrator.tracking import (dataset_input, epoch_metrics, experiment_url, param_str, run_name, runs_view_state, short_model,
     split_digest, teacher_link_tags, teacher_run_name, trial_params, trial_tags)

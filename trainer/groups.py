@@ -33,5 +33,3 @@ def partition_groups(class_counts: Sequence[int] | torch.Tensor, n_groups: int) 
         groups[ranked[cuts[g] : cuts[g + 1]]] = g
     return groups
 
-
-GROUP_NAMES = ("head", "medium", "tail")

@@ -5,7 +5,9 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from orchestrator.commands.session import (DEFAULT_OUTAGE_LIMIT_S, browse_hint, earlier_spools, leased_writer, legacy_spool_folders,
                                            migrate_legacy_spools, open_plan, spool_folder, spool_root, start_ray, store_refused,
@@ -16,11 +18,11 @@ from orchestrator.execution import leftovers
 from orchestrator.execution.progress import SweepProgress
 from orchestrator.execution.run import run_trials
 from orchestrator.paths import writable_folder
-from orchestrator.study import make_plan, teacher_logits_line
+from orchestrator.study import StudySpec, make_plan, teacher_logits_line
 from orchestrator.tables.regenerate import TablesRefresher, finish_interrupted_tables, interrupted_tables_run
-from orchestrator.tracking import (FINISHED, Lease, LeaseLost, ResumableRun, SpooledWriter, TrialRuns, git_commit, is_locked,
+from orchestrator.tracking import (FINISHED, SKIPPED, Lease, LeaseLost, SpooledWriter, Tracker, TrialRuns, base_tags, driver_calls_fail_fast, is_locked,
                                    is_transient_failure, lease_ttl, locked_store_line, resolve_tracking_uri, runs_view_state,
-                                   spooled_runs, store_gone, store_trouble, use_write_ahead_log)
+                                   resumable_runs, spooled_runs, store_gone, store_trouble, use_write_ahead_log)
 from trainer.datasets import load_dataset
 
 DEFAULT_TABLES_EVERY_S = 10 * 60.0
@@ -78,13 +80,7 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
     if sharing:
         print(sharing, file=out)
     if dry_run:
-        try:
-            for t in plan.trials:
-                state = "done" if t.config_hash in plan.done else "to run"
-                print(f"  {t.role:8s} {t.run_name:48s} {t.config_hash}  {state}", file=out)
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt("during the dry run; it writes nothing, and nothing was written") from None
-        return 0
+        return _dry_run(plan, out)
     spellings = [resolve_tracking_uri(tracking_uri), uri]  # the earlier spool layout was named by the spelling
     spool = spool_folder(storage, uri, study.name, exp_id)
     legacy = legacy_spool_folders(storage, spellings, study.name) if exp_id is not None else []
@@ -95,20 +91,7 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
             _finish_tables_alone(study, plan.trials, tracker, exp_id, Path(spool + "-tables"), out)
             print(browse_hint(uri, study.name, exp_id), file=out)
         return 0
-    if not address:
-        check_data(plan.trials)
-    if storage and "://" not in storage:
-        writable_folder(storage, "--storage")
-    writable_folder(spool_root(storage), "--storage" if storage and "://" not in storage else "the tracking spool folder (under ~/.cache/ltkd)")
-    if tracker is not None and exp_id is not None:
-        # A read-only login, or another sweep of the study: refused before Ray starts.
-        try:
-            tracker.check_write_access(exp_id, study.name, delete_runs=bool(retrain))
-            Lease(tracker, exp_id, study.name).check()
-        except Exception as exc:  # noqa: BLE001 - a SQLite store locked past MLflow's wait: say by whom
-            if is_locked(exc):
-                raise UserError(locked_store_line(uri, tracker, exp_id, study.name)) from None
-            raise
+    _check_before_ray(study, plan, uri, tracker, exp_id, address, storage, retrain)
     try:
         for line in leftovers.clean_after_killed_sweeps():
             print(line, file=out, flush=True)
@@ -127,27 +110,65 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
         raise
     except Exception as exc:  # noqa: BLE001 - the store went away between the plan and here
         raise store_refused(exc, uri, tracker, exp_id, study.name) from None
+    leased = LeasedSweep(study, study_path, uri, tracker, exp_id, address, storage, spool, out, outage_limit_s, lease,
+                         tables_every_s, tables=only is None, spellings=spellings)
     try:
-        return _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease, retrain,
-                           tables_every_s, tables=only is None, spellings=spellings)
+        return _run_leased(leased, plan, retrain)
     except LeaseLost as exc:
         raise RunFailure(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - the driver's own store calls (plan, run states): one line
-        if lease.lost is not None:
-            raise RunFailure(lease.lost) from None
-        gone = store_gone(exc, uri)
-        if gone:
-            raise RunFailure(f"{gone}; what was queued is kept in {spool}") from None
-        if is_locked(exc):
-            raise UserError(locked_store_line(uri, tracker, exp_id, study.name)) from None
-        if not is_transient_failure(exc):
+        failure = _store_failure(exc, leased)
+        if failure is None:
             raise
-        first = first_line(exc, 300) or type(exc).__name__
-        raise RunFailure(f"the tracking store at {redact_credentials(uri)} failed while the sweep ran ({store_trouble(exc, uri)}: "
-                         f"{first}); what was queued is kept in {spool}: rerun the same command once it is back") from None
+        raise failure from None
     finally:
         lease.release()
         leftovers.forget()  # Ray stops with this process; its folder was removed by run_trials
+
+
+def _dry_run(plan, out) -> int:
+    try:
+        for t in plan.trials:
+            state = "done" if t.config_hash in plan.done else "to run"
+            print(f"  {t.role:8s} {t.run_name:48s} {t.config_hash}  {state}", file=out)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("during the dry run; it writes nothing, and nothing was written") from None
+    return 0
+
+
+def _check_before_ray(study, plan, uri: str, tracker, exp_id, address: str | None, storage: str | None, retrain) -> None:
+    """What would fail the sweep after Ray started, refused first (exit 2): the data (on one machine),
+    the folders it writes, a read-only login, another sweep holding the study."""
+    if not address:
+        check_data(plan.trials)
+    if storage and "://" not in storage:
+        writable_folder(storage, "--storage")
+    writable_folder(spool_root(storage), "--storage" if storage and "://" not in storage else "the tracking spool folder (under ~/.cache/ltkd)")
+    if tracker is not None and exp_id is not None:
+        try:
+            tracker.check_write_access(exp_id, study.name, delete_runs=bool(retrain))
+            Lease(tracker, exp_id, study.name).check()
+        except Exception as exc:  # noqa: BLE001 - a SQLite store locked past MLflow's wait: say by whom
+            if is_locked(exc):
+                raise UserError(locked_store_line(uri, tracker, exp_id, study.name)) from None
+            raise
+
+
+def _store_failure(exc: BaseException, run: LeasedSweep) -> Exception | None:
+    """A failure of the driver's own store calls while the sweep ran, as its one line (None: not the
+    store's, raised as it is)."""
+    if run.lease.lost is not None:
+        return RunFailure(run.lease.lost)
+    gone = store_gone(exc, run.uri)
+    if gone:
+        return RunFailure(f"{gone}; what was queued is kept in {run.spool}")
+    if is_locked(exc):
+        return UserError(locked_store_line(run.uri, run.tracker, run.exp_id, run.study.name))
+    if not is_transient_failure(exc):
+        return None
+    first = first_line(exc, 300) or type(exc).__name__
+    return RunFailure(f"the tracking store at {redact_credentials(run.uri)} failed while the sweep ran ({store_trouble(exc, run.uri)}: "
+                      f"{first}); what was queued is kept in {run.spool}: rerun the same command once it is back")
 
 
 def _only(only: set[str] | None, study, uri, tracker, exp_id, plan):
@@ -211,140 +232,203 @@ def _read_state(tracker, exp_id, trials) -> tuple:
     """What is done, what is left, and which interrupted runs the trials left continue."""
     plan = make_plan(trials, tracker.final_metrics_by_hash(exp_id, keys=[]))
     todo = plan.todo_all()
-    hashes = {t.config_hash for t in todo}
-    # Runs that a stopped sweep left RUNNING or KILLED are continued, not duplicated.
-    resumable = {h: ResumableRun(s.run_id, s.last_epoch, s.attempts) for h, s in tracker.run_states(exp_id).items()
-                 if h in hashes and s.status in ("RUNNING", "KILLED")}
-    return plan, todo, resumable
+    return plan, todo, resumable_runs(tracker.run_states(exp_id), {t.config_hash for t in todo})
 
 
-def _run_leased(study, study_path, uri, tracker, exp_id, plan, address, storage, spool, out, outage_limit_s, lease, retrain=(),
-                tables_every_s: float = 0.0, tables: bool = True, spellings: list[str] | None = None) -> int:
-    # The store is read (again) while the lease settles: a sweep that ended meanwhile may have finished trials.
-    plan, todo, resumable = _read_state(tracker, exp_id, plan.trials)
-    lease.confirm()
-    # Spools of the earlier layout, moved (under the lease: no sweep writes them now) to be replayed once.
-    migrate_legacy_spools(storage, spellings or [uri], study.name, spool)
-    if retrain:
-        for t in retrain:
-            deleted = tracker.retire_finished(exp_id, t.config_hash)
-            what = f"its run(s) {', '.join(deleted)} moved to the experiment's trash" if deleted else "it had no FINISHED run"
-            print(f"retraining teacher {t.run_name} ({t.config_hash}): {what}", file=out)
-        plan, todo, resumable = _read_state(tracker, exp_id, plan.trials)
-    print(f"tracking: {redact_credentials(uri)} (experiment {study.name!r}, id {exp_id}); ray: {address or 'local'}", file=out)
-    tracker.describe_experiment(exp_id, study.description, runs_view_state())
-    # The driver's own calls fail fast; the spool's writer retries with backoff and says so.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    notes: list[str] = []
-    own_spool = sweep_spool(spool, lease)
-    writers: list[SpooledWriter] = []
+@dataclass
+class LeasedSweep:
+    """A sweep once it holds the study's lease: where it writes and how it runs."""
 
-    def open_writer(folder: str) -> SpooledWriter:
-        writers.append(leased_writer(tracker, uri, folder, spool, lease, lambda note: notes.append(redact_credentials(note))))
-        return writers[-1]
+    study: StudySpec
+    study_path: str
+    uri: str
+    tracker: Tracker
+    exp_id: str
+    address: str | None
+    storage: str | None  # Tune's storage (--storage); the spool sits beside it
+    spool: str  # the study's spool folder
+    out: TextIO
+    outage_limit_s: float
+    lease: Lease
+    tables_every_s: float = 0.0
+    tables: bool = True  # keep the study's tables current (not for `ltkd search`'s teachers)
+    spellings: list[str] = field(default_factory=list)  # how the URI was spelt: the earlier spool layout's names
+    notes: list[str] = field(default_factory=list)  # the writers' and tables' lines, printed by the sweep
+    writers: list[SpooledWriter] = field(default_factory=list)  # the replays' and this sweep's own, last
 
-    def outage_exceeded() -> bool:
-        down = writers[-1].down_since if writers else None
-        return down is not None and time.time() - down > outage_limit_s
+    def open_writer(self, folder: str) -> SpooledWriter:
+        self.writers.append(leased_writer(self.tracker, self.uri, folder, self.spool, self.lease,
+                                          lambda note: self.notes.append(redact_credentials(note))))
+        return self.writers[-1]
 
-    def stop_now() -> bool:
-        return outage_exceeded() or lease.lost is not None or any(w.fenced for w in writers)
+    def outage_exceeded(self) -> bool:
+        return bool(self.writers) and self.writers[-1].down_longer_than(self.outage_limit_s)
 
+    def stop_now(self) -> bool:
+        return self.outage_exceeded() or self.lease.lost is not None or any(w.fenced for w in self.writers)
+
+    def lost_line(self) -> str | None:
+        return self.lease.lost or next((w.fenced for w in self.writers if w.fenced), None)
+
+    def print_notes(self) -> None:
+        for note in self.notes:
+            print(note, file=self.out, flush=True)
+        self.notes.clear()
+
+
+def _run_leased(run: LeasedSweep, plan, retrain=()) -> int:
+    """Replay what earlier sweeps left, then train what is left, under the lease."""
+    plan, todo, resumable = _settle(run, plan, retrain)
+    print(f"tracking: {redact_credentials(run.uri)} (experiment {run.study.name!r}, id {run.exp_id}); ray: {run.address or 'local'}",
+          file=run.out)
+    run.tracker.describe_experiment(run.exp_id, run.study.description, runs_view_state())
+    driver_calls_fail_fast()
+    own_spool = sweep_spool(run.spool, run.lease)
     refresher = None
     runs = None
     try:
-        try:
-            if _replay_earlier(spool, own_spool, open_writer, stop_now, uri, outage_limit_s, out):
-                plan, todo, resumable = _read_state(tracker, exp_id, plan.trials)  # the replay may have finished some
-            for note in notes:
-                print(note, file=out, flush=True)
-            notes.clear()
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(f"while replaying the tracking writes of an earlier sweep; no trial had started, and what "
-                                    f"was not yet written stays in {spool}: run the same command again to go on") from None
-        writer = open_writer(own_spool)
-        closed = tracker.close_orphans(exp_id, keep={r.run_id for r in resumable.values()})
-        if closed:
-            print(f"closed {len(closed)} run(s) that a sweep which died left RUNNING and that this study no longer continues "
-                  f"(now KILLED): {', '.join(closed[:5])}{' …' if len(closed) > 5 else ''}", file=out)
+        plan, todo, resumable = _replay(run, own_spool, plan, todo, resumable)
+        writer = run.open_writer(own_spool)
+        _close_orphans(run, resumable)
         if not todo:
-            print("nothing to run: every trial has a FINISHED run", file=out)
-            if tables and study.tables:
-                line = finish_interrupted_tables(study, plan.trials, tracker, exp_id, Path(spool + "-tables"))
-                if line:
-                    print(line, file=out)
-            print(browse_hint(uri, study.name, exp_id), file=out)
-            return 0
+            return _nothing_left(run, plan)
         if resumable:
-            print(f"continuing {len(resumable)} run(s) of trials that an earlier sweep did not finish", file=out)
-        base_tags = {"study": study.name, "git_commit": git_commit(), "study_file": str(Path(study_path))}
-        runs = TrialRuns(writer, exp_id, base_tags, resumable)
-        # The study's tables, kept current in its MLflow `tables` run while trials finish.
-        if tables:
-            refresher = TablesRefresher(study, plan.trials, tracker, exp_id, Path(spool + "-tables"), tables_every_s, notes.append)
-            refresher.out.mkdir(parents=True, exist_ok=True)
-            refresher.start()
-        lost_line = lambda: lease.lost or writer.fenced  # noqa: E731 - read when the sweep stops
-        progress = SweepProgress(len(todo), out=out, pending={t.config_hash: (t.run_name, t.config.recipe.epochs) for t in todo})
-        last_poll = [0.0]
-
-        def poll(force: bool = False) -> None:
-            now = time.monotonic()
-            if now - last_poll[0] < 1.0 and not force:
-                return
-            last_poll[0] = now
-            while notes:
-                progress.note(notes.pop(0))
-            st = writer.state()
-            down = None if st.down_since is None else time.monotonic() - (time.time() - st.down_since)
-            progress.tracking_state(st.lag_s, st.pending_events, down, st.error, st.trouble)
-
-        resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
+            print(f"continuing {len(resumable)} run(s) of trials that an earlier sweep did not finish", file=run.out)
+        runs = TrialRuns(writer, run.exp_id, base_tags(run.study.name, str(Path(run.study_path))), resumable)
+        refresher = _start_tables(run, plan) if run.tables else None
         started = time.time()
-        teacher_artifacts = {h: r.artifact_uri + "/checkpoint" for h, r in plan.done.items()}
-        try:
-            outcomes = run_trials(todo, runs, progress, resources, teacher_artifacts, uri, max_retries=study.resources.max_retries,
-                                  storage_path=storage, name=study.name, should_stop=stop_now, poll=poll)
-            # The sweep ends when its tracking writes are in the store (or the store stays away too long).
-            while not writer.drained() and not stop_now():
-                poll()
-                time.sleep(0.1)
-            poll(force=True)
-        finally:
-            progress.close()
-        if lost_line():
+        outcomes = _train(run, todo, runs, writer, plan)
+        if run.lost_line():
             _stop_tables(refresher)
-            raise RunFailure(_fenced_line(lost_line(), lease, spool))
-        if outage_exceeded():
-            raise RunFailure(_outage_line(uri, outage_limit_s, writer, spool))
-        for note in notes:
-            print(note, file=out)
-        _final_tables(refresher, notes, out)
+            raise RunFailure(_fenced_line(run.lost_line(), run.lease, run.spool))
+        if run.outage_exceeded():
+            raise RunFailure(_outage_line(run.uri, run.outage_limit_s, writer, run.spool))
+        for note in run.notes:
+            print(note, file=run.out)
+        _final_tables(refresher, run.notes, run.out)
     except KeyboardInterrupt as exc:
-        if lease.lost is not None or any(w.fenced for w in writers):
-            _stop_tables(refresher)
-            raise RunFailure(_fenced_line(lease.lost or next(w.fenced for w in writers if w.fenced), lease, spool)) from None
-        if writers:
-            writers[-1].flush(timeout=15)  # what is left stays in the spool: the next sweep writes it first
-        _final_tables(refresher, notes, out)
-        if str(exc) or (runs is not None and runs.key_of):
-            raise
-        raise KeyboardInterrupt("before any trial had started; nothing was marked KILLED: run the same command again") from None
+        _interrupted(run, refresher, runs, exc)
+        raise
     finally:
-        for w in writers:
-            w.close()
-        if writers and lease.lost is None and not writers[-1].fenced and os.path.isdir(own_spool) and not spooled_runs(own_spool):
-            shutil.rmtree(own_spool, ignore_errors=True)  # all written: nothing for the next sweep to replay
+        _close_writers(run, own_spool)
+    return _summary(run, plan, todo, outcomes, time.time() - started)
 
-    counts = {s: sum(1 for o in outcomes.values() if o.status == s) for s in (FINISHED, "FAILED", "SKIPPED")}
-    elapsed = time.time() - started
-    print(f"done in {elapsed:.0f} s: {counts[FINISHED]} finished, {counts['FAILED']} failed, {counts['SKIPPED']} skipped, "
-          f"{len(plan.done)} already done before.", file=out)
-    print(browse_hint(uri, study.name, exp_id), file=out)
+
+def _settle(run: LeasedSweep, plan, retrain):
+    """The store read (again) while the lease settles (a sweep that ended meanwhile may have finished
+    trials); the earlier layout's spools moved in to be replayed once; teachers to retrain retired."""
+    plan, todo, resumable = _read_state(run.tracker, run.exp_id, plan.trials)
+    run.lease.confirm()
+    migrate_legacy_spools(run.storage, run.spellings or [run.uri], run.study.name, run.spool)
+    if retrain:
+        for t in retrain:
+            deleted = run.tracker.retire_finished(run.exp_id, t.config_hash)
+            what = f"its run(s) {', '.join(deleted)} moved to the experiment's trash" if deleted else "it had no FINISHED run"
+            print(f"retraining teacher {t.run_name} ({t.config_hash}): {what}", file=run.out)
+        plan, todo, resumable = _read_state(run.tracker, run.exp_id, plan.trials)
+    return plan, todo, resumable
+
+
+def _replay(run: LeasedSweep, own_spool: str, plan, todo, resumable):
+    """What earlier sweeps queued, written first; the store read again when that finished some trials."""
+    try:
+        if _replay_earlier(run.spool, own_spool, run.open_writer, run.stop_now, run.uri, run.outage_limit_s, run.out):
+            plan, todo, resumable = _read_state(run.tracker, run.exp_id, plan.trials)
+        run.print_notes()
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"while replaying the tracking writes of an earlier sweep; no trial had started, and what "
+                                f"was not yet written stays in {run.spool}: run the same command again to go on") from None
+    return plan, todo, resumable
+
+
+def _close_orphans(run: LeasedSweep, resumable) -> None:
+    closed = run.tracker.close_orphans(run.exp_id, keep={r.run_id for r in resumable.values()})
+    if closed:
+        print(f"closed {len(closed)} run(s) that a sweep which died left RUNNING and that this study no longer continues "
+              f"(now KILLED): {', '.join(closed[:5])}{' …' if len(closed) > 5 else ''}", file=run.out)
+
+
+def _nothing_left(run: LeasedSweep, plan) -> int:
+    print("nothing to run: every trial has a FINISHED run", file=run.out)
+    if run.tables and run.study.tables:
+        line = finish_interrupted_tables(run.study, plan.trials, run.tracker, run.exp_id, Path(run.spool + "-tables"))
+        if line:
+            print(line, file=run.out)
+    print(browse_hint(run.uri, run.study.name, run.exp_id), file=run.out)
+    return 0
+
+
+def _start_tables(run: LeasedSweep, plan) -> TablesRefresher:
+    """The study's tables, kept current in its MLflow `tables` run while trials finish."""
+    refresher = TablesRefresher(run.study, plan.trials, run.tracker, run.exp_id, Path(run.spool + "-tables"), run.tables_every_s,
+                                run.notes.append)
+    refresher.out.mkdir(parents=True, exist_ok=True)
+    refresher.start()
+    return refresher
+
+
+def _train(run: LeasedSweep, todo, runs: TrialRuns, writer: SpooledWriter, plan) -> dict:
+    """The trials on Ray, the progress view fed with the writer's state; ends once their tracking
+    writes are in the store (or the store stays away too long)."""
+    progress = SweepProgress(len(todo), out=run.out, pending={t.config_hash: (t.run_name, t.config.recipe.epochs) for t in todo})
+    last_poll = 0.0
+
+    def poll(force: bool = False) -> None:
+        nonlocal last_poll
+        now = time.monotonic()
+        if now - last_poll < 1.0 and not force:
+            return
+        last_poll = now
+        while run.notes:
+            progress.note(run.notes.pop(0))
+        st = writer.state()
+        down = None if st.down_since is None else time.monotonic() - (time.time() - st.down_since)
+        progress.tracking_state(st.lag_s, st.pending_events, down, st.error, st.trouble)
+
+    study = run.study
+    resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
+    teacher_artifacts = {h: r.artifact_uri + "/checkpoint" for h, r in plan.done.items()}
+    try:
+        outcomes = run_trials(todo, runs, progress, resources, teacher_artifacts, run.uri, max_retries=study.resources.max_retries,
+                              storage_path=run.storage, name=study.name, should_stop=run.stop_now, poll=poll)
+        while not writer.drained() and not run.stop_now():
+            poll()
+            time.sleep(0.1)
+        poll(force=True)
+    finally:
+        progress.close()
+    return outcomes
+
+
+def _interrupted(run: LeasedSweep, refresher, runs, exc: KeyboardInterrupt) -> None:
+    """Ctrl-C or SIGTERM: the one line of a sweep that lost its lease, else what is queued flushed
+    briefly (the rest stays for the next sweep) and the final tables; returns to re-raise `exc`."""
+    if run.lost_line():
+        _stop_tables(refresher)
+        raise RunFailure(_fenced_line(run.lost_line(), run.lease, run.spool)) from None
+    if run.writers:
+        run.writers[-1].flush(timeout=15)
+    _final_tables(refresher, run.notes, run.out)
+    if not str(exc) and not (runs is not None and runs.key_of):
+        raise KeyboardInterrupt("before any trial had started; nothing was marked KILLED: run the same command again") from None
+
+
+def _close_writers(run: LeasedSweep, own_spool: str) -> None:
+    for w in run.writers:
+        w.close()
+    writer = run.writers[-1] if run.writers else None
+    if writer is not None and run.lease.lost is None and not writer.fenced and os.path.isdir(own_spool) and not spooled_runs(own_spool):
+        shutil.rmtree(own_spool, ignore_errors=True)  # all written: nothing for the next sweep to replay
+
+
+def _summary(run: LeasedSweep, plan, todo, outcomes: dict, elapsed: float) -> int:
+    counts = {s: sum(1 for o in outcomes.values() if o.status == s) for s in (FINISHED, "FAILED", SKIPPED)}
+    print(f"done in {elapsed:.0f} s: {counts[FINISHED]} finished, {counts['FAILED']} failed, {counts[SKIPPED]} skipped, "
+          f"{len(plan.done)} already done before.", file=run.out)
+    print(browse_hint(run.uri, run.study.name, run.exp_id), file=run.out)
     missing = len(todo) - sum(counts.values())
-    if counts["FAILED"] or counts["SKIPPED"] or missing:
-        raise RunFailure(f"{counts['FAILED']} failed, {counts['SKIPPED']} skipped, {missing} not run; rerun the same command to retry only those")
+    if counts["FAILED"] or counts[SKIPPED] or missing:
+        raise RunFailure(f"{counts['FAILED']} failed, {counts[SKIPPED]} skipped, {missing} not run; rerun the same command to retry only those")
     return 0
 
 

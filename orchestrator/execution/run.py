@@ -10,13 +10,7 @@ from typing import Any
 from orchestrator.errors import redact_credentials
 from orchestrator.execution import leftovers
 from orchestrator.execution.cluster import cluster_slots
-from orchestrator.execution.schedule import (
-    DependencySearcher,
-    OutageStopper,
-    Outcome,
-    Schedule,
-    SweepCallback,
-)
+from orchestrator.execution.schedule import DependencySearcher, OutageStopper, Outcome, Schedule, SweepCallback
 from orchestrator.execution.trainable import default_resume_root, train_trial
 from orchestrator.study import Trial
 from orchestrator.tracking import SKIPPED, TrialRuns

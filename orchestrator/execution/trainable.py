@@ -8,16 +8,10 @@ import tempfile
 import time
 from typing import Any
 
-from trainer.config import TrialConfig
-
 from orchestrator.errors import error_line
 from orchestrator.execution.packing import cap_gpu_memory
-from orchestrator.tracking import (
-    fetch_checkpoint,
-    split_digest,
-    system_sampler,
-    write_manifest,
-)
+from orchestrator.tracking import SPLIT_FILE, fetch_checkpoint, split_digest, system_sampler, write_manifest
+from trainer.config import TrialConfig
 
 FINAL_KEY = "ltkd_final"
 ERROR_KEY = "ltkd_error"
@@ -31,9 +25,7 @@ def train_trial(tune_config: dict[str, Any], tracking_uri: str | None = None) ->
     import ray
     import torch
     from ray import tune
-    from trainer.loop import (
-        run_trial,  # PyTorch: imported where a trial trains, not where the driver plans
-    )
+    from trainer.loop import run_trial  # PyTorch: imported where a trial trains, not where the driver plans
 
     payload = tune_config["payload"]
     torch.set_num_threads(max(1, int(payload.get("cpus", 1))))
@@ -41,7 +33,7 @@ def train_trial(tune_config: dict[str, Any], tracking_uri: str | None = None) ->
     system_metrics = system_sampler()
     started = time.time()
     where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
-    first = [True]
+    first = True
 
     # A search trial evaluates on its validation split: its accuracies are val_acc_*, never acc_*.
     prefix = "val_" if payload["config"].get("validation_per_class") else ""
@@ -53,10 +45,11 @@ def train_trial(tune_config: dict[str, Any], tracking_uri: str | None = None) ->
         return metrics
 
     def report_epoch(ep) -> None:
+        nonlocal first
         metrics = {**epoch_metrics(ep), **system_metrics()}
-        if first[0]:  # where this attempt runs, and the epoch it resumed after
+        if first:  # where this attempt runs, and the epoch it resumed after
             metrics.update(where, first_epoch=ep.epoch)
-            first[0] = False
+            first = False
         tune.report(metrics)
 
     def report_saved_epoch(ep) -> None:  # an epoch of the resumed state: the driver keeps it if it lacks it
@@ -67,45 +60,14 @@ def train_trial(tune_config: dict[str, Any], tracking_uri: str | None = None) ->
     resume_dir = os.path.join(payload["resume_root"] or _worker_resume_root(), payload["config_hash"])
     try:
         config = TrialConfig.from_dict(payload["config"])
-        teacher_dir = None
-        if payload.get("teacher_checkpoint") is not None:
-            teacher_dir = _local_checkpoint(payload["teacher_checkpoint"], payload["config_hash"])
-        elif payload.get("teacher_artifact"):
-            teacher_dir = fetch_checkpoint(payload["teacher_artifact"], tracking_uri or payload["tracking_uri"],
-                                           teacher_hash=payload.get("teacher_hash"))
+        teacher_dir = _teacher_dir(payload, tracking_uri)
         keep = payload.get("keep_checkpoint", True)  # a search trial's weights are not kept
         with tempfile.TemporaryDirectory(prefix="ltkd-ckpt-") as ckpt:
             result = run_trial(config, report=report_epoch, teacher_checkpoint=teacher_dir, checkpoint_dir=ckpt if keep else None,
                                resume_dir=resume_dir, saved_report=report_saved_epoch,
                                teacher_logits_dir=_worker_teacher_logits_root())
-            final = {
-                "epoch": result.epochs,
-                **{prefix + k: v for k, v in result.final.metrics().items()},
-                **{f"best_{prefix}{k}": v for k, v in result.best.metrics().items()},
-                "best_epoch": result.best_epoch,
-                "train_seconds": time.time() - started,
-                "teacher_logits": result.teacher_logits,  # live, or its table built here or read from the node's cache
-                **{f"pg_{split}_{group}": v for split, groups in result.group_probability.items() for group, v in groups.items()},
-                FINAL_KEY: {
-                    "per_class": result.final.per_class,
-                    "best_per_class": result.best.per_class,
-                    "class_counts": result.class_counts,
-                    "split_digest": split_digest(result.train_indices),
-                },
-            }
-            # The long-tailed choice of images, recorded beside the weights so the split can be rebuilt anywhere
-            # (a search trial keeps no weights: its split, with the held-out validation images, goes to its run).
-            split = {"dataset": config.dataset, "gamma": config.gamma, "split_seed": config.split_seed,
-                     "class_counts": result.class_counts, "train_indices": result.train_indices}
-            if config.validation_per_class:
-                split.update(validation_per_class=config.validation_per_class, validation_indices=result.validation_indices)
-            if keep:
-                with open(os.path.join(ckpt, "long_tailed_split.json"), "w") as f:
-                    json.dump(split, f)
-                write_manifest(ckpt)
-            else:
-                final[FINAL_KEY]["split"] = split
-            if first[0]:  # the attempt resumed a state saved after the last epoch: nothing was left to train
+            final = _final_report(result, config, prefix, time.time() - started, ckpt if keep else None)
+            if first:  # the attempt resumed a state saved after the last epoch: nothing was left to train
                 final.update(where, first_epoch=result.epochs + 1)
             tune.report(final, checkpoint=tune.Checkpoint.from_directory(ckpt) if keep else None)
     except DETERMINISTIC_ERRORS as exc:
@@ -114,6 +76,50 @@ def train_trial(tune_config: dict[str, Any], tracking_uri: str | None = None) ->
         return
     # The final weights now travel through the Tune checkpoint; the resumable state is done.
     shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+def _teacher_dir(payload: dict, tracking_uri: str | None) -> str | None:
+    """The teacher's checkpoint folder on this node: from this sweep's Tune checkpoint, else fetched
+    from the tracking store; None for a trial without a teacher."""
+    if payload.get("teacher_checkpoint") is not None:
+        return _local_checkpoint(payload["teacher_checkpoint"], payload["config_hash"])
+    if payload.get("teacher_artifact"):
+        return fetch_checkpoint(payload["teacher_artifact"], tracking_uri or payload["tracking_uri"],
+                                teacher_hash=payload.get("teacher_hash"))
+    return None
+
+
+def _final_report(result, config: TrialConfig, prefix: str, train_seconds: float, ckpt: str | None) -> dict:
+    """The trial's last report: final and best metrics, and (under FINAL_KEY) what the driver logs as
+    artifacts. With a checkpoint folder the split is written there beside the weights."""
+    final = {
+        "epoch": result.epochs,
+        **{prefix + k: v for k, v in result.final.metrics().items()},
+        **{f"best_{prefix}{k}": v for k, v in result.best.metrics().items()},
+        "best_epoch": result.best_epoch,
+        "train_seconds": train_seconds,
+        "teacher_logits": result.teacher_logits,  # live, or its table built here or read from the node's cache
+        **{f"pg_{split}_{group}": v for split, groups in result.group_probability.items() for group, v in groups.items()},
+        FINAL_KEY: {
+            "per_class": result.final.per_class,
+            "best_per_class": result.best.per_class,
+            "class_counts": result.class_counts,
+            "split_digest": split_digest(result.train_indices),
+        },
+    }
+    # The long-tailed choice of images, recorded beside the weights so the split can be rebuilt anywhere
+    # (a search trial keeps no weights: its split, with the held-out validation images, goes to its run).
+    split = {"dataset": config.dataset, "gamma": config.gamma, "split_seed": config.split_seed,
+             "class_counts": result.class_counts, "train_indices": result.train_indices}
+    if config.validation_per_class:
+        split.update(validation_per_class=config.validation_per_class, validation_indices=result.validation_indices)
+    if ckpt is not None:
+        with open(os.path.join(ckpt, SPLIT_FILE), "w") as f:
+            json.dump(split, f)
+        write_manifest(ckpt)
+    else:
+        final[FINAL_KEY]["split"] = split
+    return final
 
 
 def _local_checkpoint(checkpoint, key: str) -> str:

@@ -14,7 +14,8 @@ from orchestrator.study import StudySpec, Trial
 from orchestrator.execution.progress import SweepProgress
 from orchestrator.execution.run import fit_trials, interrupted, trial_payload
 from orchestrator.execution.trainable import default_resume_root
-from orchestrator.tracking import FINISHED, ResumableRun, RunRecord, SpooledWriter, Tracker, TrialRuns, git_commit
+from orchestrator.tracking import (FINISHED, RunRecord, SpooledWriter, Tracker, TrialRuns, base_tags, driver_calls_fail_fast,
+                                   resumable_runs)
 from orchestrator.search.optuna_adapter import distributions, open_optuna_study, summarise
 from orchestrator.search.parents import (counts_text, log_summary, parent_run, point_text, run_of_number,
                                          search_cell, value_text)
@@ -38,12 +39,11 @@ class SearchContext:
     open_writer: Callable[[Callable[[str], None]], SpooledWriter]  # the spooled writer under the study's lease
 
 
-def search_all(study: StudySpec, study_path: str, chosen: list[Target], ostorage: str, ctx: SearchContext) -> int:
-    """The study's (pair, γ) searches that have trials left, in one Tune run (each with its own Optuna
-    study, ASHA and parent run); returns how many of their trials failed in this run."""
-    tracker, exp_id, uri, storage, done, out, outage_limit_s = (ctx.tracker, ctx.exp_id, ctx.uri, ctx.storage, ctx.done, ctx.out,
-                                                                ctx.outage_limit_s)
+def _open_searches(study: StudySpec, chosen: list[Target], ostorage: str, ctx: SearchContext) -> list[Running]:
+    """Each search's Optuna study and parent run; a search whose budget is spent is summarised (once)
+    and left out, the others are returned with what they had before."""
     search = study.search
+    tracker, exp_id, out = ctx.tracker, ctx.exp_id, ctx.out
     searches: list[Running] = []
     for target in chosen:
         ostudy, curve = open_optuna_study(ostorage, target, study)
@@ -61,6 +61,29 @@ def search_all(study: StudySpec, study_path: str, chosen: list[Target], ostorage
         searches.append(Running(target, ostudy, parent, search.trials, before, stale, curve))
         print(f"search {target.label}: {search.trials - ended} trial(s) to run ({ended} ended before"
               + (f", {before.running} to continue" if before.running else "") + f"); parent run {parent}", file=out, flush=True)
+    return searches
+
+
+def _close_searches(searches: list[Running], metric: str, ctx: SearchContext, elapsed: float) -> None:
+    """Each search's summary, best point and plots on its parent run, which ends FINISHED once its
+    budget is spent (else KILLED: the next `ltkd search` continues it)."""
+    tracker, exp_id = ctx.tracker, ctx.exp_id
+    for r in searches:
+        summary = summarise(r.ostudy)
+        log_summary(tracker, r.parent, r.ostudy, summary, metric, run_of_number(tracker, exp_id, r.target, summary.best_number))
+        complete = summary.complete + summary.pruned + summary.failed >= r.budget and not summary.running
+        tracker.end_run(r.parent, FINISHED if complete else "KILLED")
+        print(f"search {r.target.label}: {counts_text(summary)} ({elapsed:.0f} s for the searches of this run); "
+              f"best {metric} {value_text(summary.best_value)} at {point_text(summary.best_params)}", file=ctx.out, flush=True)
+
+
+def search_all(study: StudySpec, study_path: str, chosen: list[Target], ostorage: str, ctx: SearchContext) -> int:
+    """The study's (pair, γ) searches that have trials left, in one Tune run (each with its own Optuna
+    study, ASHA and parent run); returns how many of their trials failed in this run."""
+    tracker, exp_id, uri, storage, done, out, outage_limit_s = (ctx.tracker, ctx.exp_id, ctx.uri, ctx.storage, ctx.done, ctx.out,
+                                                                ctx.outage_limit_s)
+    search = study.search
+    searches = _open_searches(study, chosen, ostorage, ctx)
     if not searches:
         return 0
 
@@ -86,9 +109,8 @@ def search_all(study: StudySpec, study_path: str, chosen: list[Target], ostorage
     # Runs of the trials that a stopped search left RUNNING or KILLED (not pruned) are continued.
     states = tracker.run_states(exp_id)
     stale_keys = {search_trial(r.target, t.number, dict(t.params), study).config_hash for r in searches for t in r.stale}
-    resumable = {h: ResumableRun(st.run_id, st.last_epoch, st.attempts) for h, st in states.items()
-                 if h in stale_keys and st.status in ("RUNNING", "KILLED")}
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    resumable = resumable_runs(states, stale_keys)
+    driver_calls_fail_fast()
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # epoch reports without the metric (final, errors)
     notes: list[str] = []
     # Under the study's lease, as the sweep's: a search that lost it (paused past its expiry while
@@ -96,11 +118,9 @@ def search_all(study: StudySpec, study_path: str, chosen: list[Target], ostorage
     writer = ctx.open_writer(notes.append)
 
     def outage_exceeded() -> bool:
-        down = writer.down_since
-        return writer.fenced is not None or (down is not None and time.time() - down > outage_limit_s)
+        return writer.fenced is not None or writer.down_longer_than(outage_limit_s)
 
-    base_tags = {"study": study.name, "git_commit": git_commit(), "study_file": str(Path(study_path))}
-    runs = TrialRuns(writer, exp_id, base_tags, resumable,
+    runs = TrialRuns(writer, exp_id, base_tags(study.name, str(Path(study_path))), resumable,
                      tags_of=lambda t: {PARENT_TAG: search_of[t.config_hash].parent, SEARCH_KEY_TAG: search_of[t.config_hash].target.key})
     progress = SweepProgress(sum(r.budget - r.ended_before for r in searches), out=out)
     searcher = OptunaAskSearcher(searches, distributions(study), make_trial, payload, search.metric)
@@ -125,13 +145,7 @@ def search_all(study: StudySpec, study_path: str, chosen: list[Target], ostorage
         print(note, file=out)
     if writer.fenced is not None:
         raise RunFailure(writer.fenced)
-    for r in searches:
-        summary = summarise(r.ostudy)
-        log_summary(tracker, r.parent, r.ostudy, summary, search.metric, run_of_number(tracker, exp_id, r.target, summary.best_number))
-        complete = summary.complete + summary.pruned + summary.failed >= r.budget and not summary.running
-        tracker.end_run(r.parent, FINISHED if complete else "KILLED")
-        print(f"search {r.target.label}: {counts_text(summary)} ({time.time() - started:.0f} s for the searches of this run); "
-              f"best {search.metric} {value_text(summary.best_value)} at {point_text(summary.best_params)}", file=out, flush=True)
+    _close_searches(searches, search.metric, ctx, time.time() - started)
     if stopped or outage_exceeded():
         raise KeyboardInterrupt
     return sum(1 for o in outcomes.values() if o.status == "FAILED")

@@ -272,6 +272,7 @@ class ResourcesSpec(BaseModel):
 
 
 BEST_OTHER = "best_other"
+DELTA_LABEL = "Δ"  # the label of a table's Δ row (tables.core.DELTA_ROW is this)
 
 
 class DeltaSpec(BaseModel):
@@ -405,8 +406,8 @@ class TableSpec(BaseModel):
                 raise ValueError(f"labels: {key!r} is not a row of this table; rows: {', '.join(lb for lb, _ in rows)}")
         if self.kind != "ngroups":
             shown = [self.labels.get(lb) or (self.labels.get(m) if m else None) or lb for lb, m in rows]
-            if "Δ" in shown:
-                raise ValueError("labels: 'Δ' is the delta row's label")
+            if DELTA_LABEL in shown:
+                raise ValueError(f"labels: {DELTA_LABEL!r} is the delta row's label")
             clash = sorted({x for x in shown if shown.count(x) > 1})
             if clash:
                 raise ValueError(f"labels: two rows would show as {clash[0]!r}")
@@ -455,7 +456,7 @@ class TableSpec(BaseModel):
                     versus += [lb for lb in match if lb not in versus]
             label = d.label
             if label is None:
-                label = "Δ"
+                label = DELTA_LABEL
                 if len(set(refs)) > 1:
                     label += " " + self.shown_label(ref, method_of[ref])
                 if versus is not None:
@@ -505,7 +506,6 @@ def _check_tables(tables: list[TableSpec], info: ValidationInfo) -> list[TableSp
     return tables
 
 
-DELTA_LABEL = "Δ"  # the Δ row of a table (orchestrator.tables.core.DELTA_ROW)
 NON_NEGATIVE_PARAMS = {"alpha", "beta", "gamma", "ce_weight", "weight", "warmup", "tau"}
 POSITIVE_PARAMS = {"temperature"}
 
@@ -542,7 +542,7 @@ class RangeSpec(BaseModel):
 
 class SearchSpec(BaseModel):
     """An Optuna search over one distillation method's hyperparameters, per (pair, γ), on a balanced
-    validation split (never the test set); see orchestrator/search.py."""
+    validation split (never the test set); see orchestrator/search/."""
 
     model_config = _STRICT
     method: str

@@ -19,8 +19,6 @@ from orchestrator.tables.core import (
 from orchestrator.tracking import RunRecord
 from trainer.methods import METHODS
 
-FIXED_ROWS = ("Teacher", "Student")
-
 
 def study_pairs(study: StudySpec) -> list[tuple[str, str]]:
     return list(dict.fromkeys((p.teacher, p.student) for p in study.pairs))

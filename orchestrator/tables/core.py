@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from orchestrator.study import TableSpec
+from orchestrator.study import DELTA_LABEL, TableSpec
 
 MISSING = "–"
-DELTA_ROW = "Δ"
+DELTA_ROW = DELTA_LABEL
 DAGGER = "†"
 SIGNIFICANCE = 0.05
 GROUP_COLUMNS = (("Tail", "acc_tail"), ("All", "acc_all"))

@@ -100,9 +100,13 @@ def _who(trial) -> str:
     return f"{trial.row} {short_model(cfg.model)}"
 
 
+def _run_name(who: str, gamma: float, seed: int) -> str:
+    return f"{who} {_gamma(gamma)} s{seed}"
+
+
 def run_name(trial) -> str:
     """Short and complete: 'LTKD w32>w8 γ50 s0', 'Teacher r32x4 γ100 s1'."""
-    return f"{_who(trial)} {_gamma(trial.config.gamma)} s{trial.config.seed}"
+    return _run_name(_who(trial), trial.config.gamma, trial.config.seed)
 
 
 def cell_label(trial) -> str:
@@ -113,7 +117,7 @@ def cell_label(trial) -> str:
 def teacher_run_name(trial) -> str:
     """The run name of a distillation trial's teacher (same γ and seed)."""
     cfg = trial.config
-    return f"Teacher {short_model(cfg.teacher)} {_gamma(cfg.gamma)} s{cfg.seed}"
+    return _run_name(f"Teacher {short_model(cfg.teacher)}", cfg.gamma, cfg.seed)
 
 
 def teacher_link_tags(experiment_id: str, teacher_run: str | None, teacher_hash: str, teacher_name: str) -> dict[str, str]:
@@ -232,6 +236,11 @@ def trial_params(trial) -> dict[str, Any]:
     if cfg.dataset_options:
         params["dataset_options"] = cfg.dataset_options
     return params
+
+
+def base_tags(study: str, study_file: str) -> dict[str, str]:
+    """The tags every trial run of a sweep or search starts with (`trial_tags` adds the trial's own)."""
+    return {"study": study, "git_commit": git_commit(), "study_file": study_file}
 
 
 def trial_tags(trial, base_tags: dict[str, str]) -> dict[str, str]:

@@ -19,6 +19,13 @@ class ResumableRun:
     attempts: int
 
 
+def resumable_runs(states: dict, hashes: set[str]) -> dict[str, ResumableRun]:
+    """The runs of these trials that a stopped sweep or search left RUNNING or KILLED: continued, not
+    duplicated. `states`: config_hash -> RunState (`Tracker.run_states`)."""
+    return {h: ResumableRun(s.run_id, s.last_epoch, s.attempts) for h, s in states.items()
+            if h in hashes and s.status in ("RUNNING", "KILLED")}
+
+
 class TrialRuns:
     """A sweep's trial runs, one per trial across its attempts, written through the spooled writer.
 

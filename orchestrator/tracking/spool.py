@@ -410,6 +410,10 @@ class SpooledWriter:
         return self._ids.get(key) or (run.run_id if run else None)
 
     # -- state ----------------------------------------------------------------------------------------
+    def down_longer_than(self, limit_s: float) -> bool:
+        """Whether the store has taken no write for more than `limit_s` seconds (the sweep's outage clock)."""
+        return self.down_since is not None and time.time() - self.down_since > limit_s
+
     def state(self) -> WriterState:
         now = time.time()
         with self._lock:

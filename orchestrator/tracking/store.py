@@ -181,6 +181,13 @@ _TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_
                     "ENDPOINT_NOT_FOUND", "SERVICE_UNDER_MAINTENANCE", "UNKNOWN", "IO_ERROR", "ABORTED"}
 
 
+def driver_calls_fail_fast() -> None:
+    """The driver's own store calls fail at once (and give up after 20 s) instead of MLflow's minutes
+    of retries: the spool's writer is what retries, with backoff, and says so."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
 def is_transient_failure(exc: BaseException) -> bool:
     """Whether a failed store call may succeed later: the server is unreachable, restarting,
     overloaded, or a SQLite file is locked. A store that rejects the request itself is not."""

@@ -359,7 +359,7 @@ class Tracker:
         store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
         return store if hasattr(store, "ManagedSessionMaker") else None
 
-    # -- status (orchestrator/status.py) and continuing interrupted runs -----------------------------
+    # -- status (orchestrator/commands/status.py) and continuing interrupted runs -----------------------------
     def run_states(self, experiment_id: str | None) -> dict[str, RunState]:
         """config_hash -> the state of its newest run of any status, or of its newest FINISHED run
         when it has one (see `RunState`).
