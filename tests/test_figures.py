@@ -270,6 +270,14 @@ def test_counts_are_pluralised():
     assert err.getvalue().splitlines()[0] == "main: 1 cell short of seeds (shown as – or with (n=…)):"
 
 
+def test_wide_tables_come_in_blocks_of_columns_that_fit_the_terminal():
+    from orchestrator.tables.console import _column_blocks
+
+    assert _column_blocks([12, 12, 12, 12], 7, 60) == [[0, 1, 2], [3]]  # 7 + 3 × 15 = 52 fits, a fourth does not
+    assert _column_blocks([12, 12], 7, 200) == [[0, 1]]
+    assert _column_blocks([90, 5], 7, 40) == [[0], [1]]  # a column wider than the terminal still gets a block
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

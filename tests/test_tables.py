@@ -451,13 +451,18 @@ def test_cli_prints_tables_and_lists_missing_cells(main_table, capsys):
     assert len(out.splitlines()) == 1 + 6 * 4
 
 
-def _run_on_a_terminal(argv: list[str], env: dict) -> str:
-    """What `argv` prints to a pseudo-terminal (stdout and stderr both on it), as a person at a terminal sees it."""
+def _run_on_a_terminal(argv: list[str], env: dict, columns: int) -> str:
+    """What `argv` prints to a pseudo-terminal `columns` wide (stdout and stderr both on it), as a person at a
+    terminal sees it."""
+    import fcntl
     import os
     import pty
+    import struct
     import subprocess
+    import termios
 
     leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     proc = subprocess.Popen(argv, stdin=follower, stdout=follower, stderr=follower, env=env, close_fds=True)
     os.close(follower)
     chunks = []
@@ -479,16 +484,23 @@ def test_cli_on_a_terminal_draws_a_plain_table_with_the_marks_as_bold_and_underl
     import sys
 
     uri, path, _ = main_table
-    env = {**os.environ, "COLUMNS": "220", "TERM": "xterm-256color"}
-    env.pop("NO_COLOR", None)
+    env = {**os.environ, "TERM": "xterm-256color"}
+    for name in ("NO_COLOR", "COLUMNS", "LINES"):
+        env.pop(name, None)
     ltkd = str(Path(sys.executable).with_name("ltkd"))
-    shown = _run_on_a_terminal([ltkd, "tables", str(path), "--tracking-uri", uri], env)
+    shown = _run_on_a_terminal([ltkd, "tables", str(path), "--tracking-uri", uri], env, columns=60)
     assert "**" not in shown and "<u>" not in shown and "|:" not in shown  # no Markdown
     plain = re.sub(r"\x1b\[[0-9;]*m", "", shown)
-    assert "golden_main: main" in plain and "Bold: best; underlined: second best" in plain
-    rows = {line.split()[0]: line for line in plain.splitlines() if line.strip() and line.split()[0] in ("Teacher", "KD", "LTKD", "Δ")}
-    assert rows["LTKD"].split()[1:] == ["45.00", "±", "1.00", "67.00", "±", "1.00", "16.33", "±", "1.53", "44.87", "±", "1.10"]
-    assert rows["Δ"].split()[1:] == ["+4.00†", "+1.50", "(n=2)", "+5.33†", "+3.87†"]
+    assert "golden_main: main" in plain and "Bold: best; underlined: second best" in " ".join(plain.split())  # the caption wraps
+    # 60 columns hold three of the four columns: the fourth comes in a second block, no value broken or cut
+    assert max(len(line) for line in plain.splitlines()) <= 60
+    rows: dict[str, list[str]] = {}
+    for line in plain.splitlines():
+        if line.split()[:1] and line.split()[0] in ("Teacher", "KD", "LTKD", "Δ"):
+            rows.setdefault(line.split()[0], []).extend(line.split()[1:])
+    assert rows["LTKD"] == ["45.00", "±", "1.00", "67.00", "±", "1.00", "16.33", "±", "1.53", "44.87", "±", "1.10"]
+    assert rows["Δ"] == ["+4.00†", "+1.50", "(n=2)", "+5.33†", "+3.87†"]
+    assert plain.count("golden_main: main") == 1 and plain.count("Top-1 accuracy") == 1
     assert "\x1b[1m45.00 ± 1.00" in shown and "\x1b[4m41.00 ± 1.41 (n=2)" in shown  # best bold, second underlined
     assert "\x1b[1m52.00" not in shown  # the Teacher, highest in its column, is never marked
     assert "main: 2 cells short of seeds (shown as – or with (n=…)):" in plain

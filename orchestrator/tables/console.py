@@ -16,25 +16,50 @@ from orchestrator.tables.render import render, render_csv
 _MARK_STYLES = {BEST: "bold", SECOND: "underline", "": ""}
 
 
+def _column_blocks(widths: list[int], label_width: int, total: int) -> list[list[int]]:
+    """The columns in consecutive blocks that each fit `total` characters beside the row labels (as
+    pandas prints a wide frame): a value is never broken over lines or cut short."""
+    blocks, current, used = [], [], label_width
+    for i, width in enumerate(widths):
+        if current and used + width + COLUMN_GAP > total:
+            blocks.append(current)
+            current, used = [], label_width
+        current.append(i)
+        used += width + COLUMN_GAP
+    return blocks + [current]
+
+
+COLUMN_GAP = 3  # a column's padding (one space each side) and the space between columns
+
+
 def print_terminal(table: Table, out) -> None:
-    """One table for a person at a terminal (rich draws it to the terminal's width)."""
+    """One table for a person at a terminal, in blocks of columns that fit its width."""
     from rich import box
     from rich.console import Console
     from rich.table import Table as RichTable
     from rich.text import Text
 
-    grid = RichTable(title=f"{table.study}: {table.name}", title_style="bold", title_justify="left",
-                     caption=f"{table.title} Bold: best; underlined: second best (among the method rows of a column).",
-                     caption_justify="left", box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    grid.add_column("")
-    for col in table.cols:
-        grid.add_column("\n".join(col), justify="right")
+    console = Console(file=out, highlight=False)
     text, marks = table.text(), table.marks()
-    for i, row in enumerate(table.rows):
-        ruled = i + 1 < len(table.rows) and table.rows[i + 1] in table.rules_before
-        # The mark styles the value only, not the padding that right-aligns it (an underline would run into it).
-        grid.add_row(row, *[Text.assemble((t, _MARK_STYLES[m])) for t, m in zip(text.loc[row], marks.loc[row])], end_section=ruled)
-    Console(file=out, highlight=False).print(grid)
+    label_width = max(len(r) for r in table.rows)
+    # A column is as wide as its longest value and its longest header word: headers wrap at spaces.
+    widths = [max([len(t) for t in text[col]] + [len(word) for part in col for word in part.split()]) for col in table.cols]
+    blocks = _column_blocks(widths, label_width, console.width)
+    scope = "the n(G) values of a row and method" if table.spec.kind == "ngroups" else "the method rows of a column"
+    for b, block in enumerate(blocks):
+        grid = RichTable(title=f"{table.study}: {table.name}" if b == 0 else None, title_style="bold", title_justify="left",
+                         box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+        grid.add_column("", no_wrap=True, min_width=label_width)
+        for i in block:
+            grid.add_column("\n".join(table.cols[i]), justify="right", min_width=widths[i])
+        for r, row in enumerate(table.rows):
+            ruled = r + 1 < len(table.rows) and table.rows[r + 1] in table.rules_before
+            # The mark styles the value only, not the padding that right-aligns it (an underline would run into it).
+            cells = [Text.assemble((text.iloc[r, i], _MARK_STYLES[marks.iloc[r, i]])) for i in block]
+            grid.add_row(row, *cells, end_section=ruled)
+        console.print(grid)
+    # The caption once, under the last block, as wide as the terminal (a block may be narrow).
+    console.print(Text(f"{table.title} Bold: best; underlined: second best (among {scope}).", style="dim"))
 
 
 def print_tables(tables: list[Table], fmt: str | None, out=None, err=None) -> None:
