@@ -37,7 +37,7 @@ def wait_until(predicate, timeout: float, what: str, detail=None, ended=None, in
             return value
         why = ended() if ended is not None else None
         if why or time.monotonic() >= deadline:
-            message = f"{why} before {what}" if why else f"no {what} in {timeout:.0f} s"
+            message = f"{why} before {what}" if why else f"timed out after {timeout:.0f} s waiting for {what}"
             raise AssertionError(message + (f"\n{detail()}" if detail is not None else ""))
         time.sleep(interval)
 
@@ -68,7 +68,7 @@ def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess
             return False
 
     try:
-        wait_until(healthy, 90, f"answer from the mlflow server's {url}/health", detail=lambda: (root / "server.log").read_text()[-2000:],
+        wait_until(healthy, 90, f"an answer from the mlflow server's {url}/health", detail=lambda: (root / "server.log").read_text()[-2000:],
                    ended=lambda: proc.poll() is not None and f"the mlflow server exited ({proc.returncode})", interval=0.2)
     except AssertionError:
         proc.kill()
