@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study")
     _add_tracking(p)
 
+    p = sub.add_parser("ui", help="open the study's runs in the MLflow UI: starts (or reuses) one on loopback for a local store "
+                                  "and prints the link to its model-training view")
+    p.add_argument("study")
+    _add_tracking(p)
+    p.add_argument("--ui-url", help="the UI's base URL when it is served elsewhere (a proxy, a tunnel); default: $LTKD_UI_URL, "
+                                    "else the tracking server, else the UI this command serves")
+    p.add_argument("--no-browser", action="store_true", help="print the link only")
+    p.add_argument("--stop", action="store_true", help="stop the UI this command started for the store")
+
     p = sub.add_parser("train", help="one trial by hand, in this process (no Ray, no tracking)")
     p.add_argument("--dataset", default="digits")
     p.add_argument("--gamma", type=float, default=10.0)
@@ -155,7 +164,7 @@ def _unexpected(exc: BaseException) -> int:
     return 1
 
 
-COMMANDS = ("sweep", "search", "best", "tables", "report", "status", "train")  # each: orchestrator.commands.<verb>.command
+COMMANDS = ("sweep", "search", "best", "tables", "report", "status", "ui", "train")  # each: orchestrator.commands.<verb>.command
 
 
 def run_command(args) -> int:

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import textwrap
 import urllib.request
 from pathlib import Path
@@ -153,16 +154,49 @@ def swept(ray_local, tmp_path_factory):
     stop(proc)
 
 
-def test_the_printed_link_opens_the_model_training_view_grouped_by_cell(swept, tmp_path):
-    url, exp, runs, _ = swept
-    link = experiment_url(url, exp.experiment_id)
-    dom = page(link, tmp_path, "runs.png")
-    text = text_of(dom)
-    assert "Model training" in text and "Traces" not in text.split("Runs")[0], text[:2000]
-    assert "LTKD w16>w4 γ50" in text  # the group of the table cell, from the `cell` tag
-    assert "acc_tail" in text and "gamma" in text
-    assert "digits-LT, cnn_w16 → cnn_w4" in text  # the study's description is the experiment's
-    assert (tmp_path / "runs.png").stat().st_size > 10_000
+def test_ltkd_ui_serves_the_study_and_its_link_opens_the_model_training_view_grouped_by_cell(swept, tmp_path, monkeypatch):
+    """`ltkd ui STUDY` as a user runs it: it starts an MLflow UI for the local store, prints one link
+    that a fresh browser profile opens on the model-training view grouped by cell, reuses that UI on the
+    next call (and the sweep's browse line links to it), and `--stop` ends it."""
+    from orchestrator.commands.session import browse_hint
+
+    _, exp, _, root = swept
+    ui_dir = tmp_path / "ui-records"
+    monkeypatch.setenv("LTKD_UI_DIR", str(ui_dir))
+    monkeypatch.delenv("LTKD_UI_URL", raising=False)
+    uri = f"sqlite:///{root}/mlflow.db"
+    command = [str(Path(sys.executable).with_name("ltkd")), "ui", str(root / "ui.yaml"), "--tracking-uri", uri, "--no-browser"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    line, how = first.stdout.splitlines()
+    found = re.fullmatch(r"runs of study 'ui': (http://127\.0\.0\.1:(\d+)/#/experiments/(\d+)/runs\?workflowType=machine_learning"
+                         r"&viewStateShareKey=ltkd)", line)
+    assert found and found.group(3) == exp.experiment_id, line
+    link, port = found.group(1), int(found.group(2))
+    pid = int(re.search(r"started an MLflow UI \(pid (\d+);", how).group(1))
+    try:
+        dom = page(link, tmp_path, "runs.png")
+        text = text_of(dom)
+        assert "Model training" in text and "Traces" not in text.split("Runs")[0], text[:2000]
+        assert "LTKD w16>w4 γ50" in text  # the group of the table cell, from the `cell` tag
+        assert "acc_tail" in text and "gamma" in text
+        assert "digits-LT, cnn_w16 → cnn_w4" in text  # the study's description is the experiment's
+        assert (tmp_path / "runs.png").stat().st_size > 10_000
+        again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0 and again.stdout.splitlines() == [line, f"  (the MLflow UI already running (pid {pid}))"], again.stdout
+        assert browse_hint(uri, "ui", exp.experiment_id, "ui.yaml") == \
+            f"runs: experiment 'ui' in {uri}, browse at {link}"
+    finally:
+        stopped = subprocess.run([*command, "--stop"], capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0 and stopped.stdout.strip() == f"stopped the MLflow UI at http://127.0.0.1:{port} (pid {pid})"
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+    hint = browse_hint(uri, "ui", exp.experiment_id, "ui.yaml")  # no UI now: the command that starts one
+    assert hint.startswith(f"runs: experiment 'ui' in {uri}; browse them with `") and hint.endswith(f"ltkd ui ui.yaml --tracking-uri {uri}`"), hint
+    missing = subprocess.run([*command[:3], "--tracking-uri", f"sqlite:///{tmp_path}/none.db"], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
+        f"ltkd: error: {root / 'ui.yaml'}: study 'ui' has no runs in sqlite:///{tmp_path}/none.db (the file does not exist); "
+        f"run `ltkd sweep {root / 'ui.yaml'}` first, or give its --tracking-uri"], missing.stderr
 
 
 def test_run_names_and_params_as_written_in_the_study(swept, tmp_path):

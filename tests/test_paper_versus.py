@@ -73,13 +73,14 @@ def test_the_paper_blocks_of_the_studies_give_every_column_of_their_rows():
     assert ltkd[("LTKD", ("resnet50→mobilenet_v1", "γ=20", "Tail"))] == 48.55
 
 
-def test_report_links_each_cell_to_its_runs_and_counts_the_plan(tmp_path, capsys):
+def test_report_links_each_cell_to_its_runs_and_counts_the_plan(tmp_path, capsys, monkeypatch):
     import re
 
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     path, trials = fill(uri, tmp_path, MAIN.replace("name: golden_main", "name: golden_report"), main_values)
+    monkeypatch.setenv("LTKD_UI_URL", "https://mlflow-ui.lab.example:8443/")  # the UI behind a proxy: the links follow it
     assert main(["report", str(path), "--tracking-uri", uri, "--out", str(tmp_path / "report"), "--no-log"]) == 0
     assert "golden_report_report.html and" in capsys.readouterr().out
     page = (tmp_path / "report" / "golden_report_report.html").read_text(encoding="utf-8")
@@ -91,7 +92,7 @@ def test_report_links_each_cell_to_its_runs_and_counts_the_plan(tmp_path, capsys
                       if r.data.tags["config_hash"] in hashes)
     assert len(ltkd_g10) == 3
     for seed, run_id in ltkd_g10:
-        assert f'href="http://127.0.0.1:5000/#/experiments/{exp}/runs/{run_id}">s{seed}</a>' in page
+        assert f'href="https://mlflow-ui.lab.example:8443/#/experiments/{exp}/runs/{run_id}?workflowType=machine_learning">s{seed}</a>' in page
     md = (tmp_path / "report" / "golden_report_report.md").read_text()
     assert "Study 'golden_report' (no description): 30 planned trials: 26 done, 0 running, 0 failed, 4 missing." in md
     completeness = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in md.split("### Completeness")[1].splitlines()

@@ -426,7 +426,7 @@ def test_a_direct_database_sweep_shows_its_password_nowhere(stack):
     assert password not in run.stdout + run.stderr
     assert f"tracking: {shown} (experiment 'pg_direct', id " in run.stdout
     last = run.stdout.strip().splitlines()[-1]
-    assert last.startswith(f"runs: experiment 'pg_direct' in {shown}. Browse them with `") and f"--backend-store-uri {shown}`" in last
+    assert last.startswith(f"runs: experiment 'pg_direct' in {shown}; browse them with `") and last.endswith(f" ui {study} --tracking-uri {shown}`")
     # Nothing the sweep tracked holds it: params, tags, the tables run's report; nor any file it wrote.
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("pg_direct")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -13,6 +15,7 @@ from orchestrator.execution import cluster
 from orchestrator.execution.packing import packing_lines
 from orchestrator.study import expand, load_study, make_plan
 from orchestrator.tables.plots import run_per_class_png
+from orchestrator.tracking.ui import ui_base_url
 from orchestrator.tracking import (Fenced, Lease, LeaseLost, SpooledWriter, Tracker, absolute_store_uri, check_reachable,
                                    experiment_url, is_locked, is_transient_failure, locked_store_line, resolve_tracking_uri,
                                    spooled_runs, store_gone, store_identity, store_trouble, use_write_ahead_log)
@@ -26,19 +29,20 @@ def store_exists(uri: str) -> bool:
     return True
 
 
-def browse_hint(uri: str, experiment: str, experiment_id: str) -> str:
-    """How to look at the runs: the server's page, or the MLflow UI over the local store; the link
-    opens the runs table in MLflow's model-training view, grouped by table cell (`experiment_url`)."""
-    if uri.startswith(("http://", "https://")):
-        return f"runs: experiment {experiment!r} at {experiment_url(without_userinfo(uri), experiment_id)}"
-    uri = redact_credentials(uri)
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    try:
-        shown = os.path.relpath(mlflow_bin) if mlflow_bin.exists() else "mlflow"
-    except ValueError:
-        shown = str(mlflow_bin)
-    return (f"runs: experiment {experiment!r} in {uri}. Browse them with `{shown} ui --backend-store-uri {uri}` "
-            f"and open {experiment_url('http://127.0.0.1:5000', experiment_id)}")
+def browse_hint(uri: str, experiment: str, experiment_id: str, study_path: str | None = None) -> str:
+    """How to look at the runs: a link to the runs table in MLflow's model-training view, grouped by
+    table cell (`experiment_url`), on the UI that serves the store (LTKD_UI_URL, the tracking server, or
+    the one `ltkd ui` started); where none runs yet, the `ltkd ui` command that starts one."""
+    base = ui_base_url(uri)
+    if base is not None:
+        where = "at" if uri.startswith(("http://", "https://")) else f"in {redact_credentials(uri)}, browse at"
+        return f"runs: experiment {experiment!r} {where} {experiment_url(base, experiment_id)}"
+    ltkd = shutil.which("ltkd")
+    own = Path(sys.executable).with_name("ltkd")
+    shown = "ltkd" if ltkd and own.exists() and Path(ltkd).resolve() == own.resolve() else str(own if own.exists() else "ltkd")
+    store = "" if uri == absolute_store_uri(resolve_tracking_uri(None)) else f" --tracking-uri {redact_credentials(uri)}"
+    return (f"runs: experiment {experiment!r} in {redact_credentials(uri)}; browse them with "
+            f"`{shown} ui {shlex.quote(study_path) if study_path else 'STUDY.yaml'}{store}`")
 
 
 def open_plan(study_path: str, tracking_uri: str | None, create: bool, search_results_needed: bool = True):

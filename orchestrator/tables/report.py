@@ -12,23 +12,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator.errors import redact_credentials, without_userinfo
+from orchestrator.errors import redact_credentials
 from orchestrator.paths import file_inside, write_text
 from orchestrator.tables.build import planned_by_cell, study_pairs
 from orchestrator.tables.core import BEST, SECOND, Table, count, gamma_label, pair_label
 from orchestrator.tables.plots import caption_of
 from orchestrator.tables.render import render
+from orchestrator.tracking.ui import expected_ui_base_url
 
 STATES = ("done", "running", "failed", "missing")
 
 
-def ui_base(tracking_uri: str) -> str:
-    """Where the MLflow UI of this store is: the server itself, else `mlflow ui`'s default address."""
-    return without_userinfo(tracking_uri).rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-
-
 def run_link(base: str, experiment_id: str, run_id: str) -> str:
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    """A run's page in the model-training view (without `workflowType` MLflow 3.17 may open GenAI's)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def _state(run_states: dict, config_hash: str) -> str:
@@ -84,7 +81,7 @@ def _linked_cells(table: Table, base: str, experiment_id: str) -> pd.DataFrame:
 def write_report(study, trials, tables: list[Table], run_states: dict, plots: list[Path], tracking_uri: str, experiment_id: str,
                  out: Path) -> list[Path]:
     """report.html (self-contained) and report.md into `out`; returns their paths."""
-    base = ui_base(tracking_uri)
+    base = expected_ui_base_url(tracking_uri)  # LTKD_UI_URL, the server, or what `ltkd ui` serves
     counts = Counter(_state(run_states, t.config_hash) for t in trials)
     summary = ", ".join(f"{counts[s]} {s}" for s in STATES)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
