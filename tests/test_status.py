@@ -115,6 +115,45 @@ def test_status_prints_every_state(tmp_path, capsys):
     assert len(EXPECTED[4].split("  ")[-1]) == 150  # the reason is cut to 150 characters
 
 
+def test_status_while_a_sweep_holds_the_study_tells_queued_from_missing(tmp_path, capsys):
+    """A live sweep's lease (this process: alive, on this host) that plans the whole study: its trials
+    without a run are queued, the students of a failed teacher stay missing (skipped); a run whose last
+    epoch is logged is finishing. A sweep that plans only the teachers queues no student."""
+    import os
+    import socket
+
+    from orchestrator.tracking import STUDY_PLAN, TEACHERS_PLAN, Lease
+
+    study_path = write_study(tmp_path, "states")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp_id, trials, _ = populate(uri, study_path)
+    add_run(MlflowClient(tracking_uri=uri), exp_id, trials["ltkd cnn_w16>cnn_w4 g10 s2"], "RUNNING", 95, epochs=5, study="states")
+    lease = Lease(Tracker(uri), exp_id, "states", plans=STUDY_PLAN)
+    lease.claim()
+    capsys.readouterr()
+    assert main(["status", str(study_path), "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out.splitlines()
+    since = out[-2].split(" since ")[1].split(";")[0]
+    assert out == [
+        EXPECTED[0],
+        "  running  ltkd cnn_w16>cnn_w4 g10 s2  epoch 5/5 done, finishing (final evaluation, checkpoint, end of run)",
+        *EXPECTED[1:7],
+        "study states: 2 done, 2 running, 4 failed, 2 queued, 2 missing",
+        f"  (being swept now by host {socket.gethostname()}, pid {os.getpid()}, since {since}; queued: trials it will run)",
+        "  (2 of the missing are skipped: their teacher failed)",
+    ], out
+    assert len(since) == 19  # %Y-%m-%d %H:%M:%S
+    lease.release()
+    teachers = Lease(Tracker(uri), exp_id, "states", plans=TEACHERS_PLAN)
+    teachers.claim()
+    assert main(["status", str(study_path), "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "study states: 2 done, 2 running, 4 failed, 0 queued, 4 missing" in out, out  # every teacher has a run
+    teachers.release()
+    assert main(["status", str(study_path), "--tracking-uri", uri]) == 0  # released: nothing is queued any more
+    assert "study states: 2 done, 2 running, 4 failed, 4 missing" in capsys.readouterr().out.splitlines()
+
+
 def test_status_of_a_study_never_swept(tmp_path, capsys):
     study_path = write_study(tmp_path, "fresh")
     uri = f"sqlite:///{tmp_path}/mlflow.db"

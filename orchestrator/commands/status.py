@@ -2,20 +2,23 @@
 
 Running trials show their last epoch and latest accuracy, failed ones why (their run's `error`
 tag), distillation trials that cannot start because their teacher failed show as skipped, and
-trials without a run as missing; done trials are only counted. Everything comes from one read of
+trials without a run as missing, or as queued while a sweep that will run them holds the study's
+lease (a running trial whose last epoch is logged is shown finishing); done and queued trials are
+only counted. Everything comes from one read of
 the store (`Tracker.run_states`: a few SQL queries on a SQL store), so a study of 10,000 trials
 answers in seconds.
 """
 from __future__ import annotations
 
 import sys
+import time
 from typing import TextIO
 
 from orchestrator.errors import UserError, describe
 from orchestrator.study import Trial
 from orchestrator.commands.session import open_plan
 from orchestrator.search.space import SEARCH_KEY_TAG, targets
-from orchestrator.tracking import FINISHED, RunState
+from orchestrator.tracking import FINISHED, STUDY_PLAN, TEACHERS_PLAN, Lease, RunState
 
 STATE_OF_STATUS = {FINISHED: "done", "RUNNING": "running", "SCHEDULED": "running", "FAILED": "failed", "KILLED": "failed"}
 SUMMARY_STATES = ("done", "running", "failed", "missing")  # skipped trials have no run: counted as missing
@@ -43,6 +46,8 @@ def detail(trial: Trial, state: str, states: dict[str, RunState], names: dict[st
     """What a listed trial's line says after its name."""
     run = states.get(trial.config_hash)
     if state == "running":
+        if run.last_epoch >= trial.config.recipe.epochs:  # trained: its end is on its way to the store
+            return f"epoch {run.last_epoch}/{trial.config.recipe.epochs} done, finishing (final evaluation, checkpoint, end of run)"
         acc = "".join(f"  {label} {run.metrics[key]:.1f}" for label, key in (("all", "acc_all"), ("tail", "acc_tail")) if key in run.metrics)
         attempt = f"  (attempt {run.attempts})" if run.attempts > 1 else ""
         return f"epoch {run.last_epoch}/{trial.config.recipe.epochs}{acc}{attempt}"
@@ -55,6 +60,17 @@ def detail(trial: Trial, state: str, states: dict[str, RunState], names: dict[st
     if state == "skipped":
         return f"its teacher failed ({names[trial.teacher_hash]})"
     return ""
+
+
+def live_sweep(tracker, exp_id: str | None, study: str) -> dict | None:
+    """The lease record of the sweep that holds the study now, if one does (None on any doubt:
+    its trials are then missing, as before a sweep)."""
+    if tracker is None or exp_id is None:
+        return None
+    try:
+        return Lease(tracker, exp_id, study).live_holder()
+    except Exception:  # noqa: BLE001 - an unreadable lease only costs the queued/missing distinction
+        return None
 
 
 def command(args) -> int:
@@ -74,17 +90,27 @@ def show_status(study_path: str, tracking_uri: str | None, out: TextIO | None = 
             raise UserError(f"--tracking-uri {uri}: cannot read the tracking store "
                             f"({describe(exc)})") from None
     names = {t.config_hash: t.run_name for t in plan.trials}
-    by_state: dict[str, list[Trial]] = {s: [] for s in ("done", *LISTED_STATES)}
+    sweeping = live_sweep(tracker, exp_id, study.name)
+    by_state: dict[str, list[Trial]] = {s: [] for s in ("done", "queued", *LISTED_STATES)}
     for t in plan.trials:
         # plan.done is what a sweep would skip; a FINISHED run found since counts as done too
-        by_state["done" if t.config_hash in plan.done else trial_state(t, states)].append(t)
+        state = "done" if t.config_hash in plan.done else trial_state(t, states)
+        if state == "missing" and sweeping and (sweeping.get("plans") == STUDY_PLAN or
+                                                 (sweeping.get("plans") == TEACHERS_PLAN and t.role == "teacher")):
+            state = "queued"  # no run yet, and the sweep that holds the study will run it
+        by_state[state].append(t)
     listed = [(s, t) for s in LISTED_STATES for t in by_state[s]]
     width = max((len(t.run_name) for _, t in listed), default=0)
     for state, t in listed:
         print(f"  {state:8s} {t.run_name:<{width}}  {detail(t, state, states, names)}".rstrip(), file=out)
-    counts = {s: len(by_state[s]) for s in SUMMARY_STATES}
+    counts = {s: len(by_state[s]) for s in ("queued", *SUMMARY_STATES)}
     counts["missing"] += len(by_state["skipped"])
-    print(f"study {study.name}: " + ", ".join(f"{counts[s]} {s}" for s in SUMMARY_STATES), file=out)
+    shown = SUMMARY_STATES if sweeping is None else ("done", "running", "failed", "queued", "missing")
+    print(f"study {study.name}: " + ", ".join(f"{counts[s]} {s}" for s in shown), file=out)
+    if sweeping is not None:
+        print(f"  (being swept now by host {sweeping.get('host')}, pid {sweeping.get('pid')}, since "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(sweeping.get('started') or 0)))}"
+              + ("; queued: trials it will run" if counts["queued"] else "") + ")", file=out)
     if by_state["skipped"]:
         print(f"  ({len(by_state['skipped'])} of the missing are skipped: their teacher failed)", file=out)
     if study.search is not None:

@@ -20,7 +20,7 @@ from orchestrator.execution.run import run_trials
 from orchestrator.paths import writable_folder
 from orchestrator.study import StudySpec, make_plan, teacher_logits_line
 from orchestrator.tables.regenerate import TablesRefresher, finish_interrupted_tables, interrupted_tables_run
-from orchestrator.tracking import (FINISHED, SKIPPED, Lease, LeaseLost, SpooledWriter, Tracker, TrialRuns, base_tags, driver_calls_fail_fast, is_locked,
+from orchestrator.tracking import (FINISHED, SKIPPED, STUDY_PLAN, TEACHERS_PLAN, Lease, LeaseLost, SpooledWriter, Tracker, TrialRuns, base_tags, driver_calls_fail_fast, is_locked,
                                    is_transient_failure, lease_ttl, locked_store_line, resolve_tracking_uri, runs_view_state,
                                    resumable_runs, spooled_runs, store_gone, store_trouble, use_write_ahead_log)
 from trainer.datasets import load_dataset
@@ -104,7 +104,7 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
     except KeyboardInterrupt:
         raise KeyboardInterrupt("before any trial started; nothing was marked KILLED: run the same command again") from None
     try:
-        lease = Lease(tracker, exp_id, study.name)
+        lease = Lease(tracker, exp_id, study.name, plans=STUDY_PLAN if only is None else TEACHERS_PLAN)
         lease.claim()
     except UserError:
         raise

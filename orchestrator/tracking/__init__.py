@@ -10,7 +10,7 @@ from orchestrator.tracking.checkpoints import CorruptCheckpoint, checkpoint_prob
 from orchestrator.tracking.layout import (CELL_TAG, EPOCH_METRICS, NOTE_TAG, SPLIT_FILE, base_tags, dataset_input, epoch_metrics, experiment_url, git_commit,
                                           param_str, run_name, runs_view_state, short_model, split_digest, system_sampler,
                                           teacher_link_tags, teacher_run_name, trial_params, trial_tags)
-from orchestrator.tracking.lease import Lease, LeaseLost, lease_ttl, locked_store_line
+from orchestrator.tracking.lease import STUDY_PLAN, TEACHERS_PLAN, Lease, LeaseLost, lease_ttl, locked_store_line
 from orchestrator.tracking.records import FINISHED, PRUNED, SKIPPED, RunRecord, RunState
 from orchestrator.tracking.runs import ResumableRun, TrialRuns, resumable_runs
 from orchestrator.tracking.spool import Fenced, RunStore, SpooledWriter, spooled_runs
@@ -18,7 +18,7 @@ from orchestrator.tracking.store import (DEFAULT_TRACKING_URI, absolute_store_ur
                                          resolve_tracking_uri, store_gone, store_identity, store_trouble, use_write_ahead_log)
 from orchestrator.tracking.tracker import Tracker, filter_literal
 
-__all__ = ["CELL_TAG", "DEFAULT_TRACKING_URI", "EPOCH_METRICS", "FINISHED", "NOTE_TAG", "PRUNED", "SKIPPED", "SPLIT_FILE", "CorruptCheckpoint", "Fenced", "Lease",
+__all__ = ["CELL_TAG", "DEFAULT_TRACKING_URI", "EPOCH_METRICS", "FINISHED", "NOTE_TAG", "PRUNED", "SKIPPED", "SPLIT_FILE", "STUDY_PLAN", "TEACHERS_PLAN", "CorruptCheckpoint", "Fenced", "Lease",
            "LeaseLost", "ResumableRun", "RunRecord", "RunState", "RunStore", "SpooledWriter", "Tracker", "TrialRuns",
            "absolute_store_uri", "base_tags", "check_reachable", "checkpoint_problem", "dataset_input", "driver_calls_fail_fast", "epoch_metrics", "experiment_url",
            "fetch_checkpoint", "filter_literal", "git_commit", "is_locked", "is_transient_failure", "lease_ttl", "locked_store_line",

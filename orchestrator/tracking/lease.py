@@ -21,6 +21,7 @@ from orchestrator.tracking.tracker import Tracker
 LEASE_TAG = "ltkd.sweep_lease"
 LEASE_TTL_S = 90.0
 LEASE_RENEW_S = 10.0
+STUDY_PLAN, TEACHERS_PLAN = "study", "teachers"  # what a lease's holder will run (`Lease(plans=...)`)
 LEASE_TTL_ENV = "LTKD_LEASE_TTL_S"  # the expiry in seconds (a long partition on a cluster; tests)
 
 
@@ -50,7 +51,11 @@ def _when(ts: float) -> str:
 
 
 class Lease:
-    def __init__(self, tracker: Tracker, experiment_id: str, study: str, ttl: float | None = None, renew_every: float | None = None):
+    def __init__(self, tracker: Tracker, experiment_id: str, study: str, ttl: float | None = None, renew_every: float | None = None,
+                 plans: str | None = None):
+        """plans: what the holder will run, for `ltkd status` to tell queued trials from missing ones:
+        STUDY_PLAN (every trial of the study not done), TEACHERS_PLAN (the teachers a search needs), or
+        None (a sweep that runs no trials: it closes leftovers, regenerates tables)."""
         import socket
         import threading
 
@@ -62,7 +67,8 @@ class Lease:
         # Writes go on for this long after the last renewal the store took: a successor waits the
         # whole expiry from that heartbeat, so two renewals may fail before the writes pause.
         self.trusted_s = self.ttl - 2 * self.renew_every
-        self.holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "id": os.urandom(8).hex()}
+        self.holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "id": os.urandom(8).hex(),
+                       **({"plans": plans} if plans else {})}
         self.generation = 0
         self.lost: str | None = None  # the lost-lease line once this sweep may write no more
         self._stop = threading.Event()
@@ -105,6 +111,11 @@ class Lease:
             except (PermissionError, ValueError, OSError):
                 pass
         return True
+
+    def live_holder(self) -> dict | None:
+        """The record of the sweep that holds the study now (alive, within the expiry), else None."""
+        lease = self._read()
+        return lease if self._held_by_other(lease) else None
 
     def holder_line(self, lease: dict | None) -> str:
         """`host H, pid P, started T` of a lease record."""
