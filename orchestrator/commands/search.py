@@ -83,7 +83,7 @@ def run_search(study_path: str, tracking_uri: str | None, address: str | None, s
     finally:
         lease.release()
         leftovers.forget()
-    print(browse_hint(uri, study.name, exp_id) + " (each search is a parent run; expand it for its trials)", file=out)
+    print(browse_hint(uri, study.name, exp_id, study_path) + " (each search is a parent run; expand it for its trials)", file=out)
     print(f"best points: ltkd best {study_path}" + (f" --tracking-uri {redact_credentials(uri)}" if tracking_uri else ""), file=out)
     if failures:
         raise RunFailure(f"{failures} search trial(s) failed (their errors are on their runs); rerun to fill the budget "

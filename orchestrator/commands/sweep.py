@@ -89,7 +89,7 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
         if exp_id is not None:
             _close_orphans_alone(tracker, exp_id, study.name, out)
             _finish_tables_alone(study, plan.trials, tracker, exp_id, Path(spool + "-tables"), out)
-            print(browse_hint(uri, study.name, exp_id), file=out)
+            print(browse_hint(uri, study.name, exp_id, study_path), file=out)
         return 0
     _check_before_ray(study, plan, uri, tracker, exp_id, address, storage, retrain)
     try:
@@ -354,7 +354,7 @@ def _nothing_left(run: LeasedSweep, plan) -> int:
         line = finish_interrupted_tables(run.study, plan.trials, run.tracker, run.exp_id, Path(run.spool + "-tables"))
         if line:
             print(line, file=run.out)
-    print(browse_hint(run.uri, run.study.name, run.exp_id), file=run.out)
+    print(browse_hint(run.uri, run.study.name, run.exp_id, run.study_path), file=run.out)
     return 0
 
 
@@ -425,7 +425,7 @@ def _summary(run: LeasedSweep, plan, todo, outcomes: dict, elapsed: float) -> in
     counts = {s: sum(1 for o in outcomes.values() if o.status == s) for s in (FINISHED, "FAILED", SKIPPED)}
     print(f"done in {elapsed:.0f} s: {counts[FINISHED]} finished, {counts['FAILED']} failed, {counts[SKIPPED]} skipped, "
           f"{len(plan.done)} already done before.", file=run.out)
-    print(browse_hint(run.uri, run.study.name, run.exp_id), file=run.out)
+    print(browse_hint(run.uri, run.study.name, run.exp_id, run.study_path), file=run.out)
     missing = len(todo) - sum(counts.values())
     if counts["FAILED"] or counts[SKIPPED] or missing:
         raise RunFailure(f"{counts['FAILED']} failed, {counts[SKIPPED]} skipped, {missing} not run; rerun the same command to retry only those")
