@@ -23,13 +23,12 @@ import sysconfig
 import tempfile
 import textwrap
 import threading
-import time
 import venv
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -68,13 +67,8 @@ def read_lines(proc: subprocess.Popen, lines: list[str]) -> threading.Thread:
 
 
 def wait_for(predicate, timeout: float, what: str, lines: list[str] | None = None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"no {what} in {timeout:.0f} s" + ("\n" + "".join(lines[-40:]) if lines else ""))
+    """wait_until, with the last 40 of `lines` (a process's output) in the message."""
+    return wait_until(predicate, timeout, what, detail=None if lines is None else lambda: "".join(lines[-40:]), interval=0.2)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, wait_until
 from test_compose import resolved
 
 pytestmark = pytest.mark.integration
@@ -97,13 +97,8 @@ def compose_mlflow() -> tuple[dict, list[str]]:
 
 
 def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"no {what} in {timeout:.0f} s" + (f"\n{log.read_text()[-3000:]}" if log and log.exists() else ""))
+    """wait_until, with the tail of `log` in the message."""
+    return wait_until(predicate, timeout, what, detail=None if log is None else lambda: log.read_text()[-3000:] if log.exists() else "")
 
 
 def api(url: str, path: str, user: str | None = None, password: str | None = None, body: dict | None = None) -> tuple[int, dict]:
@@ -287,7 +282,7 @@ def swept(stack):
     """The study swept as the non-admin `ltkd` (its credentials file, as in the image), with PostgreSQL
     stopped for a while once the teacher's run has epochs, then started again: the sweep's output."""
     work = stack["root"] / "sweep"
-    study = write_study(work, "pg_auth", teacher_epochs=60)
+    study = write_study(work, "pg_auth", teacher_epochs=30)  # still training when PostgreSQL stops after its first epoch
     sweep = subprocess.Popen([str(BIN / "ltkd"), "sweep", study, "--tracking-uri", stack["url"], "--storage", work / "storage"],
                              env=stack["env"], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
