@@ -12,7 +12,6 @@ from orchestrator.commands.options import check_duration, check_storage
 from orchestrator.commands.session import browse_hint, leased_writer, spool_folder, start_ray
 from orchestrator.commands.sweep import run_sweep
 from orchestrator.execution import leftovers
-from orchestrator.search.driver import SearchContext, search_all
 from orchestrator.tables.plots import run_per_class_png
 from orchestrator.tracking import Lease
 from orchestrator.search.optuna_adapter import make_sampler, optuna_storage_uri
@@ -75,6 +74,8 @@ def run_search(study_path: str, tracking_uri: str | None, address: str | None, s
                     print(line, file=out, flush=True)
                 start_ray(address, study.resources.cpu, study.resources.gpu, 0.0, out)
                 ray_ready = True
+
+        from orchestrator.search.driver import SearchContext, search_all  # Ray Tune: only once the search runs
 
         spool = spool_folder(storage, uri, study.name, exp_id)
         ctx = SearchContext(tracker, exp_id, uri, storage, done, out, outage_limit_s, ensure_ray,

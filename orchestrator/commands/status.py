@@ -14,7 +14,7 @@ import sys
 import time
 from typing import TextIO
 
-from orchestrator.errors import UserError, describe
+from orchestrator.errors import UserError, describe, first_line
 from orchestrator.study import Trial
 from orchestrator.commands.session import open_plan
 from orchestrator.search.space import SEARCH_KEY_TAG, targets
@@ -37,8 +37,7 @@ def trial_state(trial: Trial, states: dict[str, RunState]) -> str:
 
 def reason(error: str) -> str:
     """The first line of a run's error tag, cut to REASON_CHARS characters."""
-    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
-    first = lines[0] if lines else ""
+    first = first_line(error, len(error))
     return first if len(first) <= REASON_CHARS else first[:REASON_CHARS - 1] + "…"
 
 

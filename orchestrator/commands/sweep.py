@@ -15,8 +15,6 @@ from orchestrator.commands.session import (DEFAULT_OUTAGE_LIMIT_S, browse_hint, 
 from orchestrator.commands.options import check_duration, check_storage
 from orchestrator.errors import RunFailure, UserError, first_line, redact_credentials
 from orchestrator.execution import leftovers
-from orchestrator.execution.progress import SweepProgress
-from orchestrator.execution.run import run_trials
 from orchestrator.paths import writable_folder
 from orchestrator.study import StudySpec, make_plan, teacher_logits_line
 from orchestrator.tables.regenerate import TablesRefresher, finish_interrupted_tables, interrupted_tables_run
@@ -370,6 +368,11 @@ def _start_tables(run: LeasedSweep, plan) -> TablesRefresher:
 def _train(run: LeasedSweep, todo, runs: TrialRuns, writer: SpooledWriter, plan) -> dict:
     """The trials on Ray, the progress view fed with the writer's state; ends once their tracking
     writes are in the store (or the store stays away too long)."""
+    # Ray Tune (and the progress view) imported only here, where trials start: a dry run, a plan or
+    # bad input never waits for it.
+    from orchestrator.execution.progress import SweepProgress
+    from orchestrator.execution.run import TuneRun, run_trials
+
     progress = SweepProgress(len(todo), out=run.out, pending={t.config_hash: (t.run_name, t.config.recipe.epochs) for t in todo})
     last_poll = 0.0
 
@@ -389,8 +392,8 @@ def _train(run: LeasedSweep, todo, runs: TrialRuns, writer: SpooledWriter, plan)
     resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
     teacher_artifacts = {h: r.artifact_uri + "/checkpoint" for h, r in plan.done.items()}
     try:
-        outcomes = run_trials(todo, runs, progress, resources, teacher_artifacts, run.uri, max_retries=study.resources.max_retries,
-                              storage_path=run.storage, name=study.name, should_stop=run.stop_now, poll=poll)
+        tune_run = TuneRun(study.name, resources, study.resources.max_retries, run.storage, run.uri, should_stop=run.stop_now)
+        outcomes = run_trials(todo, runs, progress, teacher_artifacts, tune_run, poll=poll)
         while not writer.drained() and not run.stop_now():
             poll()
             time.sleep(0.1)

@@ -12,7 +12,7 @@ from typing import TextIO
 from orchestrator.errors import RunFailure
 from orchestrator.study import StudySpec, Trial
 from orchestrator.execution.progress import SweepProgress
-from orchestrator.execution.run import fit_trials, interrupted, trial_payload
+from orchestrator.execution.run import TuneRun, fit_trials, interrupted, trial_payload
 from orchestrator.execution.trainable import default_resume_root
 from orchestrator.tracking import (FINISHED, RunRecord, SpooledWriter, Tracker, TrialRuns, base_tags, driver_calls_fail_fast,
                                    resumable_runs)
@@ -134,8 +134,9 @@ def search_all(study: StudySpec, study_path: str, chosen: list[Target], ostorage
     started = time.time()
     stopped = False
     try:
-        fit_trials(made, runs, outcomes, searcher, scheduler, callback, resources, study.resources.max_retries, storage,
-                   f"{study.name}-search", outage_exceeded, max_concurrent=sum(r.budget for r in searches), tracking_uri=uri)
+        fit_trials(made, runs, outcomes, searcher, scheduler, callback,
+                   TuneRun(f"{study.name}-search", resources, study.resources.max_retries, storage, uri, should_stop=outage_exceeded,
+                           max_concurrent=sum(r.budget for r in searches)))
         stopped = interrupted(made, outcomes, outage_exceeded)
     finally:
         progress.close()

@@ -98,7 +98,7 @@ def regenerate(study, trials, tracker, exp_id: str, out: Path, log: bool = True,
 def interrupted_tables_run(tracker, exp_id: str, study: str) -> str | None:
     """The study's `tables` run when it is RUNNING: a regeneration (`log_tables`) began and its process
     died before ending it, e.g. a sweep killed while it regenerated its final tables."""
-    runs = tracker.client.search_runs([exp_id], "tags.role = 'tables' and attributes.status = 'RUNNING'", max_results=100)
+    runs = tracker.runs_tagged(exp_id, {"role": "tables"}, max_results=100, status="RUNNING")
     return next((r.info.run_id for r in runs if r.data.tags.get("study") == study), None)
 
 

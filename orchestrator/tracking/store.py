@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from orchestrator.paths import disk_full_error, os_reason
-from orchestrator.errors import UserError, describe, redact_credentials, without_userinfo
+from orchestrator.errors import UserError, describe, first_line, redact_credentials, without_userinfo
 
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -166,7 +166,7 @@ def _check_database_login(uri: str, shown: str, family: str, timeout: float) -> 
             pass
     except sqlalchemy.exc.DBAPIError as exc:
         cause = exc.orig if exc.orig is not None else exc
-        first = redact_credentials((str(cause).strip().splitlines() or [type(cause).__name__])[0][:300])
+        first = first_line(cause, 300) or type(cause).__name__
         if "password" in first.lower() or "authentication" in first.lower() or "access denied" in first.lower():
             raise UserError(f"--tracking-uri {shown}: the database refused the login ({first}); "
                             "correct the user and password in the URI (or the driver's password file)") from None

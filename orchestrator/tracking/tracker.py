@@ -206,9 +206,12 @@ class Tracker:
         if tags:
             self.set_tags(run_id, tags)
 
-    def runs_tagged(self, experiment_id: str, tags: dict[str, str], max_results: int = 1) -> list:
-        """MLflow's runs of the experiment whose tags have these values (a search's parent run, its trials)."""
+    def runs_tagged(self, experiment_id: str, tags: dict[str, str], max_results: int = 1, status: str | None = None) -> list:
+        """MLflow's runs of the experiment whose tags have these values (a search's parent run, its
+        trials, a `tables` run), of this status when given."""
         query = " and ".join(f"tags.`{key}` = {filter_literal(value)}" for key, value in tags.items())
+        if status is not None:
+            query += f" and attributes.status = {filter_literal(status)}"
         return self.client.search_runs([experiment_id], query, max_results=max_results)
 
     def find_run_by_tag(self, experiment_id: str, key: str, value: str) -> str | None:
@@ -355,7 +358,9 @@ class Tracker:
 
     def _sql_store(self):
         """MLflow's SQLAlchemy store behind the client (SQLite, PostgreSQL, MySQL), or None for a
-        server or a file store."""
+        server or a file store. MLflow has no public accessor for it: this is the one place that reaches
+        through the client's private `_tracking_client`, for the few SQL queries of `final_metrics_by_hash`
+        and `run_states` (a study of thousands of runs in a second, where search_runs pages through all)."""
         store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
         return store if hasattr(store, "ManagedSessionMaker") else None
 
