@@ -35,7 +35,7 @@ def _sweep_dirs(root: Path) -> list[Path]:
 def test_a_sweep_paused_past_its_lease_stops_when_it_runs_again_and_writes_nothing(mlflow_server, tmp_path):
     """SIGSTOP the first sweep (its driver and its local Ray, as a frozen machine) past the lease's
     expiry; a second sweep takes the study over and continues its run; SIGCONT the first."""
-    study = write_study(tmp_path, "fenced", epochs=3, teacher_epochs=60)
+    study = write_study(tmp_path, "fenced", epochs=3, teacher_epochs=20)  # paused after 3: the second trains the rest
     env = sweep_env(tmp_path, LTKD_LEASE_TTL_S="8")
     cmd = [LTKD, "sweep", str(study), "--tracking-uri", mlflow_server, "--storage", str(tmp_path / "storage")]
     first = Sweep(cmd, tmp_path, env, start_new_session=True)
@@ -105,7 +105,7 @@ def test_default_uri_from_two_folders_and_two_spellings_of_one_store(tmp_path):
         write_study(folder, "two_folders")
     study = "two_folders.yaml"
     sweep_a = Sweep([LTKD, "sweep", study], a, env, start_new_session=True)
-    locker = None
+    locker = sweep_b = None
     try:
         sweep_a.wait_line("tracking:")
         assert f"tracking: sqlite:///{a}/mlflow.db (experiment" in sweep_a.output  # the default, resolved
@@ -116,6 +116,11 @@ def test_default_uri_from_two_folders_and_two_spellings_of_one_store(tmp_path):
         assert status.returncode in (0, 1) and "study two_folders:" in status.stdout, status.stdout + status.stderr
         os.killpg(sweep_a.pid, signal.SIGKILL)
         sweep_a.finish()
+        queued = [d for d in (tmp_path / "home/.cache/ltkd/spool").iterdir() if spooled_runs(str(d)) or list(d.glob("sweep-*/*.jsonl"))]
+        assert len(queued) == 1, "sweep A left its queued writes in one spool folder"
+        # Sweep B (folder B, its own store) runs while the one in folder A waits on A's lock: nothing of
+        # B waits on that lock, and the refused sweep writes nothing.
+        sweep_b = Sweep([LTKD, "sweep", study], b, env)
         started = time.time()
         locked = subprocess.run([LTKD, "sweep", study], cwd=a, env=env, capture_output=True, text=True, timeout=240)
         assert locked.returncode == 2, locked.stdout + locked.stderr
@@ -125,18 +130,18 @@ def test_default_uri_from_two_folders_and_two_spellings_of_one_store(tmp_path):
                                "process; the study's lease is held by host "), line
         assert f" pid {sweep_a.pid} since " in line and "kill -CONT PID" in line
         assert time.time() - started >= 15  # waited on the lock (MLflow's 20 s) before saying so
+    except BaseException:
+        if sweep_b is not None and sweep_b.poll() is None:
+            sweep_b.proc.kill()
+        raise
     finally:
         if locker is not None:
             locker.kill()
             locker.wait()
         if sweep_a.poll() is None:
             os.killpg(sweep_a.pid, signal.SIGKILL)
-    queued = [d for d in (tmp_path / "home/.cache/ltkd/spool").iterdir() if spooled_runs(str(d)) or list(d.glob("sweep-*/*.jsonl"))]
-    assert len(queued) == 1, "sweep A left its queued writes in one spool folder"
-
-    res_b = subprocess.run([LTKD, "sweep", study], cwd=b, env=env, capture_output=True, text=True, timeout=400)
-    assert res_b.returncode == 0, res_b.stdout + res_b.stderr
-    assert "replaying" not in res_b.stdout  # A's spool is A's store's
+    assert sweep_b.finish(timeout=400) == 0, sweep_b.output
+    assert "replaying" not in sweep_b.output  # A's spool is A's store's
     assert_complete(f"sqlite:///{b}/mlflow.db", "two_folders", 2)
 
     absolute = f"sqlite:///{a}/mlflow.db"
