@@ -73,14 +73,23 @@ def test_corrupt_checkpoint_cache_is_refetched_and_a_corrupt_artifact_names_the_
     assert manifest["model.pt"]["sha256"] == sha256(artifact / "model.pt")
     assert set(manifest) == {"model.pt", "long_tailed_split.json"}
 
-    # A trial of a later sweep gets the teacher from the store, through this node's cache.
-    write(study, quoted, "{kd: {}, ltkd: {}}")
-    second = ltkd("sweep", str(study), "--tracking-uri", uri, cwd=tmp_path, env=env)
-    assert second.returncode == 0, second.stdout + second.stderr
-    [cached] = list(cache.glob("*/model.pt"))
-    assert sha256(cached) == manifest["model.pt"]["sha256"]
+    # A trial of a later sweep gets the teacher from the store through this node's cache, with the
+    # function its trials call (the sweep's own trials read the teacher from Tune's checkpoint): the
+    # copy it caches is the artifact's.
+    import mlflow
 
-    # The cached copy goes bad (a fetch cut short, a disk error): the next trial fetches it again.
+    from orchestrator.tracking import fetch_checkpoint
+
+    previous = mlflow.get_tracking_uri()
+    try:
+        fetched = fetch_checkpoint(teacher.info.artifact_uri + "/checkpoint", uri, cache_root=str(cache), teacher_hash=teacher_hash)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    [cached] = list(cache.glob("*/model.pt"))
+    assert cached == Path(fetched) / "model.pt" and sha256(cached) == manifest["model.pt"]["sha256"]
+
+    # The cached copy goes bad (a fetch cut short, a disk error): the next trials (two at once) fetch
+    # it again, into the same cache entry.
     corrupt(cached)
     write(study, quoted, "{kd: {}, ltkd: {}, dkd: {warmup: 1}}")
     third = ltkd("sweep", str(study), "--tracking-uri", uri, cwd=tmp_path, env=env)
@@ -145,7 +154,7 @@ def _holding(session_dir: str) -> list[int]:
 
 
 def test_sigkilled_sweep_leftovers_are_cleaned_and_runs_its_edited_study_dropped_are_closed(tmp_path):
-    study = write(tmp_path / "study.yaml", "killed_then_edited", seeds="[0, 1]", teacher_epochs=40)
+    study = write(tmp_path / "study.yaml", "killed_then_edited", seeds="[0, 1]", teacher_epochs=15)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = sweep_env(tmp_path)
     sweep = Sweep([LTKD, "sweep", str(study), "--tracking-uri", uri], tmp_path, env)  # no --storage: its own Tune folder
@@ -161,7 +170,7 @@ def test_sigkilled_sweep_leftovers_are_cleaned_and_runs_its_edited_study_dropped
     assert Path(record["tune_dir"]).is_dir()
 
     # The study is edited before the rerun: seed 1 is dropped, so its teacher's run has no trial now.
-    write(study, "killed_then_edited", seeds="[0]", teacher_epochs=40)
+    write(study, "killed_then_edited", seeds="[0]", teacher_epochs=15)
     rerun = ltkd("sweep", str(study), "--tracking-uri", uri, cwd=tmp_path, env=env)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"cleaned up after a sweep that was killed (pid {sweep.pid}): stopped {len(left)} leftover Ray process(es), " \
