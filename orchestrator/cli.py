@@ -32,7 +32,12 @@ def _add_tracking(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ltkd", description="Sweeps, tracking and tables for long-tailed knowledge distillation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_add_sweep, _add_search, _add_best, _add_tables, _add_report, _add_status, _add_ui, _add_train):
+        add(sub)
+    return parser
 
+
+def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="validate a study, plan it (teachers first), run it on Ray, track it in MLflow")
     p.add_argument("study", help="study file (studies/*.yaml)")
     _add_tracking(p)
@@ -55,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when no alive node can hold one trial (an autoscaling cluster still scaling up), wait this long "
                         "for one before refusing (default 0: refuse at once)")
 
+
+def _add_search(sub) -> None:
     p = sub.add_parser("search", help="Optuna search over the study's `search:` block per pair and γ, on a balanced validation "
                                       "split, trials run (and early-stopped by ASHA) on Ray, nested under one MLflow run per search")
     p.add_argument("study", help="study file with a search: block")
@@ -67,12 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outage-limit", type=float, default=30.0, metavar="MINUTES",
                    help="how long the tracking store may stay unreachable before the search stops (default 30)")
 
+
+def _add_best(sub) -> None:
     p = sub.add_parser("best", help="print the best point of each of the study's searches and write the file a grid study "
                                     "takes them from (methods: {METHOD: {from_search: NAME}})")
     p.add_argument("study", help="study file with a search: block")
     _add_tracking(p)
     p.add_argument("--out", metavar="FILE", help="where to write the points (default: NAME.best.yaml beside the study)")
 
+
+def _add_tables(sub) -> None:
     p = sub.add_parser("tables", help="regenerate the study's tables from what is tracked")
     p.add_argument("study")
     _add_tracking(p)
@@ -87,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "one line per regeneration, until interrupted")
     p.add_argument("--every", type=float, default=60.0, metavar="SECONDS", help="with --watch: how often to look (default 60)")
 
+
+def _add_report(sub) -> None:
     p = sub.add_parser("report", help="one self-contained HTML page (and Markdown) with every table, plot, the plan's "
                                       "completeness per cell and links to each cell's runs")
     p.add_argument("study")
@@ -94,10 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for STUDY_report.html, STUDY_report.md and the files they show")
     p.add_argument("--no-log", action="store_true", help="write the files only; log nothing to the study's tables run")
 
+
+def _add_status(sub) -> None:
     p = sub.add_parser("status", help="done, running, failed and missing trials of a study")
     p.add_argument("study")
     _add_tracking(p)
 
+
+def _add_ui(sub) -> None:
     p = sub.add_parser("ui", help="open the study's runs in the MLflow UI: starts (or reuses) one on loopback for a local store "
                                   "and prints the link to its model-training view")
     p.add_argument("study")
@@ -107,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-browser", action="store_true", help="print the link only")
     p.add_argument("--stop", action="store_true", help="stop the UI this command started for the store")
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="one trial by hand, in this process (no Ray, no tracking)")
     p.add_argument("--dataset", default="digits")
     p.add_argument("--gamma", type=float, default=10.0)
@@ -121,7 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="dataset folder for on-disk datasets")
     p.add_argument("--device", default="auto")
     p.add_argument("--save", help="write the final weights into this folder")
-    return parser
 
 
 _SIGTERM_SEEN: list[int] = []
