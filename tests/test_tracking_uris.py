@@ -76,3 +76,23 @@ def test_a_failing_uri_never_shows_its_password(study, capsys, tmp_path):
     assert line.startswith(f"ltkd: error: --tracking-uri postgresql://mlflow:***@127.0.0.1:{port}/db: database server 127.0.0.1:")
     assert "hunter2" not in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
+
+
+def test_a_fresh_sqlite_store_opens_without_mlflow_log_lines(tmp_path):
+    """MLflow logs "Creating initial MLflow database tables..." (INFO) when a client opens a new SQLite
+    file; in a sweep's console that line came between the plan and the first trial. MLflow's own client
+    on one new file prints it (so the check can fail); the Tracker's on another prints nothing."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from mlflow.tracking import MlflowClient\n"
+            f"MlflowClient('sqlite:///{tmp_path}/plain.db').search_experiments()\n"
+            "print('-- the Tracker --', file=sys.stderr, flush=True)\n"
+            "from orchestrator.tracking import Tracker\n"
+            f"print(Tracker('sqlite:///{tmp_path}/fresh.db').experiment_id('quiet', create=True))\n")
+    opened = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert opened.returncode == 0 and opened.stdout == "1\n", opened.stderr
+    plain, tracker = opened.stderr.split("-- the Tracker --\n")
+    assert "Creating initial MLflow database tables" in plain
+    assert tracker == ""

@@ -24,6 +24,20 @@ from orchestrator.tracking.store import CREDENTIALS_HINT, _server_get, server_lo
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
+def _quiet_sql_store_log() -> None:
+    """Keep MLflow's SQL store quiet: it logs every failed statement with its traceback before raising
+    (ltkd reports the failure itself in one line) and "Creating initial MLflow database tables..." in
+    the middle of a sweep's output. A filter, not a level: MLflow sets its loggers' levels again
+    when it is imported and when a store opens."""
+    logger = logging.getLogger("mlflow.store.db.utils")
+    if _only_critical not in logger.filters:
+        logger.addFilter(_only_critical)
+
+
+def _only_critical(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.CRITICAL
+
+
 class Tracker:
     """MLflow client wrapper bound to one tracking URI.
 
@@ -35,11 +49,9 @@ class Tracker:
 
         self.uri = uri
         self.draw_per_class = draw_per_class
-        self.client = MlflowClient(tracking_uri=uri)
         if not os.environ.get("LTKD_DEBUG"):
-            # MLflow's SQL store logs every failed statement with its traceback before raising;
-            # ltkd reports the failure itself in one line.
-            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+            _quiet_sql_store_log()  # first: the client opens the store (and creates its tables) at once
+        self.client = MlflowClient(tracking_uri=uri)
 
     # -- experiments ---------------------------------------------------------------------------
     def experiment_id(self, name: str, create: bool = False) -> str | None:
