@@ -237,8 +237,7 @@ def test_a_stopped_search_resumes_without_repeating_a_finished_trial(tmp_path):
     study_file = tmp_path / "search_resume.yaml"
     study_file.write_text(SMOKE.read_text().replace("name: search_smoke", "name: search_resume")
                           .replace("gammas: [10]", "gammas: [10, 20]")
-                          .replace("pruner: asha", "pruner: none").replace("trials: 8", "trials: 3")
-                          .replace("epochs: 16", "epochs: 30").replace("milestones: [12]", "milestones: [24]"))
+                          .replace("pruner: asha", "pruner: none").replace("trials: 8", "trials: 3"))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [str(BIN / "ltkd"), "search", str(study_file), "--tracking-uri", uri]
