@@ -42,6 +42,22 @@ def wait_until(predicate, timeout: float, what: str, detail=None, ended=None, in
         time.sleep(interval)
 
 
+def wait_until(predicate, timeout: float, what: str, detail=None, ended=None, interval: float = 0.3):
+    """Poll `predicate` until it returns something truthy, and return that. Else an AssertionError naming
+    what was awaited, with `detail()` (a log's tail) when given; `ended()`, when given, returns a line once
+    waiting is pointless (the process that would bring it has exited), raised at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        why = ended() if ended is not None else None
+        if why or time.monotonic() >= deadline:
+            message = f"{why} before {what}" if why else f"no {what} in {timeout:.0f} s"
+            raise AssertionError(message + (f"\n{detail()}" if detail is not None else ""))
+        time.sleep(interval)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,7 +84,8 @@ def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess
             return False
 
     try:
-        wait_until(healthy, 90, f"an answer from the mlflow server's {url}/health", detail=lambda: (root / "server.log").read_text()[-2000:],
+        # 180 s: on 2 cores shared with other test runs (load 10 and more) a start took 110 s
+        wait_until(healthy, 180, f"an answer from the mlflow server's {url}/health", detail=lambda: (root / "server.log").read_text()[-2000:],
                    ended=lambda: proc.poll() is not None and f"the mlflow server exited ({proc.returncode})", interval=0.2)
     except AssertionError:
         proc.kill()
