@@ -42,22 +42,6 @@ def wait_until(predicate, timeout: float, what: str, detail=None, ended=None, in
         time.sleep(interval)
 
 
-def wait_until(predicate, timeout: float, what: str, detail=None, ended=None, interval: float = 0.3):
-    """Poll `predicate` until it returns something truthy, and return that. Else an AssertionError naming
-    what was awaited, with `detail()` (a log's tail) when given; `ended()`, when given, returns a line once
-    waiting is pointless (the process that would bring it has exited), raised at once."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        why = ended() if ended is not None else None
-        if why or time.monotonic() >= deadline:
-            message = f"{why} before {what}" if why else f"no {what} in {timeout:.0f} s"
-            raise AssertionError(message + (f"\n{detail()}" if detail is not None else ""))
-        time.sleep(interval)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
