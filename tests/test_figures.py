@@ -16,7 +16,7 @@ from matplotlib.text import Text
 from orchestrator.study import expand, parse_study
 from orchestrator.tables import build_tables, render
 from orchestrator.tables.console import print_tables, written_line
-from orchestrator.tables.core import count, model_display
+from orchestrator.tables.core import model_display
 from orchestrator.tables.plots import (
     caption_of, log_ticks, ngroups_figure, per_class_figure, per_class_plot, teacher_group_prob_figure,
 )
@@ -24,6 +24,7 @@ from orchestrator.tables.regenerate import Regeneration
 from orchestrator.tables.report import write_report
 from orchestrator.tables.style import COLUMN_WIDTH_IN, MIN_FONT_PT
 from orchestrator.tracking import RunRecord
+from orchestrator.words import count
 from trainer.datasets import long_tailed_counts
 
 STUDY = """

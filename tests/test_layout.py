@@ -12,9 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO / "orchestrator"
 
 # Packages in import order: a package imports only those of a lower rank (search and tables share one
-# rank and import neither each other). errors and paths are helpers every package may import.
+# rank and import neither each other). errors, paths and words are helpers every package may import.
 RANK = {"study": 1, "tracking": 2, "execution": 3, "search": 4, "tables": 4, "commands": 5, "cli": 6}
-LEAVES = {"orchestrator", "orchestrator.errors", "orchestrator.paths"}
+LEAVES = {"orchestrator", "orchestrator.errors", "orchestrator.paths", "orchestrator.words"}
 # Each engine and the only places that import it.
 ENGINES = {
     "mlflow": ("orchestrator.tracking",),

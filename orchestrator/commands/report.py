@@ -7,9 +7,9 @@ from pathlib import Path
 from orchestrator.errors import UserError
 from orchestrator.paths import writable_folder
 from orchestrator.study import expand, load_study
-from orchestrator.tables.core import count
 from orchestrator.tables.regenerate import regenerate
 from orchestrator.tracking import Tracker, check_reachable, resolve_tracking_uri
+from orchestrator.words import count
 
 
 def command(args) -> int:

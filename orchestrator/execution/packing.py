@@ -17,6 +17,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
+from orchestrator.words import count
+
 _EPS = 1e-9
 # GiB a CUDA context holds outside the caching allocator (kernels, cuBLAS/cuDNN workspaces): taken
 # off each packed trial's share so that the shares and the contexts together fit the GPU.
@@ -68,15 +70,15 @@ def packing_lines(nodes: list[dict[str, float]], cpu: float, gpu: float) -> list
         return []
     kinds = Counter((n["cpu"], n["gpu"]) for n in nodes)
     lines, total = [], 0
-    for (node_cpu, node_gpu), count in sorted(kinds.items(), key=lambda kv: (-kv[0][1], -kv[0][0])):
+    for (node_cpu, node_gpu), nodes in sorted(kinds.items(), key=lambda kv: (-kv[0][1], -kv[0][0])):
         fit = trials_per_node(cpu, gpu, node_cpu, node_gpu)
-        total += fit.trials * count
+        total += fit.trials * nodes
         why = f"CPU allows {fit.by_cpu}" + (f", GPU {fit.by_gpu} at {gpu:g} GPU each" if fit.by_gpu is not None else "")
-        times = f" (x{count} nodes)" if count > 1 else ""
-        lines.append(f"packing: {fit.trials} trial{'s' if fit.trials != 1 else ''} at once per node of "
+        times = f" (x{nodes} nodes)" if nodes > 1 else ""
+        lines.append(f"packing: {count(fit.trials, 'trial')} at once per node of "
                      f"{node_cpu:g} CPU / {node_gpu:g} GPU{times} ({why}; limited by {fit.limit})")
     if len(kinds) > 1 or next(iter(kinds.values())) > 1:
-        lines.append(f"packing: {total} trials at once on the cluster")
+        lines.append(f"packing: {count(total, 'trial')} at once on the cluster")
     fraction = memory_fraction(gpu)
     if fraction is not None:
         lines.append(f"packing: each trial's CUDA memory is capped at its share, {fraction:.0%} of its GPU "

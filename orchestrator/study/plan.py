@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.study.expand import Trial
+from orchestrator.words import count
 from trainer.datasets import class_counts_of, data_path_of, long_tailed_counts
 from trainer.methods import METHODS
 
@@ -35,7 +36,7 @@ class Plan:
             done = total - len(self.todo(role))
             parts.append(f"{total} {label} ({done} done)")
         todo = len(self.todo_all())
-        return f"{len(self.trials)} trials: " + ", ".join(parts) + f"; {todo} to run"
+        return f"{count(len(self.trials), 'trial')}: " + ", ".join(parts) + f"; {todo} to run"
 
 
 def make_plan(trials: list[Trial], done: dict[str, Any]) -> Plan:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from orchestrator.tables.core import BEST, SECOND, Table, count
+from orchestrator.tables.core import BEST, SECOND, Table
 from orchestrator.tables.render import render, render_csv
+from orchestrator.words import count
 
 _MARK_STYLES = {BEST: "bold", SECOND: "underline", "": ""}
 

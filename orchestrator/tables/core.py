@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from orchestrator.study import DELTA_LABEL, TableSpec
+from orchestrator.words import count
 
 MISSING = "–"
 DELTA_ROW = DELTA_LABEL
@@ -78,11 +79,6 @@ def dataset_display(name: str) -> str:
     """The long-tailed dataset as papers name it: cifar100 -> CIFAR-100-LT, imagenet_lt -> ImageNet-LT."""
     shown = _DATASET_NAMES.get(name, name.replace("_", " "))
     return shown if shown.endswith("-LT") else f"{shown}-LT"
-
-
-def count(n: int, noun: str, plural: str | None = None) -> str:
-    """'1 run', '2 runs', '0 runs': a number with its noun in the right number."""
-    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def _mean(values: list[float]) -> float:

@@ -24,9 +24,10 @@ from pathlib import Path
 
 from orchestrator.study import StudySpec, Trial, method_rows
 from orchestrator.tables.build import planned_by_cell, study_pairs
-from orchestrator.tables.core import METRIC_NAMES, Table, count, model_display, pair_display, pair_label
+from orchestrator.tables.core import METRIC_NAMES, Table, model_display, pair_display, pair_label
 from orchestrator.tables.style import COLORS, DPI, MARKERS, figure_legend, label_outer, panel_figure, panel_title, paper_style, save
 from orchestrator.tracking import RunRecord
+from orchestrator.words import count
 
 MAX_PANELS = 12
 GROUPS = ("head", "medium", "tail")

@@ -18,10 +18,10 @@ from pathlib import Path
 from orchestrator.paths import file_inside, write_text
 from orchestrator.tables.build import build_tables
 from orchestrator.tables.console import where_logged
-from orchestrator.tables.core import count
 from orchestrator.tables.render import EXTENSIONS, FORMATS, render
 from orchestrator.tables.plots import write_plots
 from orchestrator.tables.report import write_report
+from orchestrator.words import count
 
 # Only what tables show: final accuracies and the teacher's group probabilities.
 TABLE_METRICS = [f"acc_{g}" for g in ("all", "head", "medium", "tail")] + [

@@ -15,10 +15,11 @@ import pandas as pd
 from orchestrator.errors import redact_credentials
 from orchestrator.paths import file_inside, write_text
 from orchestrator.tables.build import planned_by_cell, study_pairs
-from orchestrator.tables.core import BEST, SECOND, Table, count, gamma_label, pair_label
+from orchestrator.tables.core import BEST, SECOND, Table, gamma_label, pair_label
 from orchestrator.tables.plots import caption_of
 from orchestrator.tables.render import render
 from orchestrator.tracking.ui import expected_ui_base_url
+from orchestrator.words import count
 
 STATES = ("done", "running", "failed", "missing")
 
