@@ -77,6 +77,40 @@ def _close_searches(searches: list[Running], metric: str, ctx: SearchContext, el
               f"best {metric} {value_text(summary.best_value)} at {point_text(summary.best_params)}", file=ctx.out, flush=True)
 
 
+class _SearchTrials:
+    """The ltkd trials of the points Optuna proposes in one Tune run, and what each belongs to."""
+
+    def __init__(self, study: StudySpec, done: dict[str, RunRecord], payload_of: Callable[[Trial, dict], dict]):
+        self.study = study
+        self.done = done  # the searches' FINISHED teachers
+        self.payload_of = payload_of
+        self.made: list[Trial] = []  # grows as Optuna proposes: fit_trials closes those still running when it stops
+        self.numbers: dict[str, int] = {}  # trial key -> its Optuna number
+        self.search_of: dict[str, Running] = {}  # trial key -> its search
+
+    def make(self, run: Running, number: int, params: dict) -> Trial:
+        t = search_trial(run.target, number, params, self.study)
+        self.made.append(t)
+        self.numbers[t.config_hash] = number
+        self.search_of[t.config_hash] = run
+        return t
+
+    def payload(self, t: Trial) -> dict:
+        teacher = self.search_of[t.config_hash].target.teacher.config_hash
+        return self.payload_of(t, {"teacher_artifact": self.done[teacher].artifact_uri + "/checkpoint", "teacher_hash": teacher})
+
+    def parent_tags(self, t: Trial) -> dict[str, str]:
+        """A search trial's run is nested under its search's parent run and carries the search's key."""
+        run = self.search_of[t.config_hash]
+        return {PARENT_TAG: run.parent, SEARCH_KEY_TAG: run.target.key}
+
+    def search_key_of(self, tune_trial) -> str:
+        return self.search_of[tune_trial.config["payload"]["config_hash"]].target.key
+
+    def cell(self, key: str) -> str:
+        return search_cell(self.search_of[key].target)
+
+
 def search_all(study: StudySpec, study_path: str, chosen: list[Target], ostorage: str, ctx: SearchContext) -> int:
     """The study's (pair, γ) searches that have trials left, in one Tune run (each with its own Optuna
     study, ASHA and parent run); returns how many of their trials failed in this run."""
@@ -90,22 +124,7 @@ def search_all(study: StudySpec, study_path: str, chosen: list[Target], ostorage
     ctx.ensure_ray()
     resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
     resume_root = default_resume_root(storage)
-    made: list[Trial] = []  # grows as Optuna proposes: fit_trials closes those still running when it stops
-    numbers: dict[str, int] = {}
-    search_of: dict[str, Running] = {}  # trial key -> its search
-
-    def make_trial(run: Running, number: int, params: dict) -> Trial:
-        t = search_trial(run.target, number, params, study)
-        made.append(t)
-        numbers[t.config_hash] = number
-        search_of[t.config_hash] = run
-        return t
-
-    def payload(t: Trial) -> dict:
-        teacher = search_of[t.config_hash].target.teacher.config_hash
-        source = {"teacher_artifact": done[teacher].artifact_uri + "/checkpoint", "teacher_hash": teacher}
-        return trial_payload(t, source, uri, resources, resume_root, keep_checkpoint=False)
-
+    trials = _SearchTrials(study, done, lambda t, source: trial_payload(t, source, uri, resources, resume_root, keep_checkpoint=False))
     # Runs of the trials that a stopped search left RUNNING or KILLED (not pruned) are continued.
     states = tracker.run_states(exp_id)
     stale_keys = {search_trial(r.target, t.number, dict(t.params), study).config_hash for r in searches for t in r.stale}
@@ -120,24 +139,23 @@ def search_all(study: StudySpec, study_path: str, chosen: list[Target], ostorage
     def outage_exceeded() -> bool:
         return writer.fenced is not None or writer.down_longer_than(outage_limit_s)
 
-    runs = TrialRuns(writer, exp_id, base_tags(study.name, str(Path(study_path))), resumable,
-                     tags_of=lambda t: {PARENT_TAG: search_of[t.config_hash].parent, SEARCH_KEY_TAG: search_of[t.config_hash].target.key})
+    runs = TrialRuns(writer, exp_id, base_tags(study.name, str(Path(study_path))), resumable, tags_of=trials.parent_tags)
     progress = SweepProgress(sum(r.budget - r.ended_before for r in searches), out=out)
-    searcher = OptunaAskSearcher(searches, distributions(study), make_trial, payload, search.metric)
+    searcher = OptunaAskSearcher(searches, distributions(study), trials.make, trials.payload, search.metric)
     scheduler = None
     if search.pruner == "asha":
         scheduler = PerSearchASHA(searches, search.metric, search.grace_period, search.reduction_factor,
-                                      key_of=lambda trial: search_of[trial.config["payload"]["config_hash"]].target.key)
+                                  key_of=trials.search_key_of)
     outcomes: dict = {}
-    callback = SearchCallback(searcher, scheduler, search.metric, numbers, lambda key: search_cell(search_of[key].target), runs,
-                              progress, outcomes, study.resources.max_retries + 1)
+    callback = SearchCallback(searcher, scheduler, search.metric, trials.numbers, trials.cell, runs, progress, outcomes,
+                              study.resources.max_retries + 1)
     started = time.time()
     stopped = False
     try:
-        fit_trials(made, runs, outcomes, searcher, scheduler, callback,
+        fit_trials(trials.made, runs, outcomes, searcher, scheduler, callback,
                    TuneRun(f"{study.name}-search", resources, study.resources.max_retries, storage, uri, should_stop=outage_exceeded,
                            max_concurrent=sum(r.budget for r in searches)))
-        stopped = interrupted(made, outcomes, outage_exceeded)
+        stopped = interrupted(trials.made, outcomes, outage_exceeded)
     finally:
         progress.close()
         writer.flush(timeout=60)
