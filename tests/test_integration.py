@@ -72,7 +72,23 @@ def check_sweep(uri: str, study: Path, name: str, tmp_path: Path, capsys) -> Non
     assert [(i.dataset.name, len(i.dataset.digest)) for i in inputs] == [("digits-LT γ10", 16)]
     assert len(json.loads(inputs[0].dataset.profile)["class_counts"]) == 10
     assert "system/cpu_utilization_percentage" in ltkd.data.metrics
-    assert {f.path for f in client.list_artifacts(ltkd.info.run_id)} >= {"per_class_accuracy.png", "model", "checkpoint"}
+    assert {f.path for f in client.list_artifacts(ltkd.info.run_id)} >= {"per_class_accuracy.png", "checkpoint"}
+    # The final weights are an MLflow 3 LoggedModel of the run, one per finished trial: its output,
+    # tagged with its cell, carrying its final metrics, so the students of a cell rank by accuracy.
+    [model_id] = [o.model_id for o in client.get_run(ltkd.info.run_id).outputs.model_outputs]
+    logged = client.get_logged_model(model_id)
+    assert (logged.name, logged.source_run_id, logged.model_type, str(logged.status)) == ("model", ltkd.info.run_id, "distill", "READY")
+    assert (logged.tags["cell"], logged.tags["config_hash"], tags["model_id"]) == ("LTKD w16>w4 γ10", tags["config_hash"], model_id)
+    assert logged.params["method"] == "ltkd" and logged.params["gamma"] == "10"
+    linked = {m.key: m.value for m in logged.metrics}
+    assert linked["acc_all"] == pytest.approx(ltkd.data.metrics["acc_all"]) and {m.dataset_name for m in logged.metrics} == {"digits-LT γ10"}
+    exp_id = ltkd.info.experiment_id
+    models = client.search_logged_models([exp_id], max_results=100)
+    assert sorted(m.source_run_id for m in models) == sorted(r.info.run_id for r in by_name.values() if r.data.tags.get("config_hash"))
+    cell = client.search_logged_models([exp_id], filter_string="tags.cell = 'LTKD w16>w4 γ10'",
+                                       order_by=[{"field_name": "metrics.acc_all", "ascending": False}])
+    cell_runs = [r for r in by_name.values() if r.data.tags.get("cell") == "LTKD w16>w4 γ10"]
+    assert [m.source_run_id for m in cell] == [r.info.run_id for r in sorted(cell_runs, key=lambda r: -r.data.metrics["acc_all"])]
     import mlflow.pytorch
     import torch
 

@@ -24,6 +24,14 @@ from orchestrator.tracking.store import CREDENTIALS_HINT, _server_get, server_lo
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
+# A trial's LoggedModel: the run's id of it, what it carries of the run (tags to find the students of
+# a cell by, params to compare them by) and which final metrics are linked to it.
+MODEL_ID_TAG = "model_id"
+MODEL_TAGS = ("study", "role", "row", "cell", "config_hash", "teacher_hash")
+MODEL_PARAMS = ("dataset", "gamma", "method", "model", "teacher", "student", "seed", "n_groups", "alpha", "beta", "epochs")
+MODEL_METRIC_PREFIXES = ("acc_", "val_acc_", "best_acc_")
+
+
 def _quiet_sql_store_log() -> None:
     """Keep MLflow's SQL store quiet: it logs every failed statement with its traceback before raising
     (ltkd reports the failure itself in one line) and "Creating initial MLflow database tables..." in
@@ -273,15 +281,25 @@ class Tracker:
         self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", dataset.get("context", "train"))])])
 
     def log_model(self, run_id: str, checkpoint_dir: str, artifact_path: str) -> None:
-        """The final weights as an MLflow PyTorch model (loadable with `mlflow.pytorch.load_model`),
-        rebuilt from the trial's checkpoint folder."""
+        """The final weights as an MLflow 3 LoggedModel of the run (`mlflow.pytorch.load_model` loads
+        it as `runs:/<run id>/<artifact_path>` or `models:/<model id>`), rebuilt from the trial's
+        checkpoint folder: named `artifact_path`, typed by the trial's role, tagged with its study, cell,
+        row and config_hash, carrying the run's final metrics and training data (so
+        `search_logged_models` ranks the students of a cell), and listed as the run's output (the
+        runs table's "Logged models"). Safe to replay: the spool may deliver it twice, so the model's
+        id is kept on the run (MODEL_ID_TAG) and a model already READY is not logged again."""
         import tempfile
 
         import mlflow.pytorch
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 
         import trainer
         from trainer.loop import load_checkpoint
 
+        run = self.client.get_run(run_id)
+        model = self._logged_model_of(run, artifact_path)
+        if model.status == LoggedModelStatus.READY:
+            return
         trainer_dir = os.path.dirname(os.path.abspath(trainer.__file__))
         # Its warning that a pickle runs code when loaded, once per run: the checkpoint is ours.
         logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
@@ -294,7 +312,36 @@ class Tracker:
                                           pip_requirements=["torch", "torchvision"], serialization_format="pickle")
             except Exception as exc:  # noqa: BLE001 - not the store's failure: never retried
                 raise ValueError(f"cannot save the final weights as an MLflow model ({error_line(exc, 300)})") from None
-            self.client.log_artifacts(run_id, folder, artifact_path)
+            self.client.log_model_artifacts(model.model_id, folder)
+        step = _int_tag(run.data.params.get("epochs", "0"), 0)
+        dataset = next((i.dataset for i in run.inputs.dataset_inputs), None) if run.inputs else None
+        linked = []
+        for key in sorted(k for k in run.data.metrics if k.startswith(MODEL_METRIC_PREFIXES)):
+            # The run's own last point of the metric, re-sent with the model: the store keeps one point
+            # (the same key, step, time and value) in the run's history and links it to the model.
+            last = max(self.client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+            linked.append(Metric(key, last.value, last.timestamp, last.step, model_id=model.model_id, run_id=run_id,
+                                 dataset_name=dataset.name if dataset else None, dataset_digest=dataset.digest if dataset else None))
+        if linked:
+            self.client.log_batch(run_id, metrics=linked, synchronous=True)
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+
+    def _logged_model_of(self, run, name: str):
+        """The run's LoggedModel named `name`: the one a replayed call made before, else a new one."""
+        known = run.data.tags.get(MODEL_ID_TAG)
+        if known:
+            try:
+                return self.client.get_logged_model(known)
+            except Exception:  # noqa: BLE001 - deleted since: make a new one
+                pass
+        tags = {k: run.data.tags[k] for k in MODEL_TAGS if k in run.data.tags}
+        model = self.client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run.info.run_id,
+                                                tags={**tags, "run_name": run.info.run_name or ""},
+                                                params={k: run.data.params[k] for k in MODEL_PARAMS if k in run.data.params},
+                                                model_type=run.data.tags.get("role", "model"))
+        self.client.set_tag(run.info.run_id, MODEL_ID_TAG, model.model_id)
+        return model
 
     def log_png(self, run_id: str, png: bytes, artifact_file: str) -> None:
         import tempfile
