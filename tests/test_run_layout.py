@@ -1,5 +1,9 @@
 """The run layout (orchestrator/tracking/layout.py): what a trial's MLflow run is given, decided in one place."""
-from orchestrator.study import expand, parse_study
+from pathlib import Path
+
+from orchestrator.errors import UserError
+from orchestrator.study import expand, load_study, parse_study
+from orchestrator.tracking.layout import SUMMARY_METRICS, summary_metrics
 from orchestrator.tracking import (dataset_input, epoch_metrics, experiment_url, param_str, run_name, runs_view_state, short_model,
     split_digest, teacher_link_tags, teacher_run_name, trial_params, trial_tags)
 
@@ -85,5 +89,60 @@ def test_the_printed_link_opens_the_model_training_view_on_the_shared_view():
     assert experiment_url("http://127.0.0.1:5000/", "7") == \
         "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=ltkd"
     view = runs_view_state()
-    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "cell"}]
-    assert "metrics.`acc_tail`" in view["selectedColumns"] and "params.`gamma`" in view["selectedColumns"]
+    assert view["groupBy"] == {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "cell"}]}
+    assert view["selectedColumns"] == ["metrics.`acc_tail`", "metrics.`acc_all`", "metrics.`acc_head`", "metrics.`acc_medium`",
+                                       "params.`method`", "params.`gamma`", "metrics.`val_acc_tail`", "metrics.`val_acc_all`"]
+    assert view["columnOrder"] == ["attributes.`Run Name`", *view["selectedColumns"]]
+
+
+def test_the_runs_view_sorts_teacher_and_student_first_opens_the_runs_without_a_cell_and_shows_no_seed_mean():
+    view = runs_view_state()
+    # 'Teacher w16 γ50' > 'Student w4 γ50' > 'LTKD w16>w4 γ50' > 'KD …' > 'DKD …': the baselines' rows first
+    assert (view["orderByKey"], view["orderByAsc"]) == ("tags.`cell`", False)
+    assert view["groupsExpanded"] == {"tag.cell": True}  # the UI's id of the "Additional runs" group (the tables run)
+    assert not [c for c in view["selectedColumns"] if "seed" in c]  # a group's mean of seeds 0 and 1 would read 0.5
+    searched = runs_view_state(searched=True)["selectedColumns"]
+    assert searched[:4] == ["metrics.`val_acc_tail`", "metrics.`val_acc_all`", "metrics.`val_acc_head`", "metrics.`val_acc_medium`"]
+    assert searched[4:8] == view["selectedColumns"][:4]
+
+
+def test_the_charts_put_head_medium_and_tail_on_one_chart_and_leave_out_the_one_point_summaries():
+    charts = runs_view_state()["compareRunCharts"]
+    shown = [c for c in charts if not c["deleted"]]
+    assert [(c["type"], c["metricKey"], c["selectedMetricKeys"]) for c in shown] == [
+        ("LINE", "acc_head", ["acc_head", "acc_medium", "acc_tail"]), ("LINE", "val_acc_head", ["val_acc_head", "val_acc_medium", "val_acc_tail"])]
+    # The UI draws a chart for every metric without a card: each summary has one, deleted.
+    deleted = {c["metricKey"] for c in charts if c["deleted"]}
+    assert deleted == {*SUMMARY_METRICS, "acc_medium", "acc_tail", "val_acc_medium", "val_acc_tail"}
+    assert {"best_acc_tail", "best_val_acc_all", "best_epoch", "train_seconds", "pg_test_head", "pg_train_tail"} <= set(SUMMARY_METRICS)
+    sections = {s["uuid"] for s in runs_view_state()["compareRunSections"]}
+    assert {c["metricSectionId"] for c in charts} <= sections
+
+
+def test_accuracies_are_logged_to_four_decimals_and_the_learning_rate_without_float_noise():
+    report = {"epoch": 3, "loss": 1 / 3, "lr": 0.05 * 0.1 * 0.1, "acc_all": 100 * 166 / 300, "acc_tail": 100 * 2 / 3,
+              "val_acc_head": 100 / 7, "loss_ce": 2 / 3}
+    assert 0.05 * 0.1 * 0.1 == 0.0005000000000000001
+    assert epoch_metrics(report) == {"loss": 1 / 3, "lr": 0.0005, "acc_all": 55.3333, "acc_tail": 66.6667, "val_acc_head": 14.2857,
+                                     "loss_ce": 2 / 3}
+    summary = {"acc_all": 55.333333, "val_acc_tail": 1.0, "best_acc_tail": 100 * 5 / 9, "best_val_acc_all": 100 / 3, "best_epoch": 2,
+               "train_seconds": 1.23456789, "pg_test_tail": 0.123456789}
+    # acc_* / val_acc_* are the last epoch's, logged with it; group probabilities and times are not ratios: kept as measured
+    assert summary_metrics(summary) == {"best_acc_tail": 55.5556, "best_val_acc_all": 33.3333, "best_epoch": 2, "train_seconds": 1.23456789,
+                                        "pg_test_tail": 0.123456789}
+
+
+def test_every_param_string_that_read_well_is_unchanged_and_float_noise_is_dropped():
+    assert param_str(0.05 * 0.1 * 0.1) == "0.0005" and param_str([0.1 + 0.2, 1.0]) == "[0.3, 1]" and param_str(1 / 3) == "0.333333333333"
+    checked = 0
+    for path in sorted(Path(__file__).resolve().parents[1].glob("studies/*.yaml")):
+        try:
+            trials = expand(load_study(str(path)))
+        except UserError:  # a grid study that takes its values from a search not yet run
+            continue
+        for trial in trials:
+            for key, value in trial_params(trial).items():
+                if isinstance(value, float) and len(repr(value)) <= 14:  # what a person writes: 0.05, 1e-05, 2.5, 50.0
+                    assert param_str(value) == (str(int(value)) if value.is_integer() else repr(value)), (path.name, key, value)
+                    checked += 1
+    assert checked > 1000

@@ -64,7 +64,7 @@ def command(args) -> int:
     print(written_line(files, out), file=sys.stderr)
     if not args.no_log:
 
-        tracker.describe_experiment(exp_id, study.description, runs_view_state())
+        tracker.describe_experiment(exp_id, study.description, runs_view_state(searched=study.search is not None))
         run_id = log_tables(tracker, exp_id, study, files, len(finished), sum(len(t.missing()) for t in tables))
         print(f"logged them to MLflow run 'tables {study.name}' ({run_id}) in experiment {study.name!r}", file=sys.stderr)
     return 0

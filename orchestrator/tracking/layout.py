@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,17 @@ def git_commit() -> str:
 
 
 
+PARAM_DIGITS = 12  # significant digits of a float param: 0.05 * 0.1 ** 2 reads 0.0005, as a study writes it
+
+
 def _plain(value: Any) -> Any:
-    """Numbers as a study writes them: a whole float is an int (γ 50, not 50.0)."""
+    """Numbers as a study writes them: a whole float is an int (γ 50, not 50.0), any other float
+    to 12 significant digits (float noise such as 0.0005000000000000001 dropped; every value a
+    study file can hold with fewer digits keeps its string)."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return int(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{PARAM_DIGITS}g}")
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
@@ -180,23 +188,77 @@ def dataset_input(trial, class_counts: list[int], digest: str) -> dict[str, Any]
     }
 
 
-def runs_view_state() -> dict[str, Any]:
-    """The runs table as the study's link opens it: grouped by table cell (each group's row shows the
-    mean over its seeds), with the method, γ, seed, dataset and accuracy columns, run names wide enough."""
-    columns = ["metrics.`acc_all`", "metrics.`acc_tail`", "metrics.`acc_head`", "metrics.`acc_medium`",
-               "params.`method`", "params.`gamma`", "params.`seed`",
-               "metrics.`val_acc_tail`", "metrics.`val_acc_all`"]  # a search's trials (`ltkd search`) have only these
+GROUP_NAMES = ("head", "medium", "tail")
+# End-of-trial summaries, logged once at the last step (sortable columns, read by tables, status and
+# best): single points, so the study's charts leave them out.
+SUMMARY_METRICS = (*(f"best_{prefix}acc_{group}" for prefix in ("", "val_") for group in ("all", *GROUP_NAMES)),
+                   "best_epoch", "train_seconds", *(f"pg_{split}_{group}" for split in ("test", "train") for group in GROUP_NAMES))
+_MODEL_SECTION, _SYSTEM_SECTION = "ltkd-model-metrics", "ltkd-system-metrics"
+
+
+def _column(kind: str, key: str) -> str:
+    return f"{kind}.`{key}`"
+
+
+def _chart(key: str, deleted: bool = False, **fields: Any) -> dict[str, Any]:
+    """One chart card of MLflow 3.17's chart view (its RunsChartsCardConfig, serialised); a deleted
+    one needs only what identifies it."""
+    card = {"uuid": "ltkd-" + key, "type": "LINE", "metricKey": key, "metricSectionId": _MODEL_SECTION, "isGenerated": True, "deleted": deleted}
+    if deleted:
+        return {**card, **fields}
+    return {**card, "runsCountToCompare": 10, "lineSmoothness": 0, "xAxisKey": "step", "xAxisScaleType": "linear", "scaleType": "linear",
+            "range": {}, "selectedXAxisMetricKey": "", "yAxisKey": "metric", "yAxisExpressions": [], "ignoreOutliers": False,
+            "useGlobalXaxisKey": True, "useGlobalLineSmoothing": True, **fields}
+
+
+def _charts() -> list[dict[str, Any]]:
+    """Head, medium and tail on one chart (test accuracy, and a search trial's validation accuracy);
+    the summaries' charts and the separate medium / tail ones deleted (the UI adds a chart for every
+    metric that has none, deleted or not, so a deleted card is how a chart stays away). acc_all, loss,
+    lr and the loss terms get the UI's own charts."""
+    charts = []
+    for prefix in ("", "val_"):  # titled by the UI "acc_head vs acc_medium vs acc_tail"
+        keys = [f"{prefix}acc_{group}" for group in GROUP_NAMES]
+        charts.append(_chart(keys[0], selectedMetricKeys=keys))
+        charts += [_chart(key, deleted=True) for key in keys[1:]]
+    return charts + [_chart(key, type="BAR", deleted=True) for key in SUMMARY_METRICS]
+
+
+def runs_view_state(searched: bool = False) -> dict[str, Any]:
+    """The runs table as the study's link opens it (MLflow 3.17's shared view: its search facets and
+    the table's and charts' state; runs hidden, pinned or expanded are not shared).
+    - Grouped by table cell, each group's row the mean over its seeds (the UI aggregates by min, mean
+      or max only: no spread; the tables give mean ± std). Params are aggregated too (seed 0 and 1
+      show 0.5), so the seed is not a column: the run name ends with it.
+    - Columns: tail, all, head, medium accuracy, method, γ; a search's trials (`searched`) have only
+      val_acc_*, shown first then. The tables run and a search's parent runs (no cell) are in the
+      "Additional runs" group, opened.
+    - Sorted by the cell tag, descending: the Teacher's and the Student's rows first, then the methods.
+    - Charts: head / medium / tail on one chart; end-of-trial summaries (best_*, pg_*, train_seconds)
+      are columns, not one-point charts."""
+    test = [_column("metrics", f"acc_{g}") for g in ("tail", "all", "head", "medium")]
+    validation = [_column("metrics", f"val_acc_{g}") for g in ("tail", "all", "head", "medium")]
+    columns = [*(validation + test if searched else test), _column("params", "method"), _column("params", "gamma"),
+               *([] if searched else validation[:2])]  # a grid study's searched values come from `ltkd best`, not its runs
     name_column = "attributes.`Run Name`"
     return {
+        "orderByKey": _column("tags", CELL_TAG),
+        "orderByAsc": False,
         "selectedColumns": columns,
-        "columnOrder": [name_column],  # the UI applies a width only to the columns it orders
-        "columnWidths": {name_column: 240},  # room for the groups' names ("Group: LTKD w32>w8 γ50")
+        # The UI orders a kind's columns by name unless ordered here, and applies a width only to the columns it orders.
+        "columnOrder": [name_column, *columns],
+        # Room for the groups' names ("Group: LTKD w32>w8 γ50") and their means ("55.3333 (average)").
+        "columnWidths": {name_column: 240, **{column: 150 for column in columns if column.startswith("metrics.")}},
         "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": CELL_TAG}]},
-        "groupsExpanded": {},
+        "groupsExpanded": {f"tag.{CELL_TAG}": True},  # the group of runs without a cell ("Additional runs")
         "runListHidden": False,
         "viewMaximized": False,
         "useGroupedValuesInCharts": True,
         "hideEmptyCharts": True,
+        "isAccordionReordered": False,
+        "compareRunSections": [{"uuid": _MODEL_SECTION, "name": "Model metrics", "display": True, "isReordered": False, "deleted": False, "isGenerated": True},
+                               {"uuid": _SYSTEM_SECTION, "name": "System metrics", "display": True, "isReordered": False, "deleted": False, "isGenerated": True}],
+        "compareRunCharts": _charts(),
     }
 
 
@@ -250,11 +312,31 @@ def trial_tags(trial, base_tags: dict[str, str]) -> dict[str, str]:
     return tags
 
 
+ACCURACY_DECIMALS = 4  # an accuracy is correct / total * 100: 55.3333, not 55.33333333333333
+
+
+def logged_value(key: str, value: float) -> float:
+    """A metric's value as the run records it: accuracies (acc_*, val_acc_*, best_*acc_*) to 4
+    decimals, which moves a mean over seeds by at most 0.00005 (the tables print 2); the learning
+    rate to 12 significant digits (its schedule's float noise dropped); the rest as measured."""
+    if "acc_" in key:
+        return round(float(value), ACCURACY_DECIMALS)
+    if key == "lr":
+        return float(f"{value:.{PARAM_DIGITS}g}")
+    return value
+
+
 def epoch_metrics(report: dict[str, Any]) -> dict[str, float]:
     """What a run records per epoch (step = epoch) from a trial's epoch report."""
     out = {k: report[k] for k in EPOCH_METRICS if k in report}
     out.update({k: v for k, v in report.items() if k.startswith(("loss_", SYSTEM_PREFIX)) and isinstance(v, (int, float))})
-    return out
+    return {k: logged_value(k, v) for k, v in out.items()}
+
+
+def summary_metrics(summary: dict[str, float]) -> dict[str, float]:
+    """What a run records at its last step from a trial's end-of-trial summary (best_*, pg_*,
+    train_seconds): acc_* and val_acc_* of the last epoch are already logged at that step."""
+    return {k: logged_value(k, v) for k, v in summary.items() if not k.startswith(("acc_", "val_acc_"))}
 
 
 def per_class_artifact(per_class: list[float], class_counts: list[int]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from orchestrator.tracking.layout import (BEST_PER_CLASS_FILE, CHECKPOINT_DIR, MODEL_DIR, PER_CLASS_FILE, PER_CLASS_PLOT, SPLIT_FILE,
-    dataset_input, epoch_metrics, per_class_artifact, run_name, teacher_run_name, trial_params, trial_tags)
+    dataset_input, epoch_metrics, per_class_artifact, run_name, summary_metrics, teacher_run_name, trial_params, trial_tags)
 from orchestrator.tracking.records import FINISHED
 
 
@@ -93,8 +93,7 @@ class TrialRuns:
         runs), its training data as a dataset input, its checkpoint (teachers are fetched from it)
         and the same weights as an MLflow model. All queued: the writer's threads do the work."""
         key = self.key_of[trial.config_hash]
-        # acc_* (val_acc_* for a search trial) of the last epoch are already logged at that step, and are the run's latest values.
-        self.writer.log_metrics(key, {k: v for k, v in summary.items() if not k.startswith(("acc_", "val_acc_"))}, step)
+        self.writer.log_metrics(key, summary_metrics(summary), step)
         self.writer.log_json(key, per_class_artifact(per_class, class_counts), PER_CLASS_FILE)
         self.writer.log_json(key, per_class_artifact(best_per_class, class_counts), BEST_PER_CLASS_FILE)
         if trial.role == "distill" and not trial.config.validation_per_class:
