@@ -1,6 +1,7 @@
 """SweepProgress: the exact lines a batch log gets, the counts, the measured ETA, the live view."""
 
 import io
+import re
 import time
 
 import pytest
@@ -293,3 +294,44 @@ def test_live_is_chosen_only_for_a_terminal():
         assert live._live is not None
     finally:
         live.close()
+
+
+def test_a_searchs_live_view_names_it_shows_its_validation_metric_and_a_trial_starting():
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=160, color_system=None)
+    clock = FakeClock(500.0)
+    p = SweepProgress(3, out=console, clock=clock, label="search", columns=("val_acc_all", "val_acc_tail"),
+                      goal="maximising val_acc_tail (validation split)")
+    try:
+        p.trial_started("a", "search ltkd w32>w8 g10 #0", 16)
+        p.trial_started("b", "search ltkd w32>w8 g10 #1", 16)
+        clock.t += 23  # loading its data and teacher: no epoch yet
+        p.trial_epoch("a", 1, {"loss": 0.9, "val_acc_all": 41.0, "val_acc_tail": 12.5, "acc_all": 99.0})
+        p._live.refresh()
+        starting = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())  # the frames, without cursor moves
+        clock.t += 4
+        p.trial_started("c", "search ltkd w32>w8 g10 #2", 16)
+        p.trial_done("c", "PRUNED", "pruned by ASHA after epoch 2 (val_acc_tail 3.3 at epoch 2)")
+    finally:
+        p.close()
+    text = buf.getvalue()
+    frame = starting[starting.rindex("search: "):]
+    header, columns, first, second = [line.rstrip() for line in frame.splitlines()[:4]]
+    assert header == ("search: 0 done, 2 running, 1 pending, 0 failed, 0 skipped of 3  |  elapsed 23 s  |  ETA unknown  |  "
+                      "maximising val_acc_tail (validation split)")
+    assert columns.split() == ["running", "trial", "attempt", "progress", "elapsed", "val_acc_all", "val_acc_tail", "s/epoch"]
+    assert first.split()[-5:] == ["1/16", "23", "s", "41.0", "12.5"]  # the validation metric, not acc_all
+    assert second.split()[-3:] == ["starting", "23", "s"]  # a sign of life before its first epoch ends
+    final = text[text.rindex("search: "):]
+    assert final.startswith("search: 1 done (1 pruned), 2 running, 0 pending, 0 failed, 0 skipped of 3  |  elapsed 27 s")
+    assert "sweep" not in text
+
+
+def test_plain_summary_counts_pruned_trials_among_the_done():
+    clock, out = FakeClock(), io.StringIO()
+    p = SweepProgress(2, out=out, summary_every=60, clock=clock)
+    p.trial_started("a", "search ltkd w32>w8 g10 #0", 16)
+    p.trial_done("a", "PRUNED", "pruned by ASHA after epoch 2 (val_acc_tail 3.3 at epoch 2)")
+    clock.t = 60.0
+    p.note("tick")
+    assert lines_of(out)[-1] == "[summary] 1/2 done (1 pruned), 0 running, 1 pending, 0 failed, 0 skipped; ETA unknown"

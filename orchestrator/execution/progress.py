@@ -7,6 +7,12 @@ redraws itself at most 4 times a second; trial outcomes also go above it as perm
 terminal every trial event is one flushed line, and a summary line follows every `summary_every`
 seconds, written by whichever call comes first once that time has passed (no background thread).
 
+A search's view is the same, under its own name ("search: ..."), with the search's validation metric
+in the accuracy columns (`columns`) and what it maximises in the header (`goal`); pruned trials count
+as done, and the header says how many of them were pruned. A trial that has not reported its first
+epoch reads "starting", and every running trial shows how long its attempt has run, so the minute
+a trial may spend loading its data and teacher does not look like a hang.
+
 The ETA is measured, not guessed: each trial's seconds per epoch come from the clock between its
 epoch events; trials not yet measured borrow the mean of trials of the same kind (the run name's
 first word: teacher, student, kd, ltkd, ...).
@@ -17,7 +23,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
 from rich.console import Console, Group, RenderableType
@@ -83,8 +89,8 @@ class _Trial:
     max_attempts: int | None = None
     restarting: bool = False  # its worker died; Ray has not started the next attempt yet
     epoch: int = 0
-    acc_all: float | None = None
-    acc_tail: float | None = None
+    shown: dict[str, float] = field(default_factory=dict)  # the latest value of each of the view's columns
+    started_at: float | None = None  # clock at the start of its current attempt
     measured_s: float = 0.0
     measured_epochs: int = 0
     # (clock, epoch) of its latest epoch event in this attempt. None at each (re)start: the first epoch
@@ -108,6 +114,9 @@ class SweepProgress:
     when `out` is a terminal, plain lines otherwise. pending: key -> (run name, epochs) of the trials
     this sweep will run, so the ETA can count their work before they start (optional). clock must be
     monotonic seconds; wall_clock turns a clock value into the time of day printed in plain lines.
+    label: what runs, the header's first word ("sweep", "search", "teachers"); columns: the metrics
+    shown per running trial (a search's are val_acc_*); goal: said at the header's end (a search's
+    metric, maximised).
     """
 
     def __init__(
@@ -119,9 +128,15 @@ class SweepProgress:
         clock: Callable[[], float] = time.monotonic,
         pending: dict[str, tuple[str, int]] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        label: str = "sweep",
+        columns: tuple[str, ...] = ("acc_all", "acc_tail"),
+        goal: str = "",
     ) -> None:
         out = sys.stdout if out is None else out
         self.total = total
+        self._label = label
+        self._columns = columns
+        self._goal = goal
         self._clock = clock
         self._wall_clock = wall_clock
         self._started_at = clock()
@@ -136,6 +151,7 @@ class SweepProgress:
         self._running: dict[str, _Trial] = {}  # in the order they started: the table's rows
         self._max_running = 0
         self._finished = self._failed = self._skipped = 0
+        self._pruned = 0  # of the finished: search trials that ASHA stopped
 
         self._lag_s = 0.0
         self._pending_events = 0
@@ -237,7 +253,7 @@ class SweepProgress:
         if t is None:
             t = self._trials[key] = _Trial(name, int(epochs))
         t.name, t.epochs, t.attempt = name, int(epochs), attempt
-        t.state, t.restarting, t.last_epoch_at = _RUNNING, False, None
+        t.state, t.restarting, t.last_epoch_at, t.started_at = _RUNNING, False, None, self._clock()
         self._pending_key_by_name.pop(name, None)
         self._running[key] = t
         self._max_running = max(self._max_running, len(self._running))
@@ -256,10 +272,7 @@ class SweepProgress:
             t.measured_epochs += epoch - last_epoch  # epochs reported in a jump share the time between
             t.last_epoch_at = (now, epoch)
         t.epoch = epoch
-        if "acc_all" in metrics:
-            t.acc_all = metrics["acc_all"]
-        if "acc_tail" in metrics:
-            t.acc_tail = metrics["acc_tail"]
+        t.shown.update({k: float(metrics[k]) for k in self._columns if k in metrics})
         return []
 
     def _on_retry(self, key: str, attempt: int, max_attempts: int, reason: str) -> list[str]:
@@ -278,6 +291,7 @@ class SweepProgress:
         self._pending_key_by_name.pop(t.name, None)
         if status in (FINISHED, PRUNED):  # a search trial that ASHA stopped ended as searches end
             self._finished += 1
+            self._pruned += status == PRUNED
         else:  # FAILED and KILLED alike: the trial has no result
             self._failed += 1
         return [_done_line(self._closed_events(), self.total, status, t.name, detail)]
@@ -323,7 +337,7 @@ class SweepProgress:
             return []
         self._next_summary_at = now + self._summary_every
         c = self._counts()
-        return [f"[summary] {c['done']}/{self.total} done, {c['running']} running, {c['pending']} pending, "
+        return [f"[summary] {c['done']}/{self.total} done{self._pruned_text()}, {c['running']} running, {c['pending']} pending, "
                 f"{c['failed']} failed, {c['skipped']} skipped; ETA {self._eta_text()}"]
 
     # -----------------------------------------------------------------------------------------
@@ -368,6 +382,9 @@ class SweepProgress:
             work += unlisted * mean_epochs * overall
         return work / max(1, self._max_running)
 
+    def _pruned_text(self) -> str:
+        return f" ({self._pruned} pruned)" if self._pruned else ""
+
     def _eta_text(self) -> str:
         eta = self._eta()
         return "unknown" if eta is None else _duration(eta)
@@ -393,34 +410,37 @@ class SweepProgress:
         with self._lock:
             now = self._clock()
             c = self._counts()
-            header = Text(f"sweep: {c['done']} done, {c['running']} running, {c['pending']} pending, "
+            header = Text(f"{self._label}: {c['done']} done{self._pruned_text()}, {c['running']} running, {c['pending']} pending, "
                           f"{c['failed']} failed, {c['skipped']} skipped of {self.total}  |  "
-                          f"elapsed {_duration(now - self._started_at)}  |  ETA {self._eta_text()}")
+                          f"elapsed {_duration(now - self._started_at)}  |  ETA {self._eta_text()}"
+                          + (f"  |  {self._goal}" if self._goal else ""))
             parts: list[RenderableType] = [header]
             if self._running:
-                parts.append(self._running_table())
+                parts.append(self._running_table(now))
             tracking = self._tracking_text(now)
             if tracking is not None:
                 parts.append(tracking)
             return Group(*parts)
 
-    def _running_table(self) -> Table:
+    def _running_table(self, now: float) -> Table:
         table = Table(box=None, pad_edge=False, header_style="bold")
         table.add_column("running trial", no_wrap=True, overflow="ellipsis")
         table.add_column("attempt", justify="right")
         table.add_column("progress", no_wrap=True)
-        table.add_column("acc_all", justify="right")
-        table.add_column("acc_tail", justify="right")
+        table.add_column("elapsed", justify="right")
+        for key in self._columns:
+            table.add_column(key, justify="right")
         table.add_column("s/epoch", justify="right")
         for t in self._running.values():
             attempt = "" if t.attempt <= 1 else f"{t.attempt}/{t.max_attempts}" if t.max_attempts else str(t.attempt)
-            progress = f"epoch {t.epoch}/{t.epochs}" + (", restarting" if t.restarting else "")
+            # Until its first epoch a trial loads its data (and teacher): "starting", not "epoch 0".
+            progress = ("starting" if t.epoch == 0 else f"epoch {t.epoch}/{t.epochs}") + (", restarting" if t.restarting else "")
             table.add_row(
                 t.name,
                 attempt,
                 progress,
-                "" if t.acc_all is None else f"{t.acc_all:.1f}",
-                "" if t.acc_tail is None else f"{t.acc_tail:.1f}",
+                "" if t.started_at is None else _duration(now - t.started_at),
+                *("" if key not in t.shown else f"{t.shown[key]:.1f}" for key in self._columns),
                 "" if t.sec_per_epoch is None else f"{t.sec_per_epoch:.1f}",
             )
         return table
