@@ -8,6 +8,7 @@ from orchestrator.errors import RunFailure, UserError
 from orchestrator.study import expand, load_study
 from orchestrator.tracking import Tracker, check_reachable, resolve_tracking_uri
 from orchestrator.errors import redact_credentials
+from orchestrator.words import count
 from orchestrator.commands.options import check_duration, check_storage
 from orchestrator.commands.session import browse_hint, leased_writer, spool_folder, start_ray
 from orchestrator.commands.sweep import run_sweep
@@ -62,7 +63,7 @@ def run_search(study_path: str, tracking_uri: str | None, address: str | None, s
     lease.claim()
     try:
         lease.confirm()
-        print(f"search {study.name}: {len(chosen)} search(es) of {search.method} ({search.sampler}, "
+        print(f"search {study.name}: {count(len(chosen), 'search', 'searches')} of {search.method} ({search.sampler}, "
               f"{'ASHA' if search.pruner == 'asha' else 'no pruning'}), {search.trials} trials each, maximising "
               f"{search.metric}; optuna storage {ostorage}", file=out, flush=True)
         ray_ready = False

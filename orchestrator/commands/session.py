@@ -139,9 +139,10 @@ def migrate_legacy_spools(storage: str | None, spellings: list[str], study: str,
     return moved
 
 
-def start_ray(address: str | None, cpu: float, gpu: float, wait_s: float, out) -> None:
+def start_ray(address: str | None, cpu: float, gpu: float, wait_s: float, out, packing: bool = True) -> None:
     """Start or join Ray and make sure some node can run a trial of the study's size, before the
-    store is written: a trial no node can hold would wait in Tune's queue forever."""
+    store is written: a trial no node can hold would wait in Tune's queue forever. packing: print
+    how many trials run at once."""
     try:
         cluster.init_ray(address)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
@@ -156,8 +157,9 @@ def start_ray(address: str | None, cpu: float, gpu: float, wait_s: float, out) -
     if why:
         raise UserError(f"resources: a trial asks for {cpu:g} CPU and {gpu:g} GPU on one node, and {why}; lower resources.cpu/gpu "
                         "in the study, add a node that size, or pass --wait-for-resources MINUTES to an autoscaling cluster")
-    for line in packing_lines(cluster.largest_nodes(), cpu, gpu):  # how many trials run at once, before any starts
-        print(line, file=out, flush=True)
+    if packing:  # how many trials run at once, before any starts
+        for line in packing_lines(cluster.largest_nodes(), cpu, gpu):
+            print(line, file=out, flush=True)
 
 
 def leased_writer(tracker, uri: str, folder: str, study_spool: str, lease: Lease, on_warning) -> SpooledWriter:

@@ -87,13 +87,15 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
         if exp_id is not None:
             _close_orphans_alone(tracker, exp_id, study.name, out)
             _finish_tables_alone(study, plan.trials, tracker, exp_id, Path(spool + "-tables"), out)
-            print(browse_hint(uri, study.name, exp_id, study_path), file=out)
+            if only is None:  # `ltkd search` prints where its runs are once, at its end
+                print(browse_hint(uri, study.name, exp_id, study_path), file=out)
         return 0
     _check_before_ray(study, plan, uri, tracker, exp_id, address, storage, retrain)
     try:
         for line in leftovers.clean_after_killed_sweeps():
             print(line, file=out, flush=True)
-        start_ray(address, study.resources.cpu, study.resources.gpu, resource_wait_s, out)
+        # A search's teachers: its packing line comes once, when its own trials start.
+        start_ray(address, study.resources.cpu, study.resources.gpu, resource_wait_s, out, packing=only is None)
         if tracker is None or exp_id is None:
             study, uri, tracker, exp_id, plan = _only(only, *open_plan(study_path, tracking_uri, create=True, search_results_needed=only is None))
             spool = spool_folder(storage, uri, study.name, exp_id)
@@ -109,7 +111,7 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
     except Exception as exc:  # noqa: BLE001 - the store went away between the plan and here
         raise store_refused(exc, uri, tracker, exp_id, study.name) from None
     leased = LeasedSweep(study, study_path, uri, tracker, exp_id, address, storage, spool, out, outage_limit_s, lease,
-                         tables_every_s, tables=only is None, spellings=spellings)
+                         tables_every_s, tables=only is None, spellings=spellings, for_search=only is not None)
     try:
         return _run_leased(leased, plan, retrain)
     except LeaseLost as exc:
@@ -250,6 +252,7 @@ class LeasedSweep:
     lease: Lease
     tables_every_s: float = 0.0
     tables: bool = True  # keep the study's tables current (not for `ltkd search`'s teachers)
+    for_search: bool = False  # `ltkd search`'s teachers: their own words, and no browse line (the search prints it)
     spellings: list[str] = field(default_factory=list)  # how the URI was spelt: the earlier spool layout's names
     notes: list[str] = field(default_factory=list)  # the writers' and tables' lines, printed by the sweep
     writers: list[SpooledWriter] = field(default_factory=list)  # the replays' and this sweep's own, last
@@ -352,7 +355,8 @@ def _nothing_left(run: LeasedSweep, plan) -> int:
         line = finish_interrupted_tables(run.study, plan.trials, run.tracker, run.exp_id, Path(run.spool + "-tables"))
         if line:
             print(line, file=run.out)
-    print(browse_hint(run.uri, run.study.name, run.exp_id, run.study_path), file=run.out)
+    if not run.for_search:
+        print(browse_hint(run.uri, run.study.name, run.exp_id, run.study_path), file=run.out)
     return 0
 
 
@@ -373,7 +377,8 @@ def _train(run: LeasedSweep, todo, runs: TrialRuns, writer: SpooledWriter, plan)
     from orchestrator.execution.progress import SweepProgress
     from orchestrator.execution.run import TuneRun, run_trials
 
-    progress = SweepProgress(len(todo), out=run.out, pending={t.config_hash: (t.run_name, t.config.recipe.epochs) for t in todo})
+    progress = SweepProgress(len(todo), out=run.out, pending={t.config_hash: (t.run_name, t.config.recipe.epochs) for t in todo},
+                             label="teachers" if run.for_search else "sweep")
     last_poll = 0.0
 
     def poll(force: bool = False) -> None:
@@ -426,9 +431,10 @@ def _close_writers(run: LeasedSweep, own_spool: str) -> None:
 
 def _summary(run: LeasedSweep, plan, todo, outcomes: dict, elapsed: float) -> int:
     counts = {s: sum(1 for o in outcomes.values() if o.status == s) for s in (FINISHED, "FAILED", SKIPPED)}
-    print(f"done in {elapsed:.0f} s: {counts[FINISHED]} finished, {counts['FAILED']} failed, {counts[SKIPPED]} skipped, "
-          f"{len(plan.done)} already done before.", file=run.out)
-    print(browse_hint(run.uri, run.study.name, run.exp_id, run.study_path), file=run.out)
+    print(f"{'teachers ' if run.for_search else ''}done in {elapsed:.0f} s: {counts[FINISHED]} finished, {counts['FAILED']} failed, "
+          f"{counts[SKIPPED]} skipped, {len(plan.done)} already done before.", file=run.out)
+    if not run.for_search:
+        print(browse_hint(run.uri, run.study.name, run.exp_id, run.study_path), file=run.out)
     missing = len(todo) - sum(counts.values())
     if counts["FAILED"] or counts[SKIPPED] or missing:
         raise RunFailure(f"{counts['FAILED']} failed, {counts[SKIPPED]} skipped, {missing} not run; rerun the same command to retry only those")
