@@ -4,8 +4,11 @@ on the validation metric, no test metric reaches the search, a stopped search re
 repeating a finished trial, and a grid study runs the chosen point."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,9 +22,14 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.search.optuna_adapter import optuna_rdb_storage
-from orchestrator.search.space import SEARCH_KEY_TAG, targets
-from orchestrator.study import load_study
+from orchestrator.search.optuna_adapter import COMPLETED_LABEL, PRUNED_LABEL, optuna_figures, optuna_rdb_storage
+from orchestrator.search.parents import search_cell
+from orchestrator.search.space import SEARCH_KEY_TAG, SEARCH_STATE_TAG, targets
+from orchestrator.study import expand, load_study
+from orchestrator.tables import build_tables
+from orchestrator.tables.regenerate import read_finished
+from orchestrator.tracking import Tracker
+from orchestrator.words import count
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +58,8 @@ def _runs(uri: str, name: str):
 
 @pytest.fixture(scope="module")
 def searched(ray_local, tmp_path_factory):
-    """search_smoke searched once in-process; every result Tune hands the driver is recorded."""
+    """search_smoke searched once in-process; every result Tune hands the driver is recorded, and what
+    it printed (plain lines: stdout is no terminal here)."""
     folder = tmp_path_factory.mktemp("search")
     study_file = folder / "search_smoke.yaml"
     shutil.copy(SMOKE, study_file)
@@ -65,17 +74,18 @@ def searched(ray_local, tmp_path_factory):
             seen.append(dict(result))
         return original(self, iteration, trials, trial, result, **info)
 
-    with pytest.MonkeyPatch.context() as mp:
+    console = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(console):
         mp.setattr(schedule.SweepCallback, "on_trial_result", spy)
         started = time.time()
         code = main(["search", str(study_file), "--tracking-uri", uri])
         wall = time.time() - started
-    assert code == 0
-    return folder, study_file, uri, seen, wall
+    assert code == 0, console.getvalue()[-3000:]
+    return folder, study_file, uri, seen, wall, console.getvalue()
 
 
 def test_asha_stops_trials_early_and_they_are_marked_pruned(searched):
-    folder, study_file, uri, _, wall = searched
+    folder, study_file, uri, _, wall, _ = searched
     ostudy, target = _ostudy(folder, study_file)
     states = [t.state for t in ostudy.trials]
     assert len(states) == 8 and optuna.trial.TrialState.RUNNING not in states
@@ -87,27 +97,80 @@ def test_asha_stops_trials_early_and_they_are_marked_pruned(searched):
                 and r.data.tags.get("role") == "distill"}
     epochs = target.base.recipe.epochs
     for t in pruned:
+        # FINISHED, not KILLED (a failure's red mark, and what a stopped search continues): told by its tags,
+        # and grouped apart from the completed trials in the runs view, so its cell's mean leaves it out
         run = children[t.number]
-        assert run.info.status == "KILLED" and run.data.tags["pruned"] == "true"
+        assert run.info.status == "FINISHED" and run.data.tags["pruned"] == "true"
+        assert run.data.tags[SEARCH_STATE_TAG] == "pruned" and run.data.tags["cell"] == search_cell(target, pruned=True)
         logged = client.get_metric_history(run.info.run_id, "val_acc_tail")
         assert len(logged) == int(run.data.tags["pruned_after_epoch"]) < epochs  # fewer epochs than a finished trial
         assert max(t.intermediate_values) == len(logged)
     for t in complete:
         run = children[t.number]
         assert run.info.status == "FINISHED" and "pruned" not in run.data.tags
+        assert run.data.tags[SEARCH_STATE_TAG] == "complete" and run.data.tags["cell"] == search_cell(target)
         assert len(client.get_metric_history(run.info.run_id, "val_acc_tail")) == epochs
     print(f"search_smoke: {len(complete)} complete, {len(pruned)} pruned in {wall:.0f} s")
 
 
+def test_the_search_console_says_each_line_once_in_its_own_words_with_each_trials_metric(searched):
+    folder, study_file, _, _, _, console = searched
+    ostudy, target = _ostudy(folder, study_file)
+    lines = [line for line in console.splitlines() if line.strip()]
+    assert len(lines) == len(set(lines)), [line for line in lines if lines.count(line) > 1]
+    assert [line for line in lines if line.startswith("packing: ")] == [
+        "packing: 2 trials at once per node of 2 CPU / 0 GPU (CPU allows 2; limited by CPU)"]
+    assert sum(line.startswith("runs: experiment 'search_smoke'") for line in lines) == 1
+    assert "sweep" not in console and any(line.startswith("teachers done in ") for line in lines), console
+    epochs = target.base.recipe.epochs
+    for t in ostudy.trials:
+        name = f"search {target.label} #{t.number}"
+        (done,) = [m for m in (re.fullmatch(rf"\[\d/8\] (PRUNED|FINISHED) +{re.escape(name)} +(.+)", line) for line in lines) if m]
+        status, detail = done.groups()
+        if t.state == optuna.trial.TrialState.PRUNED:
+            last = max(t.intermediate_values)
+            assert status == "PRUNED" and last < epochs
+            assert detail == f"pruned by ASHA after epoch {last} (val_acc_tail {t.intermediate_values[last]:.1f} at epoch {last})"
+        else:
+            assert status == "FINISHED" and re.fullmatch(rf"val all +\d+\.\d  tail {t.value:5.1f}  \(\d+\.\d s\)", detail), detail
+
+
+def test_optunas_plots_name_the_metric_and_show_the_pruned_trials(searched):
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    folder, study_file, *_ = searched
+    ostudy, _ = _ostudy(folder, study_file)
+    figures = optuna_figures(ostudy, "val_acc_tail")
+    try:
+        assert set(figures) == {"optimization_history", "param_importances", "parallel_coordinate"}
+        for name, fig in figures.items():
+            texts = [t.get_text() for t in fig.findobj(Text)]
+            assert "val_acc_tail" in texts and not [t for t in texts if "Objective" in t], (name, texts)
+        (history,) = figures["optimization_history"].axes
+        assert history.get_ylabel() == "val_acc_tail"
+        points = {c.get_label(): c.get_offsets().tolist() for c in history.collections}
+        S = optuna.trial.TrialState
+        assert points[COMPLETED_LABEL] == [[t.number, t.value] for t in ostudy.trials if t.state == S.COMPLETE]
+        # Optuna leaves the pruned trials out: they are there at their last validation value
+        assert points[PRUNED_LABEL] == [[t.number, t.intermediate_values[max(t.intermediate_values)]]
+                                        for t in ostudy.trials if t.state == S.PRUNED]
+        legend = [t.get_text() for t in history.get_legend().get_texts()]
+        assert COMPLETED_LABEL in legend and PRUNED_LABEL in legend
+    finally:
+        for fig in figures.values():
+            plt.close(fig)
+
+
 def test_every_trial_is_nested_under_its_parent_which_holds_the_best_completed_point(searched):
-    folder, study_file, uri, _, _ = searched
+    folder, study_file, uri, _, _, _ = searched
     ostudy, target = _ostudy(folder, study_file)
     client, runs = _runs(uri, "search_smoke")
     (parent,) = [r for r in runs if r.data.tags.get("role") == "search"]
     children = [r for r in runs if r.data.tags.get(SEARCH_KEY_TAG) == target.key and r.data.tags.get("role") == "distill"]
     assert len(children) == 8 and all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
     assert parent.info.status == "FINISHED" and parent.data.tags[SEARCH_KEY_TAG] == target.key
-    finished = [r for r in children if r.info.status == "FINISHED"]
+    finished = [r for r in children if r.data.tags[SEARCH_STATE_TAG] == "complete"]
     best = max(finished, key=lambda r: (r.data.metrics["val_acc_tail"], -int(r.data.tags["search_trial"])))
     assert parent.data.metrics["best_val_acc_tail"] == best.data.metrics["val_acc_tail"] == ostudy.best_value
     assert parent.data.tags["best_run_id"] == best.info.run_id
@@ -130,7 +193,7 @@ def test_every_trial_is_nested_under_its_parent_which_holds_the_best_completed_p
 
 
 def test_no_test_metric_reaches_the_search_or_its_runs(searched):
-    folder, study_file, uri, seen, _ = searched
+    folder, study_file, uri, seen, _, _ = searched
     ostudy, target = _ostudy(folder, study_file)
     search_results = [r for r in seen if "val_acc_tail" in r or "epoch" in r]
     assert len(search_results) >= 8 * 2
@@ -144,11 +207,11 @@ def test_no_test_metric_reaches_the_search_or_its_runs(searched):
     # Optuna's values are the validation metric the runs logged
     assert sorted(t.value for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE) == sorted(
         r.data.metrics["val_acc_tail"] for r in runs if r.data.tags.get(SEARCH_KEY_TAG) == target.key
-        and r.data.tags.get("role") == "distill" and r.info.status == "FINISHED")
+        and r.data.tags.get("role") == "distill" and r.data.tags.get(SEARCH_STATE_TAG) == "complete")
 
 
 def test_rerun_of_a_finished_search_does_nothing(searched, capsys):
-    folder, study_file, uri, _, _ = searched
+    folder, study_file, uri, _, _, _ = searched
     _, before = _runs(uri, "search_smoke")
     capsys.readouterr()
     assert main(["search", str(study_file), "--tracking-uri", uri]) == 0
@@ -167,7 +230,7 @@ def test_rerun_of_a_finished_search_does_nothing(searched, capsys):
 
 
 def test_best_writes_the_override_and_the_grid_runs_the_chosen_point(searched, capsys):
-    folder, study_file, uri, _, _ = searched
+    folder, study_file, uri, _, _, _ = searched
     capsys.readouterr()
     assert main(["best", str(study_file), "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
@@ -177,6 +240,18 @@ def test_best_writes_the_override_and_the_grid_runs_the_chosen_point(searched, c
     assert point["params"] == ostudy.best_params and point["val_acc_tail"] == ostudy.best_value
     assert (point["teacher"], point["student"], point["gamma"]) == ("cnn_w32", "cnn_w8", 10.0)
     assert "ltkd cnn_w32>cnn_w8 g10: val_acc_tail" in out and "acc_tail" not in out.replace("val_acc_tail", "")
+    # The pruned runs are FINISHED in the store, yet no cell of the grid's table takes them for a trial.
+    grid_study = load_study(folder / "search_smoke.yaml")
+    grid_trials = expand(grid_study)
+    tracker = Tracker(uri)
+    exp_id = tracker.experiment_id("search_smoke", create=False)
+    everything = tracker.final_metrics_by_hash(exp_id)
+    _, runs = _runs(uri, "search_smoke")
+    pruned = {r.data.tags["config_hash"] for r in runs if r.data.tags.get("pruned") == "true"}
+    assert pruned and pruned <= set(everything)
+    (table,) = build_tables(grid_study, grid_trials, everything)
+    assert {(r, table.cell(r, c).n) for r in table.rows for c in table.cols} == {("Teacher", 1), ("KD", 0), ("LTKD", 0), ("Δ", 0)}
+    assert {t.role for t in grid_trials if t.config_hash in read_finished(tracker, exp_id, grid_trials)} == {"teacher"}
     # The grid (one seed here, to keep it short): KD and LTKD at the chosen point, on the search's own teacher.
     grid = folder / "search_smoke.yaml"
     grid.write_text(grid.read_text().replace("seeds: [0, 1, 2]", "seeds: [0]"))
@@ -281,7 +356,8 @@ def test_a_stopped_search_resumes_without_repeating_a_finished_trial(tmp_path):
     for i, gamma in ((0, 10), (1, 20)):
         ended = sum(1 for j, _ in complete_before if j == i)
         if ended < 3:
-            assert f"search ltkd cnn_w32>cnn_w8 g{gamma}: {3 - ended} trial(s) to run ({ended} ended before" in second.stdout, second.stdout
+            assert f"search ltkd cnn_w32>cnn_w8 g{gamma}: {count(3 - ended, 'trial')} to run ({ended} ended before" in second.stdout, \
+                second.stdout
         for j, number in complete_before:
             if j == i:  # never started again
                 assert f"started  search ltkd cnn_w32>cnn_w8 g{gamma} #{number}\n" not in second.stdout

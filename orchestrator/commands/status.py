@@ -130,13 +130,14 @@ def search_lines(study, tracker, exp_id: str | None) -> list[str]:
             runs = tracker.runs_tagged(exp_id, {SEARCH_KEY_TAG: target.key, "role": "distill"}, max_results=50_000)
             for run in runs:
                 status = run.info.status
-                if status == FINISHED:
+                # Pruned runs end FINISHED (KILLED in stores written before): told apart by their tag.
+                if run.data.tags.get("pruned") == "true" and status in (FINISHED, "KILLED"):
+                    counts["pruned"] += 1
+                elif status == FINISHED:
                     counts["complete"] += 1
                     value, number = run.data.metrics.get(metric), int(run.data.tags.get("search_trial", -1))
                     if value is not None and (best is None or (value, -number) > (best[0], -best[1])):
                         best = (value, number)  # ties: the earliest trial, as Optuna's best_trial and `ltkd best`
-                elif status == "KILLED" and run.data.tags.get("pruned") == "true":
-                    counts["pruned"] += 1
                 elif status == "FAILED":
                     counts["failed"] += 1
                 else:

@@ -10,6 +10,7 @@ from typing import TextIO
 
 
 from orchestrator.errors import RunFailure
+from orchestrator.words import count
 from orchestrator.study import StudySpec, Trial
 from orchestrator.execution.progress import SweepProgress
 from orchestrator.execution.run import TuneRun, fit_trials, interrupted, trial_payload
@@ -59,7 +60,7 @@ def _open_searches(study: StudySpec, chosen: list[Target], ostorage: str, ctx: S
             continue
         stale = [t for t in ostudy.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
         searches.append(Running(target, ostudy, parent, search.trials, before, stale, curve))
-        print(f"search {target.label}: {search.trials - ended} trial(s) to run ({ended} ended before"
+        print(f"search {target.label}: {count(search.trials - ended, 'trial')} to run ({ended} ended before"
               + (f", {before.running} to continue" if before.running else "") + f"); parent run {parent}", file=out, flush=True)
     return searches
 
@@ -75,6 +76,12 @@ def _close_searches(searches: list[Running], metric: str, ctx: SearchContext, el
         tracker.end_run(r.parent, FINISHED if complete else "KILLED")
         print(f"search {r.target.label}: {counts_text(summary)} ({elapsed:.0f} s for the searches of this run); "
               f"best {metric} {value_text(summary.best_value)} at {point_text(summary.best_params)}", file=ctx.out, flush=True)
+
+
+def shown_metrics(metric: str) -> tuple[str, ...]:
+    """The live view's accuracy columns for a search: overall validation accuracy and the searched
+    metric (its tail accuracy, when overall is the one searched); a search trial has no acc_*."""
+    return ("val_acc_all", metric) if metric != "val_acc_all" else ("val_acc_all", "val_acc_tail")
 
 
 class _SearchTrials:
@@ -107,8 +114,8 @@ class _SearchTrials:
     def search_key_of(self, tune_trial) -> str:
         return self.search_of[tune_trial.config["payload"]["config_hash"]].target.key
 
-    def cell(self, key: str) -> str:
-        return search_cell(self.search_of[key].target)
+    def cell(self, key: str, pruned: bool) -> str:
+        return search_cell(self.search_of[key].target, pruned)
 
 
 def search_all(study: StudySpec, study_path: str, chosen: list[Target], ostorage: str, ctx: SearchContext) -> int:
@@ -125,7 +132,8 @@ def search_all(study: StudySpec, study_path: str, chosen: list[Target], ostorage
     resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
     resume_root = default_resume_root(storage)
     trials = _SearchTrials(study, done, lambda t, source: trial_payload(t, source, uri, resources, resume_root, keep_checkpoint=False))
-    # Runs of the trials that a stopped search left RUNNING or KILLED (not pruned) are continued.
+    # Runs of the trials that a stopped search left RUNNING or KILLED are continued (a pruned trial's run
+    # ended FINISHED, and Optuna has it PRUNED: it is never handed out again).
     states = tracker.run_states(exp_id)
     stale_keys = {search_trial(r.target, t.number, dict(t.params), study).config_hash for r in searches for t in r.stale}
     resumable = resumable_runs(states, stale_keys)
@@ -140,7 +148,8 @@ def search_all(study: StudySpec, study_path: str, chosen: list[Target], ostorage
         return writer.fenced is not None or writer.down_longer_than(outage_limit_s)
 
     runs = TrialRuns(writer, exp_id, base_tags(study.name, str(Path(study_path))), resumable, tags_of=trials.parent_tags)
-    progress = SweepProgress(sum(r.budget - r.ended_before for r in searches), out=out)
+    progress = SweepProgress(sum(r.budget - r.ended_before for r in searches), out=out, label="search",
+                             columns=shown_metrics(search.metric), goal=f"maximising {search.metric} (validation split)")
     searcher = OptunaAskSearcher(searches, distributions(study), trials.make, trials.payload, search.metric)
     scheduler = None
     if search.pruner == "asha":

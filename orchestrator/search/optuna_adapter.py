@@ -139,12 +139,13 @@ def summarise(ostudy) -> SearchSummary:
 
 
 
-def optuna_plots(ostudy) -> dict[str, bytes]:
-    """Optuna's optimisation history, parameter importances and parallel coordinates (matplotlib), as PNG."""
+def optuna_figures(ostudy, metric: str) -> dict:
+    """Optuna's optimisation history, parameter importances and parallel coordinates (matplotlib
+    figures), their value axis named after the search's metric. Optuna's history shows completed
+    trials only: the pruned ones are added at their last validation value, marked as pruned."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
     out = {}
@@ -154,11 +155,41 @@ def optuna_plots(ostudy) -> dict[str, bytes]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
             try:
-                ax = plot(ostudy)
+                ax = plot(ostudy, target_name=metric)
             except (ValueError, RuntimeError, ZeroDivisionError):
                 continue  # too few completed trials for this plot (importances need two and a varying value)
+        if name == "optimization_history":
+            _add_pruned(ax, ostudy)
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.set_size_inches(8, 5)
+        out[name] = fig
+    return out
+
+
+COMPLETED_LABEL = "completed"
+PRUNED_LABEL = "pruned (last value before ASHA stopped it)"
+
+
+def _add_pruned(ax, ostudy) -> None:
+    pruned = [t for t in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)) if t.intermediate_values]
+    if not pruned:
+        return
+    numbers = [t.number for t in pruned]
+    values = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
+    for points in ax.collections:  # Optuna labels the completed trials' points with the metric, as the axis
+        if points.get_label() == ax.get_ylabel():
+            points.set_label(COMPLETED_LABEL)
+    ax.scatter(numbers, values, marker="x", color="tab:gray", zorder=3, label=PRUNED_LABEL)
+    ax.legend(loc="best")
+
+
+def optuna_plots(ostudy, metric: str) -> dict[str, bytes]:
+    """`optuna_figures` as PNG."""
+    figures = optuna_figures(ostudy, metric)
+    import matplotlib.pyplot as plt
+
+    out = {}
+    for name, fig in figures.items():
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
         plt.close(fig)

@@ -42,7 +42,8 @@ def parent_run(tracker: Tracker, exp_id: str, study: StudySpec, target: Target, 
                        f"{search.method}'s {', '.join(search.space)} for {target.pair.teacher}→{target.pair.student} at γ = "
                        f"{target.gamma:g}: {budget} trials, maximising {search.metric} on a balanced validation split "
                        f"({search.validation_per_class} images per class held out of the training set). Trials are "
-                       "nested below; pruned ones end KILLED and carry the tag pruned = true.")}
+                       "nested below, each with its outcome in the tag search_state (complete, pruned, failed); pruned ones end "
+                       f"FINISHED with the tag pruned = true, grouped apart as '{search_cell(target, pruned=True)}'.")}
     return tracker.create_run(exp_id, f"search {target.label}", params, tags), False
 
 
@@ -52,10 +53,12 @@ def find_parent(tracker: Tracker, exp_id: str, key: str):
     return found[0] if found else None
 
 
-def search_cell(target: Target) -> str:
-    """The `cell` tag of a search's parent and trials (the UI's group), e.g. "search LTKD w32>w8 γ10"."""
+def search_cell(target: Target, pruned: bool = False) -> str:
+    """The `cell` tag of a search's parent and trials (the UI's group), e.g. "search LTKD w32>w8 γ10";
+    its pruned trials form a group of their own ("... γ10 pruned"), out of the mean of the completed."""
     method = METHODS[target.base.method].display or target.base.method
-    return f"search {method} {short_model(target.pair.teacher)}>{short_model(target.pair.student)} γ{target.gamma:g}"
+    cell = f"search {method} {short_model(target.pair.teacher)}>{short_model(target.pair.student)} γ{target.gamma:g}"
+    return cell + " pruned" if pruned else cell
 
 
 def _budget_of(run) -> int:
@@ -83,7 +86,7 @@ def log_summary(tracker: Tracker, run_id: str, ostudy, summary: SearchSummary, m
                               "best_trial": summary.best_number, "best_run_id": best_run,
                               "complete": summary.complete, "pruned": summary.pruned, "failed": summary.failed},
                      "search/best.json")
-    for name, png in optuna_plots(ostudy).items():
+    for name, png in optuna_plots(ostudy, metric).items():
         tracker.log_png(run_id, png, f"search/{name}.png")
 
 

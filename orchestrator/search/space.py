@@ -16,6 +16,7 @@ from trainer.recipes import resolve_recipe
 
 SEARCH_KEY_TAG = "ltkd.search_key"  # the parent run of a search, and its trials, carry the search's key
 PARENT_TAG = "mlflow.parentRunId"  # MLflow nests a run under the run this tag names
+SEARCH_STATE_TAG = "search_state"  # a search trial's outcome as Optuna has it: complete, pruned or failed
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ from ray.tune.search import Searcher
 from orchestrator.execution.schedule import Outcome, SweepCallback
 from orchestrator.execution.trainable import ERROR_KEY, FINAL_KEY
 from orchestrator.search.optuna_adapter import LearningCurve, SearchSummary
-from orchestrator.search.space import Target
+from orchestrator.search.space import SEARCH_STATE_TAG, Target
 from orchestrator.study import Trial
 from orchestrator.tracking import CELL_TAG, FINISHED, NOTE_TAG, PRUNED
+from orchestrator.tracking.layout import logged_value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,7 +95,7 @@ class OptunaAskSearcher(Searcher):
             step = int(result["epoch"])
             if step not in self.reported[trial_id]:
                 self.reported[trial_id].add(step)
-                self.search_of[trial_id].curve.report(self.number[trial_id], step, float(result[self.metric]))
+                self.search_of[trial_id].curve.report(self.number[trial_id], step, logged_value(self.metric, result[self.metric]))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass  # see report
@@ -197,27 +198,38 @@ class _SearchSchedule:
 
 class SearchCallback(SweepCallback):
     """SweepCallback's tracking, plus the outcome told to Optuna: COMPLETE with the final
-    validation metric, PRUNED (the run ends KILLED, tagged pruned) or FAIL."""
+    validation metric, PRUNED or FAIL, and written on the run as its `search_state` tag.
+
+    A pruned trial's run ends FINISHED, not KILLED: MLflow has no status of its own for it, and KILLED
+    is what the UI marks in red beside failures and what a stopped sweep leaves for the next one to
+    continue; a pruned trial is neither. It carries `pruned = true`, `search_state = pruned` and a cell
+    of its own (`search_cell(..., pruned=True)`), so the runs view's group of the search averages
+    completed trials only. Its config_hash is a search trial's key, which no planned trial has: a
+    table cell or a sweep's plan never takes it for a finished trial; `ltkd status` counts it as
+    pruned by its tag."""
 
     def __init__(self, searcher: OptunaAskSearcher, asha: PerSearchASHA | None, metric: str, numbers: dict[str, int],
-                 cell_of: Callable[[str], str], runs, progress, outcomes, max_attempts: int, poll=None):
+                 cell_of: Callable[[str, bool], str], runs, progress, outcomes, max_attempts: int, poll=None):
         super().__init__(_SearchSchedule(searcher), runs, progress, outcomes, max_attempts, poll)
         self.searcher = searcher
         self.asha = asha
         self.metric = metric
         self.numbers = numbers
-        self.cell_of = cell_of
+        self.cell_of = cell_of  # (trial key, pruned) -> the run's cell tag
+        self.latest: dict[str, tuple[int, float]] = {}  # Tune trial id -> (epoch, metric) of its latest report
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         super().on_trial_result(iteration, trials, trial, result, **info)
         self.searcher.report(trial.trial_id, result)
+        if self.metric in result and "epoch" in result:
+            self.latest[trial.trial_id] = (int(result["epoch"]), logged_value(self.metric, result[self.metric]))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         super().on_trial_start(iteration, trials, trial, **info)
         t = self._trial(trial)
         if t is not None:
             # The study's runs view groups by cell: a search's trials (and its parent) form one group.
-            self.runs.set_tags(t, {"search_trial": self.numbers[t.config_hash], CELL_TAG: self.cell_of(t.config_hash)})
+            self.runs.set_tags(t, {"search_trial": self.numbers[t.config_hash], CELL_TAG: self.cell_of(t.config_hash, False)})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         t = self._trial(trial)
@@ -226,16 +238,25 @@ class SearchCallback(SweepCallback):
         stopped_after = self.asha.stopped.get(trial.trial_id) if self.asha is not None else None
         final = self.final.get(trial.trial_id)
         if final is None and stopped_after is not None and trial.trial_id not in self.errors:
-            self.runs.set_tags(t, {"pruned": "true", "pruned_after_epoch": stopped_after,
-                                   NOTE_TAG: f"Pruned by ASHA after epoch {stopped_after} of {t.config.recipe.epochs}."})
-            self.runs.ended(t, "KILLED")
+            epoch, value = self.latest.get(trial.trial_id, (stopped_after, None))
+            last = "" if value is None else f" ({self.metric} {value:.1f} at epoch {epoch})"
+            self.runs.set_tags(t, {"pruned": "true", "pruned_after_epoch": stopped_after, SEARCH_STATE_TAG: "pruned",
+                                   CELL_TAG: self.cell_of(t.config_hash, True),
+                                   NOTE_TAG: f"Pruned by ASHA after epoch {stopped_after} of {t.config.recipe.epochs}{last}."})
+            self.runs.ended(t, FINISHED)
             self.searcher.tell(trial.trial_id, PRUNED)
-            self._record(Outcome(t, PRUNED), f"pruned by ASHA after epoch {stopped_after}")
+            self._record(Outcome(t, PRUNED), f"pruned by ASHA after epoch {stopped_after}{last}")
             return
         value = final.get(self.metric) if final is not None and ERROR_KEY not in final and FINAL_KEY in final else None
+        if value is not None:
+            value = logged_value(self.metric, value)  # Optuna holds the number the run shows, so both rank alike
+        self.runs.set_tags(t, {SEARCH_STATE_TAG: "complete" if value is not None else "failed"})  # before its run ends
         super().on_trial_complete(iteration, trials, trial, **info)
         self.searcher.tell(trial.trial_id, FINISHED if value is not None else "FAIL", value)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        t = self._trial(trial)
+        if t is not None:
+            self.runs.set_tags(t, {SEARCH_STATE_TAG: "failed"})
         super().on_trial_error(iteration, trials, trial, **info)
         self.searcher.tell(trial.trial_id, "FAIL")

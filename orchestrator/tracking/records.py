@@ -9,7 +9,7 @@ from typing import Any
 FINISHED = "FINISHED"
 # A trial's outcomes that are not MLflow run statuses:
 SKIPPED = "SKIPPED"  # not run: its teacher failed
-PRUNED = "PRUNED"  # a search trial that ASHA stopped early (its run ends KILLED, tagged pruned)
+PRUNED = "PRUNED"  # a search trial that ASHA stopped early (its run ends FINISHED, tagged pruned and search_state)
 
 
 @dataclass
