@@ -40,6 +40,7 @@ def all_runs(uri: str, experiment: str):
 def check_sweep(uri: str, study: Path, name: str, tmp_path: Path, capsys) -> None:
     assert main(["sweep", str(study), "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "store refused" in line] == []  # every event taken (a replayed one too)
     assert "8 trials: 2 teacher (0 done), 2 student (0 done), 4 distillation (0 done); 8 to run" in out
     client, runs = all_runs(uri, name)
     runs = [r for r in runs if r.data.tags.get("config_hash")]  # the trials' runs (not a `tables` run)
@@ -89,6 +90,14 @@ def check_sweep(uri: str, study: Path, name: str, tmp_path: Path, capsys) -> Non
                                        order_by=[{"field_name": "metrics.acc_all", "ascending": False}])
     cell_runs = [r for r in by_name.values() if r.data.tags.get("cell") == "LTKD w16>w4 γ10"]
     assert [m.source_run_id for m in cell] == [r.info.run_id for r in sorted(cell_runs, key=lambda r: -r.data.metrics["acc_all"])]
+    # A teacher's model is a version of a registered model, and its students point at that version.
+    registered = f"{name} Teacher w16 γ10 s1"
+    assert teacher_s1.data.tags["registered_model"] == f"models:/{registered}/1"
+    assert tags["teacher_model"] == f"models:/{registered}@config-{teacher_s1.data.tags['config_hash']}"
+    version = client.get_model_version_by_alias(registered, f"config-{teacher_s1.data.tags['config_hash']}")
+    teacher_model = client.get_logged_model(teacher_s1.data.tags["model_id"])
+    assert (str(version.version), version.run_id, version.source) == ("1", teacher_s1.info.run_id, teacher_model.artifact_location)
+    assert "registered_model" not in tags  # students are not registered
     import mlflow.pytorch
     import torch
 

@@ -27,6 +27,17 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 # A trial's LoggedModel: the run's id of it, what it carries of the run (tags to find the students of
 # a cell by, params to compare them by) and which final metrics are linked to it.
 MODEL_ID_TAG = "model_id"
+REGISTERED_TAG = "registered_model"  # a teacher run's model version: models:/<name>/<version>
+TEACHER_MODEL_TAG = "teacher_model"  # a distillation run's teacher, as that model version: models:/<name>@<alias>
+
+
+def teacher_model_name(study: str, teacher_run_name: str) -> str:
+    """The registered model of a study's teacher trial (its versions: that teacher trained again)."""
+    return f"{study} {teacher_run_name}".strip()
+
+
+def teacher_model_alias(teacher_hash: str) -> str:
+    return f"config-{teacher_hash}"
 MODEL_TAGS = ("study", "role", "row", "cell", "config_hash", "teacher_hash")
 MODEL_PARAMS = ("dataset", "gamma", "method", "model", "teacher", "student", "seed", "n_groups", "alpha", "beta", "epochs")
 MODEL_METRIC_PREFIXES = ("acc_", "val_acc_", "best_acc_")
@@ -270,7 +281,10 @@ class Tracker:
         """A distillation run's link to its teacher's run: the `teacher_run_id` tag and a link in
         the run's description. The teacher's run is looked up by its config_hash when not given."""
         teacher_run = teacher_run or self.teacher_run_id(experiment_id, teacher_hash)
-        self.set_tags(run_id, teacher_link_tags(experiment_id, teacher_run, teacher_hash, teacher_name))
+        tags = teacher_link_tags(experiment_id, teacher_run, teacher_hash, teacher_name)
+        study = self.client.get_run(run_id).data.tags.get("study", "")
+        tags[TEACHER_MODEL_TAG] = f"models:/{teacher_model_name(study, teacher_name)}@{teacher_model_alias(teacher_hash)}"
+        self.set_tags(run_id, tags)
 
     def log_input(self, run_id: str, dataset: dict[str, Any]) -> None:
         """The training data as an MLflow dataset input (the UI's Datasets column and run page)."""
@@ -324,8 +338,34 @@ class Tracker:
                                  dataset_name=dataset.name if dataset else None, dataset_digest=dataset.digest if dataset else None))
         if linked:
             self.client.log_batch(run_id, metrics=linked, synchronous=True)
-        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+        if model.model_id not in {o.model_id for o in (run.outputs.model_outputs if run.outputs else [])}:
+            self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+        if run.data.tags.get("role") == "teacher" and REGISTERED_TAG not in run.data.tags:
+            self._register_teacher(run, model)
         self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+
+    def _register_teacher(self, run, model) -> None:
+        """A teacher's model as a version of the registered model `<study> <teacher run name>`, with
+        the alias `config-<config_hash>`, so that its students point at a model version (the Models
+        page), not only at a run: `models:/<name>@config-<hash>`, known when a student starts, before
+        the teacher's registration has reached the store. A teacher retrained (`--retrain-teacher`) is
+        the next version and takes the alias over."""
+        from mlflow.exceptions import MlflowException
+
+        name = teacher_model_name(run.data.tags.get("study", ""), run.info.run_name)
+        try:
+            self.client.create_registered_model(name, description=f"ltkd teacher models of study {run.data.tags.get('study')!r}")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        config_hash = run.data.tags.get("config_hash", "")
+        # A retried call finds the version it made before; the source is the model's own artifact
+        # location (a `models:/` URI would be resolved against the process's global tracking URI).
+        made = self.client.search_model_versions(f"run_id = '{run.info.run_id}'")
+        version = made[0] if made else self.client.create_model_version(
+            name, source=model.artifact_location, run_id=run.info.run_id, model_id=model.model_id, tags={"config_hash": config_hash})
+        self.client.set_registered_model_alias(name, teacher_model_alias(config_hash), version.version)
+        self.client.set_tag(run.info.run_id, REGISTERED_TAG, f"models:/{name}/{version.version}")
 
     def _logged_model_of(self, run, name: str):
         """The run's LoggedModel named `name`: the one a replayed call made before, else a new one."""
