@@ -4,7 +4,8 @@
 logged to; Chromium renders each page (`--dump-dom` after the page's scripts ran, `--screenshot`
 for the record under the test's temporary folder). The checks read the DOM, never pixels.
 Without Chromium these tests fail with the command that installs it (`make test` installs Debian's);
-the rest of the suite still runs.
+the rest of the suite still runs. With LTKD_DOCS_SCREENSHOTS=1 each page's screenshot is also copied to
+docs/mlflow-<page>.png, the pictures the documentation shows.
 """
 import os
 import re
@@ -20,10 +21,12 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from orchestrator.tracking import experiment_url
+from orchestrator.tracking.layout import SUMMARY_METRICS
 from conftest import start_mlflow_server, stop
 
 pytestmark = pytest.mark.integration
 
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 
 
@@ -63,7 +66,15 @@ def page(url: str, tmp: Path, shot: str, budget_ms: int = 12000) -> str:
         dom = subprocess.run([*browser(tmp / "chromium-dom"), "--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
     finally:
         shooter.wait(timeout=90)
+    if os.environ.get("LTKD_DOCS_SCREENSHOTS") == "1":
+        shutil.copyfile(tmp / shot, DOCS / f"mlflow-{shot}")
     return dom
+
+
+def header_columns(dom: str) -> list[str]:
+    """The runs table's column ids in the order shown (ag-grid's aria-colindex), of the columns it drew."""
+    cells = set(re.findall(r'<div[^>]*class="ag-header-cell[^"]*"[^>]*aria-colindex="(\d+)"[^>]*col-id="([^"]+)"', dom))
+    return [col for _, col in sorted(cells, key=lambda cell: int(cell[0]))]
 
 
 def frame_texts(url: str, tmp: Path, wait_s: float = 20.0) -> list[str]:
@@ -179,7 +190,17 @@ def test_ltkd_ui_serves_the_study_and_its_link_opens_the_model_training_view_gro
         text = text_of(dom)
         assert "Model training" in text and "Traces" not in text.split("Runs")[0], text[:2000]
         assert "LTKD w16>w4 γ50" in text  # the group of the table cell, from the `cell` tag
-        assert "acc_tail" in text and "gamma" in text
+        # Sorted by cell, descending: the Teacher's group first; the tables run (no cell) shown in the opened "Additional runs".
+        assert text.index("Group: Teacher w16 γ50") < text.index("Group: LTKD w16>w4 γ50") < text.index("Additional runs 1"), text[:3000]
+        assert re.search(r"Additional runs 1 .*tables ui", text), text[:3000]
+        # The accuracy columns first, tail first (the UI drew them; params further right are drawn on scroll).
+        assert [c for c in header_columns(dom) if c.startswith("metrics.")][:4] == \
+            ["metrics.`acc_tail`", "metrics.`acc_all`", "metrics.`acc_head`", "metrics.`acc_medium`"], header_columns(dom)
+        assert "params.`seed`" not in header_columns(dom)
+        # A run's values as logged: no accuracy with more than 4 decimals. A group's mean is the UI's own sum in
+        # JavaScript floats (48.88885 can read 48.888850000000005), left out.
+        table = re.sub(r"[-\d.e]+ \(average\)", "", text[text.index("Run Name"):])
+        assert re.search(r"Teacher w16 γ50 s0 .*\d\.\d{4}\b", table) and not re.search(r"\d\.\d{5,}", table), table[:2000]
         assert "digits-LT, cnn_w16 → cnn_w4" in text  # the study's description is the experiment's
         assert (tmp_path / "runs.png").stat().st_size > 10_000
         again = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -199,11 +220,17 @@ def test_ltkd_ui_serves_the_study_and_its_link_opens_the_model_training_view_gro
         f"run `ltkd sweep {root / 'ui.yaml'}` first, or give its --tracking-uri"], missing.stderr
 
 
-def test_run_names_and_params_as_written_in_the_study(swept, tmp_path):
-    url, exp, runs, _ = swept
+def test_run_names_params_and_metrics_as_written_in_the_study(swept, tmp_path):
+    url, exp, runs, root = swept
     assert {"Teacher w16 γ50 s0", "Teacher w16 γ50 s1", "LTKD w16>w4 γ50 s0", "LTKD w16>w4 γ50 s1"} <= set(runs)
-    assert runs["LTKD w16>w4 γ50 s0"].data.params["gamma"] == "50"
-    dom = page(experiment_url(url, exp.experiment_id, shared_view=False), tmp_path, "runs_ungrouped.png")
+    run = runs["LTKD w16>w4 γ50 s0"]
+    assert (run.data.params["gamma"], run.data.params["lr"], run.data.params["milestones"]) == ("50", "0.05", "[1]")
+    accuracies = {k: v for k, v in run.data.metrics.items() if "acc_" in k}
+    assert len(accuracies) == 8 and all(round(v, 4) == v for v in accuracies.values()), accuracies  # acc_* and best_acc_*
+    # The learning rate after the milestone: 0.005, not 0.05 * 0.1 = 0.005000000000000001.
+    lr = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db").get_metric_history(run.info.run_id, "lr")
+    assert sorted((m.step, m.value) for m in lr) == [(1, 0.05), (2, 0.005)]
+    dom = page(experiment_url(url, exp.experiment_id, shared_view=False), tmp_path, "runs-ungrouped.png")
     assert "LTKD w16>w4 γ50 s0" in text_of(dom)
 
 
@@ -228,7 +255,7 @@ def test_the_html_table_artifact_renders_plus_minus(swept, tmp_path):
     # MLflow's artifact viewer draws the HTML in a sandboxed frame (a blob of its bytes, no charset of
     # its own): the document's <meta charset> decides how ± and γ read there.
     viewer = f"{url}/#/experiments/{exp.experiment_id}/runs/{tables.info.run_id}/artifacts/tables/ui_main.html?workflowType=machine_learning"
-    dom = page(viewer, tmp_path, "table.png")
+    dom = page(viewer, tmp_path, "tables-artifact.png")
     assert 'class="mlflow-html-iframe"' in dom
     framed = [t for t in frame_texts(viewer, tmp_path) if "Top-1 accuracy" in t and "Teacher" in t]
     assert framed, "the table's frame did not render"
@@ -236,4 +263,19 @@ def test_the_html_table_artifact_renders_plus_minus(swept, tmp_path):
     logged = {f.path for f in MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db").list_artifacts(tables.info.run_id, "tables")}
     written = {f"tables/{p.name}" for p in (root / "tables").iterdir()}
     assert written <= logged  # the tables run keeps everything `ltkd tables --out` wrote
-    assert os.path.exists(tmp_path / "table.png")
+    assert os.path.exists(tmp_path / "tables-artifact.png")
+
+
+def test_the_charts_show_head_medium_and_tail_on_one_chart_and_no_one_point_summaries(swept, tmp_path):
+    url, exp, runs, _ = swept
+    assert {"best_acc_tail", "pg_test_tail", "train_seconds"} <= set(runs["Teacher w16 γ50 s0"].data.metrics)  # columns still
+    dom = page(experiment_url(url, exp.experiment_id) + "&compareRunsMode=CHART", tmp_path, "charts.png", budget_ms=40000)
+    titles = set(re.findall(r'title="([^"]+)"', dom))  # a chart's title is its header's title attribute (of the charts drawn: the first row)
+    assert {"acc_head vs acc_medium vs acc_tail", "acc_all", "loss"} <= titles, sorted(titles)
+    summaries = {"best_acc_tail", "best_acc_all", "best_epoch", "train_seconds", "pg_test_tail", "pg_train_head", "acc_tail", "acc_medium"}
+    assert not summaries & titles, sorted(summaries & titles)
+    # One chart per metric logged per epoch (acc_all, loss, lr, the loss terms), head / medium / tail as one: no summary's.
+    logged = {k for r in runs.values() for k in r.data.metrics if not k.startswith("system/")}
+    per_epoch = logged - set(SUMMARY_METRICS) - {"acc_medium", "acc_tail"}
+    assert {"acc_all", "acc_head", "loss", "lr"} <= per_epoch and len(logged) >= len(per_epoch) + 14
+    assert f"Model metrics ({len(per_epoch)})" in text_of(dom), text_of(dom)[:3000]
