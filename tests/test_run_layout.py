@@ -91,7 +91,7 @@ def test_the_printed_link_opens_the_model_training_view_on_the_shared_view():
     view = runs_view_state()
     assert view["groupBy"] == {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "cell"}]}
     assert view["selectedColumns"] == ["metrics.`acc_tail`", "metrics.`acc_all`", "metrics.`acc_head`", "metrics.`acc_medium`",
-                                       "params.`method`", "params.`gamma`", "metrics.`val_acc_tail`", "metrics.`val_acc_all`"]
+                                       "params.`method`", "params.`gamma`"]
     assert view["columnOrder"] == ["attributes.`Run Name`", *view["selectedColumns"]]
 
 

@@ -282,7 +282,7 @@ def _run_leased(run: LeasedSweep, plan, retrain=()) -> int:
     plan, todo, resumable = _settle(run, plan, retrain)
     print(f"tracking: {redact_credentials(run.uri)} (experiment {run.study.name!r}, id {run.exp_id}); ray: {run.address or 'local'}",
           file=run.out)
-    run.tracker.describe_experiment(run.exp_id, run.study.description, runs_view_state())
+    run.tracker.describe_experiment(run.exp_id, run.study.description, runs_view_state(searched=run.study.search is not None))
     driver_calls_fail_fast()
     own_spool = sweep_spool(run.spool, run.lease)
     refresher = None

@@ -230,16 +230,16 @@ def runs_view_state(searched: bool = False) -> dict[str, Any]:
     - Grouped by table cell, each group's row the mean over its seeds (the UI aggregates by min, mean
       or max only: no spread; the tables give mean ± std). Params are aggregated too (seed 0 and 1
       show 0.5), so the seed is not a column: the run name ends with it.
-    - Columns: tail, all, head, medium accuracy, method, γ; a search's trials (`searched`) have only
-      val_acc_*, shown first then. The tables run and a search's parent runs (no cell) are in the
-      "Additional runs" group, opened.
+    - Columns: tail, all, head, medium accuracy, method, γ; in a study with a search (`searched`) the
+      val_acc_* of its trials first, then the teachers' acc_*. The tables run and a search's parent
+      runs (no cell) are in the "Additional runs" group, opened.
     - Sorted by the cell tag, descending: the Teacher's and the Student's rows first, then the methods.
     - Charts: head / medium / tail on one chart; end-of-trial summaries (best_*, pg_*, train_seconds)
       are columns, not one-point charts."""
     test = [_column("metrics", f"acc_{g}") for g in ("tail", "all", "head", "medium")]
     validation = [_column("metrics", f"val_acc_{g}") for g in ("tail", "all", "head", "medium")]
-    columns = [*(validation + test if searched else test), _column("params", "method"), _column("params", "gamma"),
-               *([] if searched else validation[:2])]  # a grid study's searched values come from `ltkd best`, not its runs
+    # A grid study's runs never have val_acc_* (the values it takes from a search come from `ltkd best`).
+    columns = [*(validation + test if searched else test), _column("params", "method"), _column("params", "gamma")]
     name_column = "attributes.`Run Name`"
     return {
         "orderByKey": _column("tags", CELL_TAG),
@@ -248,7 +248,7 @@ def runs_view_state(searched: bool = False) -> dict[str, Any]:
         # The UI orders a kind's columns by name unless ordered here, and applies a width only to the columns it orders.
         "columnOrder": [name_column, *columns],
         # Room for the groups' names ("Group: LTKD w32>w8 γ50") and their means ("55.3333 (average)").
-        "columnWidths": {name_column: 240, **{column: 150 for column in columns if column.startswith("metrics.")}},
+        "columnWidths": {name_column: 240, **{column: 140 for column in columns if column.startswith("metrics.")}},
         "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": CELL_TAG}]},
         "groupsExpanded": {f"tag.{CELL_TAG}": True},  # the group of runs without a cell ("Additional runs")
         "runListHidden": False,
