@@ -10,7 +10,7 @@ from typing import Any
 
 from orchestrator.errors import error_line
 from orchestrator.execution.packing import cap_gpu_memory
-from orchestrator.tracking import SPLIT_FILE, fetch_checkpoint, split_digest, system_sampler, write_manifest
+from orchestrator.tracking import SPLIT_FILE, fetch_checkpoint, logged_value, split_digest, system_sampler, write_manifest
 from trainer.config import TrialConfig
 
 FINAL_KEY = "ltkd_final"
@@ -38,9 +38,11 @@ def train_trial(tune_config: dict[str, Any], tracking_uri: str | None = None) ->
     # A search trial evaluates on its validation split: its accuracies are val_acc_*, never acc_*.
     prefix = "val_" if payload["config"].get("validation_per_class") else ""
 
+    # Accuracies and lr as the run records them (`logged_value`): the run, the search's sampler and pruner,
+    # and the console see one value.
     def epoch_metrics(ep) -> dict:
-        metrics = {"epoch": ep.epoch, "loss": ep.loss, "lr": ep.lr,
-                   **({prefix + k: v for k, v in ep.eval.metrics().items()} if ep.eval else {})}
+        metrics = {"epoch": ep.epoch, "loss": ep.loss, "lr": logged_value("lr", ep.lr),
+                   **(_accuracies(ep.eval, prefix) if ep.eval else {})}
         metrics.update({f"loss_{k}": v for k, v in ep.terms.items()})
         return metrics
 
@@ -94,8 +96,8 @@ def _final_report(result, config: TrialConfig, prefix: str, train_seconds: float
     artifacts. With a checkpoint folder the split is written there beside the weights."""
     final = {
         "epoch": result.epochs,
-        **{prefix + k: v for k, v in result.final.metrics().items()},
-        **{f"best_{prefix}{k}": v for k, v in result.best.metrics().items()},
+        **_accuracies(result.final, prefix),
+        **_accuracies(result.best, f"best_{prefix}"),
         "best_epoch": result.best_epoch,
         "train_seconds": train_seconds,
         "teacher_logits": result.teacher_logits,  # live, or its table built here or read from the node's cache
@@ -120,6 +122,11 @@ def _final_report(result, config: TrialConfig, prefix: str, train_seconds: float
     else:
         final[FINAL_KEY]["split"] = split
     return final
+
+
+def _accuracies(evaluation, prefix: str) -> dict[str, float]:
+    """An evaluation's head / medium / tail / all accuracies, named with `prefix`, as the run records them."""
+    return {prefix + k: logged_value(prefix + k, v) for k, v in evaluation.metrics().items()}
 
 
 def _local_checkpoint(checkpoint, key: str) -> str:

@@ -8,7 +8,7 @@ sweep per study), checkpoints (checkpoint manifests and fetching a teacher's che
 """
 from orchestrator.tracking.checkpoints import CorruptCheckpoint, checkpoint_problem, fetch_checkpoint, write_manifest
 from orchestrator.tracking.layout import (CELL_TAG, EPOCH_METRICS, NOTE_TAG, SPLIT_FILE, base_tags, dataset_input, epoch_metrics, experiment_url, git_commit,
-                                          param_str, run_name, runs_view_state, short_model, split_digest, system_sampler,
+                                          logged_value, param_str, run_name, runs_view_state, short_model, split_digest, system_sampler,
                                           teacher_link_tags, teacher_run_name, trial_params, trial_tags)
 from orchestrator.tracking.lease import STUDY_PLAN, TEACHERS_PLAN, Lease, LeaseLost, lease_ttl, locked_store_line
 from orchestrator.tracking.records import FINISHED, PRUNED, SKIPPED, RunRecord, RunState
@@ -22,6 +22,6 @@ __all__ = ["CELL_TAG", "DEFAULT_TRACKING_URI", "EPOCH_METRICS", "FINISHED", "NOT
            "LeaseLost", "ResumableRun", "RunRecord", "RunState", "RunStore", "SpooledWriter", "Tracker", "TrialRuns",
            "absolute_store_uri", "base_tags", "check_reachable", "checkpoint_problem", "dataset_input", "driver_calls_fail_fast", "epoch_metrics", "experiment_url",
            "fetch_checkpoint", "filter_literal", "git_commit", "is_locked", "is_transient_failure", "lease_ttl", "locked_store_line",
-           "param_str", "resolve_tracking_uri", "resumable_runs", "run_name", "runs_view_state", "short_model", "split_digest", "spooled_runs",
+           "logged_value", "param_str", "resolve_tracking_uri", "resumable_runs", "run_name", "runs_view_state", "short_model", "split_digest", "spooled_runs",
            "store_gone", "store_identity", "store_trouble", "system_sampler", "teacher_link_tags", "teacher_run_name", "trial_params",
            "trial_tags", "use_write_ahead_log", "write_manifest"]
