@@ -16,7 +16,6 @@ from orchestrator.search.optuna_adapter import LearningCurve, SearchSummary
 from orchestrator.search.space import SEARCH_STATE_TAG, Target
 from orchestrator.study import Trial
 from orchestrator.tracking import CELL_TAG, FINISHED, NOTE_TAG, PRUNED
-from orchestrator.tracking.layout import logged_value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +94,7 @@ class OptunaAskSearcher(Searcher):
             step = int(result["epoch"])
             if step not in self.reported[trial_id]:
                 self.reported[trial_id].add(step)
-                self.search_of[trial_id].curve.report(self.number[trial_id], step, logged_value(self.metric, result[self.metric]))
+                self.search_of[trial_id].curve.report(self.number[trial_id], step, float(result[self.metric]))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass  # see report
@@ -222,7 +221,7 @@ class SearchCallback(SweepCallback):
         super().on_trial_result(iteration, trials, trial, result, **info)
         self.searcher.report(trial.trial_id, result)
         if self.metric in result and "epoch" in result:
-            self.latest[trial.trial_id] = (int(result["epoch"]), logged_value(self.metric, result[self.metric]))
+            self.latest[trial.trial_id] = (int(result["epoch"]), float(result[self.metric]))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         super().on_trial_start(iteration, trials, trial, **info)
@@ -248,8 +247,6 @@ class SearchCallback(SweepCallback):
             self._record(Outcome(t, PRUNED), f"pruned by ASHA after epoch {stopped_after}{last}")
             return
         value = final.get(self.metric) if final is not None and ERROR_KEY not in final and FINAL_KEY in final else None
-        if value is not None:
-            value = logged_value(self.metric, value)  # Optuna holds the number the run shows, so both rank alike
         self.runs.set_tags(t, {SEARCH_STATE_TAG: "complete" if value is not None else "failed"})  # before its run ends
         super().on_trial_complete(iteration, trials, trial, **info)
         self.searcher.tell(trial.trial_id, FINISHED if value is not None else "FAIL", value)
