@@ -154,7 +154,7 @@ def _holding(session_dir: str) -> list[int]:
 
 
 def test_sigkilled_sweep_leftovers_are_cleaned_and_runs_its_edited_study_dropped_are_closed(tmp_path):
-    study = write(tmp_path / "study.yaml", "killed_then_edited", seeds="[0, 1]", teacher_epochs=15)
+    study = write(tmp_path / "study.yaml", "killed_then_edited", seeds="[0, 1]", teacher_epochs=40)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = sweep_env(tmp_path)
     sweep = Sweep([LTKD, "sweep", str(study), "--tracking-uri", uri], tmp_path, env)  # no --storage: its own Tune folder
@@ -170,7 +170,7 @@ def test_sigkilled_sweep_leftovers_are_cleaned_and_runs_its_edited_study_dropped
     assert Path(record["tune_dir"]).is_dir()
 
     # The study is edited before the rerun: seed 1 is dropped, so its teacher's run has no trial now.
-    write(study, "killed_then_edited", seeds="[0]", teacher_epochs=15)
+    write(study, "killed_then_edited", seeds="[0]", teacher_epochs=40)
     rerun = ltkd("sweep", str(study), "--tracking-uri", uri, cwd=tmp_path, env=env)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"cleaned up after a sweep that was killed (pid {sweep.pid}): stopped {len(left)} leftover Ray process(es), " \
