@@ -10,6 +10,7 @@ import os
 import sys
 import webbrowser
 
+from orchestrator.commands.session import store_exists
 from orchestrator.errors import UserError, describe, without_userinfo
 from orchestrator.study import load_study
 from orchestrator.tracking import Tracker, absolute_store_uri, check_reachable, experiment_url, resolve_tracking_uri
@@ -24,7 +25,7 @@ def _can_show_a_browser() -> bool:
 
 
 def _experiment_id(uri: str, study_path: str, name: str) -> str:
-    if uri.startswith("sqlite:///") and not os.path.exists(uri.removeprefix("sqlite:///")):
+    if not store_exists(uri):
         raise UserError(f"{study_path}: study {name!r} has no runs in {uri} (the file does not exist); "
                         f"run `ltkd sweep {study_path}` first, or give its --tracking-uri")
     try:
