@@ -33,8 +33,11 @@ def _sweep_dirs(root: Path) -> list[Path]:
 
 
 def test_a_sweep_paused_past_its_lease_stops_when_it_runs_again_and_writes_nothing(mlflow_server, tmp_path):
-    """SIGSTOP the first sweep (its driver and its local Ray, as a frozen machine) past the lease's
-    expiry; a second sweep takes the study over and continues its run; SIGCONT the first."""
+    """SIGSTOP the first sweep (its driver and its local Ray's daemons; Ray's trial workers, each in a
+    process group of its own, train on, as a cluster's workers do when the driver's machine sleeps)
+    past the lease's expiry; a second sweep takes the study over and continues its run; SIGCONT the
+    first: the results its trial sent meanwhile fence it at once (`test_lease.py` puts the pause
+    inside the heartbeat)."""
     study = write_study(tmp_path, "fenced", epochs=3, teacher_epochs=20)  # paused after 3: the second trains the rest
     env = sweep_env(tmp_path, LTKD_LEASE_TTL_S="8")
     cmd = [LTKD, "sweep", str(study), "--tracking-uri", mlflow_server, "--storage", str(tmp_path / "storage")]

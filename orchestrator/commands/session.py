@@ -174,4 +174,4 @@ def leased_writer(tracker, uri: str, folder: str, study_spool: str, lease: Lease
     return SpooledWriter(tracker, folder, workers=4, is_transient=is_transient_failure, on_warning=on_warning,
                          store_identity=store_identity(uri), fence=fence, describe=lambda exc: store_trouble(exc, uri),
                          is_fatal=lambda exc: store_gone(exc, uri), quarantine=os.path.join(study_spool, "quarantine"),
-                         may_queue=lambda: not lease.paused_past_expiry())
+                         may_queue=lease.settle_pause)

@@ -299,6 +299,9 @@ def _run_leased(run: LeasedSweep, plan, retrain=()) -> int:
         refresher = _start_tables(run, plan) if run.tables else None
         started = time.time()
         outcomes = _train(run, todo, runs, writer, plan)
+        # A sweep paused past its lease's expiry while its trials trained on (a driver's machine asleep,
+        # the cluster's workers not) may have seen their ends with nothing left to write: not a success.
+        run.lease.settle_pause()
         if run.lost_line():
             _stop_tables(refresher)
             raise RunFailure(_fenced_line(run.lost_line(), run.lease, run.spool))
@@ -411,6 +414,7 @@ def _train(run: LeasedSweep, todo, runs: TrialRuns, writer: SpooledWriter, plan)
 def _interrupted(run: LeasedSweep, refresher, runs, exc: KeyboardInterrupt) -> None:
     """Ctrl-C or SIGTERM: the one line of a sweep that lost its lease, else what is queued flushed
     briefly (the rest stays for the next sweep) and the final tables; returns to re-raise `exc`."""
+    run.lease.settle_pause()
     if run.lost_line():
         _stop_tables(refresher)
         raise RunFailure(_fenced_line(run.lost_line(), run.lease, run.spool)) from None

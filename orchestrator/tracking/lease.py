@@ -95,6 +95,16 @@ class Lease:
     def _mine(self, lease: dict | None) -> bool:
         return bool(lease) and lease.get("id") == self.holder["id"] and _int_tag(str(lease.get("generation", 0)), 0) == self.generation
 
+    def _overwritten_late(self, lease: dict | None) -> bool:
+        """A record of an earlier generation over this sweep's: a predecessor that was paused between
+        reading its lease and writing its heartbeat wrote it when it ran again. Generations only count
+        up, so the study is still this sweep's, and its next heartbeat puts its record back."""
+        return (bool(lease) and self.generation > 0 and not lease.get("released") and lease.get("id") != self.holder["id"]
+                and _int_tag(str(lease.get("generation", 0)), 0) < self.generation)
+
+    def _still_mine(self, lease: dict | None) -> bool:
+        return self._mine(lease) or self._overwritten_late(lease)
+
     def _held_by_other(self, lease: dict | None) -> bool:
         if not lease or lease.get("released") or lease.get("id") == self.holder["id"]:
             return False
@@ -179,22 +189,56 @@ class Lease:
         """Lost, or no renewal was even tried within the expiry (the process was stopped): no store call."""
         return self.lost is not None or (self._attempted > 0 and time.time() - self._attempted > self.ttl)
 
+    def settle_pause(self, wait_s: float = 30.0) -> bool:
+        """After a possible pause, before anything is queued or the sweep reports its end: True while
+        the sweep may write. Once it was paused past the expiry this sets the lost line (naming the
+        successor when the store tells one) without waiting on an unreachable store."""
+        if not self.paused_past_expiry():
+            return True
+        # The heartbeat may be renewing right now (its answer waited through the pause): its outcome first.
+        if self._renewing.acquire(timeout=wait_s):
+            try:
+                self._renew_held()  # past the expiry this only reads, quietly, and raises LeaseLost
+            except LeaseLost:
+                pass
+            except Exception:  # noqa: BLE001 - a store call failed: the pause stands; the line below says so
+                pass
+            finally:
+                self._renewing.release()
+        if self.lost is None:
+            self.lost = (f"lost the lease of study {self.study!r}: this sweep was paused past its {self.ttl:.0f} s expiry, "
+                         "so another sweep may have taken the study over; this one writes nothing more: rerun the same command to go on")
+        return False
+
+
     def renew(self) -> None:
         """Read the lease and write a new heartbeat if the token is still current; LeaseLost if not,
         or if the last try was longer ago than the expiry: a process that was paused cannot trust its
         own clock about what happened meanwhile, even when no one took over. A store that does not
         answer raises its own error (the writes wait, as in an outage)."""
         with self._renewing:
-            if self.lost is not None:
-                raise LeaseLost(self.lost)
-            now = time.time()
-            if now - self._attempted > self.ttl:
-                self._lose(self._read_quietly(), late_s=now - self._attempted)
-            self._attempted = now
+            self._renew_held()
+
+    def _renew_held(self) -> None:
+        """`renew` with the renewal lock held."""
+        if self.lost is not None:
+            raise LeaseLost(self.lost)
+        now = time.time()
+        if now - self._attempted > self.ttl:
+            self._lose(self._read_quietly(), late_s=now - self._attempted)
+        self._attempted = now
+        lease = self._read()
+        if time.time() - now > self.renew_every:
+            # The answer came back late: the process may have been paused while it waited in the socket,
+            # and a successor may have claimed the study meanwhile. Only a fresh answer is trusted.
             lease = self._read()
-            if not self._mine(lease):
-                self._lose(lease)
-            self._write()
+        if not self._still_mine(lease):
+            self._lose(lease)
+        self._write()
+        if time.time() - self._attempted > self.ttl:
+            # Paused between the read and the write: the heartbeat may have landed over a successor's
+            # claim (which puts its record back, `_overwritten_late`); this sweep writes no more.
+            self._lose(self._read_quietly(), late_s=time.time() - self._attempted)
 
     def check_current(self, decisive: bool = False) -> None:
         """Before a write of the sweep: LeaseLost once the token is not current. Within the trusted
@@ -206,7 +250,7 @@ class Lease:
             self.renew()  # raises LeaseLost
         if time.time() - self._renewed >= self.trusted_s:
             self.renew()
-        elif decisive and not self._mine(self._read()):
+        elif decisive and not self._still_mine(self._read()):
             self._lose(self._read_quietly())
 
     def _heartbeat(self) -> None:
@@ -224,8 +268,8 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        if self.lost is not None or not self.generation:
-            return
+        if self.paused_past_expiry() or not self.generation:
+            return  # lost, or not sure it still holds the study: the lease expires by itself
         try:
             if self._mine(self._read()):
                 self.tracker.client.set_experiment_tag(self.experiment_id, LEASE_TAG, json.dumps(

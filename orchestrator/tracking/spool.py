@@ -295,8 +295,8 @@ class SpooledWriter:
     no more. `describe(exc)`: a failure in words for the console ("server unreachable", "disk full");
     `is_fatal(exc)`: a failure no retry mends (the store's file was deleted): the writer stops as if
     fenced. `quarantine`: where corrupt records and runs of another store are moved. `may_queue()`:
-    a check without the store, asked before each event is queued (False: the lease's renewal is
-    overdue past its expiry, so the event is dropped rather than left for a later replay).
+    asked before each event is queued (False: the sweep was paused past its lease's expiry; the
+    event is dropped rather than left for a later replay, and the writer is fenced).
     """
 
     def __init__(self, store: RunStore, folder: str, workers: int = 4, is_transient: Callable[[BaseException], bool] | None = None,
@@ -465,8 +465,17 @@ class SpooledWriter:
         return run
 
     def _append(self, key: str, event: dict) -> None:
-        if self.fenced is not None or not self.may_queue():
+        if self.fenced is not None:
             return  # the sweep that took over continues this run: nothing more is queued for it here
+        if not self.may_queue():
+            # Not queued for a later replay either: the sweep that took over writes this run.
+            why = "this sweep was paused past its lease's expiry"
+            try:
+                self.fence(True)  # the fence's own words (the lease lost to whom), when it has them
+            except Fenced as exc:
+                why = str(exc)
+            self._fence_off(why)
+            return
         event["q"] = time.time()
         line = frame(event)
         with self._lock:
