@@ -41,6 +41,9 @@ resources: {{cpu: 1}}
 
 
 def write_study(tmp_path: Path, name: str, gammas="[10]", seeds="[0]", epochs=3, teacher_epochs=None, student_baseline="false") -> Path:
+    # A test that interrupts a teacher once the store shows its N-th epoch gives it far more epochs than
+    # N: the store trails training (by up to 13 epochs seen on a loaded machine, the spool draining
+    # behind), so a short teacher can be done, its end queued, by the time the interrupt comes.
     path = tmp_path / f"{name}.yaml"
     path.write_text(textwrap.dedent(STUDY.format(name=name, gammas=gammas, seeds=seeds, epochs=epochs, student_baseline=student_baseline,
                                                  teacher_epochs=teacher_epochs or epochs)))
@@ -143,7 +146,7 @@ def running_with_epochs(uri: str, name: str, at_least: int):
 
 
 def test_worker_sigkilled_mid_trial_is_retried_and_resumes(tmp_path):
-    study = write_study(tmp_path, "worker_killed", epochs=3, teacher_epochs=20)
+    study = write_study(tmp_path, "worker_killed", epochs=3, teacher_epochs=60)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     sweep = Sweep(sweep_cmd(study, uri, tmp_path), tmp_path, sweep_env(tmp_path))
     sweep.wait_line("tracking:")
@@ -161,7 +164,7 @@ def test_worker_sigkilled_mid_trial_is_retried_and_resumes(tmp_path):
 
 
 def test_sweep_sigkilled_then_rerun_continues_without_duplicates(tmp_path):
-    study = write_study(tmp_path, "driver_killed", seeds="[0, 1]", epochs=3, teacher_epochs=20)
+    study = write_study(tmp_path, "driver_killed", seeds="[0, 1]", epochs=3, teacher_epochs=60)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = sweep_env(tmp_path)
     sweep = Sweep(sweep_cmd(study, uri, tmp_path), tmp_path, env, start_new_session=True)
@@ -269,7 +272,7 @@ def test_two_node_cluster_loses_a_node_mid_trial_and_its_trials_finish_on_the_ot
          f"--temp-dir={temp_dir}", env=env)
     try:
         _ray("start", f"--address={address}", "--num-cpus=1", f"--node-manager-port={node2_port}", "--disable-usage-stats", env=env)
-        study = write_study(tmp_path, "two_nodes", seeds="[0, 1]", epochs=3, teacher_epochs=20)
+        study = write_study(tmp_path, "two_nodes", seeds="[0, 1]", epochs=3, teacher_epochs=60)
         uri = f"sqlite:///{tmp_path}/mlflow.db"
         sweep = Sweep(sweep_cmd(study, uri, tmp_path, "--address", address), tmp_path, env)
         sweep.wait_line("tracking:")
@@ -313,7 +316,7 @@ def stop_ray_folder(temp_dir: str) -> None:
 
 
 def test_ctrl_c_stops_the_sweep_with_exit_130_and_the_rerun_continues_the_killed_runs(tmp_path):
-    study = write_study(tmp_path, "ctrl_c", epochs=3, teacher_epochs=20)
+    study = write_study(tmp_path, "ctrl_c", epochs=3, teacher_epochs=60)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = sweep_env(tmp_path)
     sweep = Sweep(sweep_cmd(study, uri, tmp_path), tmp_path, env)

@@ -112,6 +112,7 @@ def test_default_uri_from_two_folders_and_two_spellings_of_one_store(tmp_path):
     try:
         sweep_a.wait_line("tracking:")
         assert f"tracking: sqlite:///{a}/mlflow.db (experiment" in sweep_a.output  # the default, resolved
+        sweep_a.wait_line("started ")  # past the experiment's description, the driver's last write before the spool's
         locker = _hold_write_lock(a / "mlflow.db")
         sweep_a.wait_line("[2/2] FINISHED", timeout=240)  # trained; its writes wait in the spool
         # While the paused writer holds the lock: readers read (WAL), a second sweep is refused in one line.

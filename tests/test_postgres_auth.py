@@ -282,7 +282,7 @@ def swept(stack):
     """The study swept as the non-admin `ltkd` (its credentials file, as in the image), with PostgreSQL
     stopped for a while once the teacher's run has epochs, then started again: the sweep's output."""
     work = stack["root"] / "sweep"
-    study = write_study(work, "pg_auth", teacher_epochs=30)  # still training when PostgreSQL stops after its first epoch
+    study = write_study(work, "pg_auth", teacher_epochs=60)  # still training when PostgreSQL stops after its first epoch
     sweep = subprocess.Popen([str(BIN / "ltkd"), "sweep", study, "--tracking-uri", stack["url"], "--storage", work / "storage"],
                              env=stack["env"], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []

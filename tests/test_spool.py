@@ -52,7 +52,7 @@ def test_burst_from_many_runs_arrives_complete_and_ends_after_its_metrics(mlflow
     started = time.perf_counter()
     _burst(writer, exp, runs, epochs)
     queued_in = time.perf_counter() - started
-    assert queued_in < 2.0, f"queueing {runs * epochs} reports took {queued_in:.2f} s: it must not wait on the store"
+    assert queued_in < 5.0, f"queueing {runs * epochs} reports took {queued_in:.2f} s: it must not wait on the store"
     assert writer.state().pending_events > 0
     # While it drains: a run seen FINISHED already holds every epoch (its end was queued after them).
     seen_finished = set()
@@ -139,7 +139,7 @@ def test_reported_lag_is_the_age_of_the_oldest_unwritten_event(tmp_path):
     writer.close()
     assert sorted(set(store.steps)) == list(range(1, 61)) and len(store.steps) == 60
     # bounded by about one call plus the events queued during it, not growing with the run's age
-    assert max(lags[20:]) < 0.8, lags
+    assert max(lags[20:]) < 1.5, lags
     assert writer.state().lag_s == 0.0
 
 
