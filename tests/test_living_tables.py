@@ -47,7 +47,8 @@ def test_interrupted_sweep_leaves_current_tables_and_watch_follows_a_second_swee
     assert sweep.finish(timeout=180) == 130, sweep.output
     # the final regeneration's line (with the plots) says where the tables are: the tables run, or --out
     lines = [ln for ln in sweep.lines if ln.startswith("tables: regenerated from") and "in MLflow run 'tables living'" in ln
-             and "--out DIR` writes them to a folder" in ln and "spool" not in ln]
+             # the study as given; no --tracking-uri: the store is this folder's default, sqlite:///mlflow.db
+             and f"ltkd tables {study} --out DIR` writes them to a folder" in ln and "spool" not in ln]
     assert len(lines) == 1, sweep.output
     runs_then = int(lines[0].split("regenerated from ")[1].split()[0])
     assert 2 <= runs_then < 6 and "cells short of seeds" in lines[0] and " 0 cells short" not in lines[0], sweep.output

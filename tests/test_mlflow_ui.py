@@ -203,6 +203,17 @@ def test_ltkd_ui_serves_the_study_and_its_link_opens_the_model_training_view_gro
         assert re.search(r"Teacher w16 γ50 s0 .*\d\.\d{4}\b", table) and not re.search(r"\d\.\d{5,}", table), table[:2000]
         assert "digits-LT, cnn_w16 → cnn_w4" in text  # the study's description is the experiment's
         assert (tmp_path / "runs.png").stat().st_size > 10_000
+        # The report's links open the runs on this UI's port, in the model-training view.
+        report = subprocess.run([command[0], "report", str(root / "ui.yaml"), "--tracking-uri", uri, "--out", str(tmp_path / "report"),
+                                 "--no-log"], capture_output=True, text=True, timeout=300)
+        assert report.returncode == 0, report.stdout + report.stderr
+        links = re.findall(r'href="(http://[^"]+/runs/(\w+)\?workflowType=machine_learning)"', (tmp_path / "report" / "ui_report.html").read_text())
+        assert links and all(href.startswith(f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs/") for href, _ in links), links
+        run_link, run_id = links[-1]
+        opened = text_of(page(run_link, tmp_path, "report-link.png"))
+        sidebar = opened[opened.index("Model training"):opened.index("Docs")]
+        assert "Model registry" in sidebar and "Observability" not in sidebar, sidebar  # not the GenAI view
+        assert MlflowClient(tracking_uri=uri).get_run(run_id).info.run_name in opened
         again = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0 and again.stdout.splitlines() == [line, f"  (the MLflow UI already running (pid {pid}))"], again.stdout
         assert browse_hint(uri, "ui", exp.experiment_id, "ui.yaml") == \
@@ -244,6 +255,16 @@ def test_a_distillation_run_shows_its_metrics_data_and_the_link_to_its_teacher(s
     assert f'href="#/experiments/{exp.experiment_id}/runs/{teacher.info.run_id}"' in dom, "no link to the teacher's run"
     assert "Teacher w16 γ50 s1" in text
     assert "digits-LT γ50" in text  # the dataset input
+    # Head / medium / tail / all per epoch on one chart: an image beside the run's one-metric charts.
+    from matplotlib.image import imread
+    client = MlflowClient(tracking_uri=f"sqlite:///{swept[3]}/mlflow.db")
+    for r in (run, teacher):
+        assert "group_accuracy.png" in {f.path for f in client.list_artifacts(r.info.run_id)}, r.info.run_name
+        height, width, _ = imread(client.download_artifacts(r.info.run_id, "group_accuracy.png", str(tmp_path))).shape
+        assert (width, height) == (1000, 680)  # 5.0 × 3.4 in at 200 dpi
+    dom = page(f"{url}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}/artifacts/group_accuracy.png"
+               "?workflowType=machine_learning", tmp_path, "run-group-accuracy.png")
+    assert "group_accuracy.png" in text_of(dom) and "<img" in dom
 
 
 def test_the_html_table_artifact_renders_plus_minus(swept, tmp_path):
@@ -279,3 +300,18 @@ def test_the_charts_show_head_medium_and_tail_on_one_chart_and_no_one_point_summ
     per_epoch = logged - set(SUMMARY_METRICS) - {"acc_medium", "acc_tail"}
     assert {"acc_all", "acc_head", "loss", "lr"} <= per_epoch and len(logged) >= len(per_epoch) + 14
     assert f"Model metrics ({len(per_epoch)})" in text_of(dom), text_of(dom)[:3000]
+
+
+def test_the_models_page_lists_each_cells_models_and_the_teachers_registered_versions(swept, tmp_path):
+    """Each trial's final weights are a LoggedModel of its run: the experiment's Models page lists the
+    models of the LTKD cell's seeds and of the teachers, a teacher's with its registered version."""
+    url, exp, runs, root = swept
+    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    cell = client.search_logged_models([exp.experiment_id], filter_string="tags.cell = 'LTKD w16>w4 γ50'", order_by=[
+        {"field_name": "metrics.acc_tail", "ascending": False}])
+    assert sorted(client.get_run(m.source_run_id).info.run_name for m in cell) == ["LTKD w16>w4 γ50 s0", "LTKD w16>w4 γ50 s1"]
+    dom = page(f"{url}/#/experiments/{exp.experiment_id}/models?workflowType=machine_learning", tmp_path, "models.png", budget_ms=20000)
+    text = text_of(dom)
+    for name in ("LTKD w16>w4 γ50 s0", "LTKD w16>w4 γ50 s1", "Teacher w16 γ50 s0", "Teacher w16 γ50 s1"):
+        assert name in text, text[:3000]
+    assert "ui Teacher w16 γ50 s0" in text, text[:3000]  # the registered model, in the Registered models column

@@ -317,7 +317,7 @@ def test_a_searchs_live_view_names_it_shows_its_validation_metric_and_a_trial_st
     text = buf.getvalue()
     frame = starting[starting.rindex("search: "):]
     header, columns, first, second = [line.rstrip() for line in frame.splitlines()[:4]]
-    assert header == ("search: 0 done, 2 running, 1 pending, 0 failed, 0 skipped of 3  |  elapsed 23 s  |  ETA unknown  |  "
+    assert header == ("search: 0 done, 2 running, 1 pending, 0 failed, 0 skipped of 3  |  elapsed 23 s  |  ETA once an epoch is timed  |  "
                       "maximising val_acc_tail (validation split)")
     assert columns.split() == ["running", "trial", "attempt", "progress", "elapsed", "val_acc_all", "val_acc_tail", "s/epoch"]
     assert first.split()[-5:] == ["1/16", "23", "s", "41.0", "12.5"]  # the validation metric, not acc_all
@@ -334,4 +334,4 @@ def test_plain_summary_counts_pruned_trials_among_the_done():
     p.trial_done("a", "PRUNED", "pruned by ASHA after epoch 2 (val_acc_tail 3.3 at epoch 2)")
     clock.t = 60.0
     p.note("tick")
-    assert lines_of(out)[-1] == "[summary] 1/2 done (1 pruned), 0 running, 1 pending, 0 failed, 0 skipped; ETA unknown"
+    assert lines_of(out)[-1] == "[summary] 1/2 done (1 pruned), 0 running, 1 pending, 0 failed, 0 skipped; ETA once an epoch is timed"

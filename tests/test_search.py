@@ -192,6 +192,45 @@ def test_every_trial_is_nested_under_its_parent_which_holds_the_best_completed_p
     assert all(r.data.params["validation_per_class"] == "10" for r in children)
 
 
+def _row_marks(dom: str) -> dict[str, str]:
+    """Run name -> the status mark drawn in its row's Created cell (its SVG path), of the rows drawn."""
+    rows = re.findall(r'href="#/experiments/\d+/runs/\w+"><span[^>]*>([^<]+)</span>.*?col-id="runDateAndNestInfo".*?<path[^>]* d="([^"]+)"',
+                      dom, flags=re.S)
+    return {name.replace("&gt;", ">"): mark for name, mark in rows}
+
+
+def test_the_runs_view_shows_search_trials_by_their_metric_and_pruned_ones_as_finished(searched, tmp_path):
+    """In the real MLflow UI (headless Chromium): the study's link opens the runs grouped by cell with
+    the search's metric (val_acc_*) as the first columns, a trial's row shows its value, and a pruned
+    trial carries the finished mark (the teacher's), in a group of its own."""
+    from conftest import start_mlflow_server, stop
+    from test_mlflow_ui import BROWSER, header_columns, page, text_of
+    from orchestrator.tracking import experiment_url
+
+    if BROWSER is None:
+        pytest.fail("no Chromium on this machine: `apt-get install -y chromium` (make test installs it)", pytrace=False)
+    folder, study_file, uri, _, _, _ = searched
+    client, runs = _runs(uri, "search_smoke")
+    proc, url = start_mlflow_server(folder)
+    try:
+        dom = page(experiment_url(url, runs[0].info.experiment_id), tmp_path, "search-runs.png", budget_ms=20000)
+    finally:
+        stop(proc)
+    text = text_of(dom)
+    metrics = [c for c in header_columns(dom) if c.startswith("metrics.")]
+    assert metrics[:4] == ["metrics.`val_acc_tail`", "metrics.`val_acc_all`", "metrics.`val_acc_head`", "metrics.`val_acc_medium`"], metrics
+    assert "Group: search LTKD w32>w8 γ10 pruned" in text and "Group: search LTKD w32>w8 γ10 " in text, text[:3000]
+    trials = {r.info.run_name: r for r in runs if r.data.tags.get("role") == "distill" and r.data.tags.get(SEARCH_STATE_TAG)}
+    best = max((r for r in trials.values() if r.data.tags[SEARCH_STATE_TAG] == "complete"), key=lambda r: r.data.metrics["val_acc_tail"])
+    # its row: the name, then (in the metric columns, drawn after the pinned ones) its val_acc_tail as logged
+    assert best.info.run_name.replace(">", "&gt;") in dom and f"{best.data.metrics['val_acc_tail']:g}" in text, text[:3000]
+    marks = _row_marks(dom)
+    teacher = next(r.info.run_name for r in runs if r.data.tags.get("role") == "teacher")
+    pruned = [name for name, r in trials.items() if r.data.tags[SEARCH_STATE_TAG] == "pruned"]
+    assert teacher in marks and pruned and all(name in marks for name in pruned), (sorted(marks), pruned)
+    assert {marks[name] for name in pruned} == {marks[teacher]}  # not a failure's or a kill's mark
+
+
 def test_no_test_metric_reaches_the_search_or_its_runs(searched):
     folder, study_file, uri, seen, _, _ = searched
     ostudy, target = _ostudy(folder, study_file)

@@ -548,8 +548,12 @@ def test_the_sweeps_refresher_says_where_the_tables_are(main_table, tmp_path):
     assert notes == [
         "tables: regenerated from 26 runs (2 cells short of seeds), in MLflow run 'tables golden_main'",
         "tables: regenerated from 26 runs (2 cells short of seeds), in MLflow run 'tables golden_main' (artifacts under "
-        "tables/); `ltkd tables <the study file> --out DIR` writes them to a folder",
+        "tables/); `ltkd tables STUDY.yaml --out DIR` writes them to a folder",
     ]
+    named = TablesRefresher(study, expand(study), tracker, tracker.experiment_id(study.name), tmp_path / "internal", every_s=0,
+                            note=notes.append, files_command="ltkd tables studies/golden.yaml --tracking-uri sqlite:///x.db --out DIR")
+    named.close()
+    assert notes[-1].endswith("`ltkd tables studies/golden.yaml --tracking-uri sqlite:///x.db --out DIR` writes them to a folder")
 
 
 def test_fast_reader_matches_search_runs(main_table):

@@ -14,7 +14,7 @@ from orchestrator.errors import UserError, describe, first_line, redact_credenti
 from orchestrator.execution import cluster
 from orchestrator.execution.packing import packing_lines
 from orchestrator.study import expand, load_study, make_plan
-from orchestrator.tables.plots import run_per_class_png
+from orchestrator.tables.plots import run_group_curves_png, run_per_class_png
 from orchestrator.tracking.ui import ui_base_url
 from orchestrator.tracking import (Fenced, Lease, LeaseLost, SpooledWriter, Tracker, absolute_store_uri, check_reachable,
                                    experiment_url, is_locked, is_transient_failure, locked_store_line, resolve_tracking_uri,
@@ -37,12 +37,17 @@ def browse_hint(uri: str, experiment: str, experiment_id: str, study_path: str |
     if base is not None:
         where = "at" if uri.startswith(("http://", "https://")) else f"in {redact_credentials(uri)}, browse at"
         return f"runs: experiment {experiment!r} {where} {experiment_url(base, experiment_id)}"
+    return f"runs: experiment {experiment!r} in {redact_credentials(uri)}; browse them with `{ltkd_command('ui', study_path, uri)}`"
+
+
+def ltkd_command(verb: str, study_path: str | None, uri: str, *more: str) -> str:
+    """The command a user types for `verb` on this study and store: `ltkd` as found on PATH (else this
+    environment's, by its path), the study as given, --tracking-uri unless it is the default."""
     ltkd = shutil.which("ltkd")
     own = Path(sys.executable).with_name("ltkd")
     shown = "ltkd" if ltkd and own.exists() and Path(ltkd).resolve() == own.resolve() else str(own if own.exists() else "ltkd")
     store = "" if uri == absolute_store_uri(resolve_tracking_uri(None)) else f" --tracking-uri {redact_credentials(uri)}"
-    return (f"runs: experiment {experiment!r} in {redact_credentials(uri)}; browse them with "
-            f"`{shown} ui {shlex.quote(study_path) if study_path else 'STUDY.yaml'}{store}`")
+    return " ".join([f"{shown} {verb} {shlex.quote(study_path) if study_path else 'STUDY.yaml'}{store}", *more])
 
 
 def open_plan(study_path: str, tracking_uri: str | None, create: bool, search_results_needed: bool = True):
@@ -56,7 +61,7 @@ def open_plan(study_path: str, tracking_uri: str | None, create: bool, search_re
     uri = absolute_store_uri(uri)
     if not create and not store_exists(uri):
         return study, uri, None, None, make_plan(trials, {})
-    tracker = Tracker(uri, draw_per_class=run_per_class_png)
+    tracker = Tracker(uri, draw_per_class=run_per_class_png, draw_group_curves=run_group_curves_png)
     exp_id = None
     try:
         exp_id = tracker.experiment_id(study.name, create=create)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from orchestrator.commands.session import (DEFAULT_OUTAGE_LIMIT_S, browse_hint, earlier_spools, leased_writer, legacy_spool_folders,
+from orchestrator.commands.session import (DEFAULT_OUTAGE_LIMIT_S, browse_hint, earlier_spools, leased_writer, ltkd_command, legacy_spool_folders,
                                            migrate_legacy_spools, open_plan, spool_folder, spool_root, start_ray, store_refused,
                                            sweep_spool)
 from orchestrator.commands.options import check_duration, check_storage
@@ -86,7 +86,7 @@ def run_sweep(study_path: str, tracking_uri: str | None, address: str | None, dr
         print("nothing to run: every trial has a FINISHED run", file=out)
         if exp_id is not None:
             _close_orphans_alone(tracker, exp_id, study.name, out)
-            _finish_tables_alone(study, plan.trials, tracker, exp_id, Path(spool + "-tables"), out)
+            _finish_tables_alone(study, plan.trials, tracker, exp_id, Path(spool + "-tables"), out, study_path)
             if only is None:  # `ltkd search` prints where its runs are once, at its end
                 print(browse_hint(uri, study.name, exp_id, study_path), file=out)
         return 0
@@ -208,7 +208,7 @@ def _close_orphans_alone(tracker, exp_id: str, study: str, out) -> None:
         lease.release()
 
 
-def _finish_tables_alone(study, trials, tracker, exp_id: str, tables_out: Path, out) -> None:
+def _finish_tables_alone(study, trials, tracker, exp_id: str, tables_out: Path, out, study_path: str) -> None:
     """A sweep killed while it regenerated the final tables left the `tables` run RUNNING: regenerate it
     under the study's lease (`orchestrator.tables.regenerate.finish_interrupted_tables`)."""
     if not study.tables or interrupted_tables_run(tracker, exp_id, study.name) is None:
@@ -217,7 +217,7 @@ def _finish_tables_alone(study, trials, tracker, exp_id: str, tables_out: Path, 
     lease.claim()
     try:
         lease.confirm()
-        line = finish_interrupted_tables(study, trials, tracker, exp_id, tables_out)
+        line = finish_interrupted_tables(study, trials, tracker, exp_id, tables_out, _tables_command(study_path, tracker.uri))
         if line:
             print(line, file=out)
     finally:
@@ -355,7 +355,8 @@ def _close_orphans(run: LeasedSweep, resumable) -> None:
 def _nothing_left(run: LeasedSweep, plan) -> int:
     print("nothing to run: every trial has a FINISHED run", file=run.out)
     if run.tables and run.study.tables:
-        line = finish_interrupted_tables(run.study, plan.trials, run.tracker, run.exp_id, Path(run.spool + "-tables"))
+        line = finish_interrupted_tables(run.study, plan.trials, run.tracker, run.exp_id, Path(run.spool + "-tables"),
+                                         _tables_command(run.study_path, run.uri))
         if line:
             print(line, file=run.out)
     if not run.for_search:
@@ -363,10 +364,14 @@ def _nothing_left(run: LeasedSweep, plan) -> int:
     return 0
 
 
+def _tables_command(study_path: str | None, uri: str) -> str:
+    return ltkd_command("tables", study_path, uri, "--out DIR")
+
+
 def _start_tables(run: LeasedSweep, plan) -> TablesRefresher:
     """The study's tables, kept current in its MLflow `tables` run while trials finish."""
     refresher = TablesRefresher(run.study, plan.trials, run.tracker, run.exp_id, Path(run.spool + "-tables"), run.tables_every_s,
-                                run.notes.append)
+                                run.notes.append, files_command=_tables_command(run.study_path, run.uri))
     refresher.out.mkdir(parents=True, exist_ok=True)
     refresher.start()
     return refresher

@@ -387,7 +387,8 @@ class SweepProgress:
 
     def _eta_text(self) -> str:
         eta = self._eta()
-        return "unknown" if eta is None else _duration(eta)
+        # No epoch timed yet (an attempt's first carries loading and warm-up): say when there will be an ETA.
+        return "once an epoch is timed" if eta is None else _duration(eta)
 
     # -----------------------------------------------------------------------------------------
     # Output

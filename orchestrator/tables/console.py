@@ -95,8 +95,9 @@ def written_line(files: list[Path], out: Path) -> str:
     return f"wrote {count(len(files), 'file')} to {out}/: {', '.join(f.name for f in files)}"
 
 
-def where_logged(study_name: str) -> str:
+def where_logged(study_name: str, files_command: str | None = None) -> str:
     """Where tables regenerated without --out (by a sweep) are for the user: the study's tables run in
-    MLflow, or a folder of their choosing (the sweep's own copy sits in an internal folder)."""
+    MLflow, or a folder of their choosing (the sweep's own copy sits in an internal folder).
+    files_command: the `ltkd tables STUDY ... --out DIR` line for this study, as the user would type it."""
     return (f"in MLflow run 'tables {study_name}' (artifacts under tables/); "
-            "`ltkd tables <the study file> --out DIR` writes them to a folder")
+            f"`{files_command or 'ltkd tables STUDY.yaml --out DIR'}` writes them to a folder")

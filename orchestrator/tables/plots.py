@@ -11,7 +11,8 @@ shared axes, error bars with caps, one legend above the panels).
   test set and over the long-tailed training set (metrics pg_test_* and pg_train_*), as bars with ± one
   std over seeds; skipped with a note when the runs do not carry these metrics.
 - one run: `run_per_class_png`, the per-class accuracy of a single run (logged by the sweep per
-  distillation run).
+  distillation run); `run_group_curves_png`, its accuracy on all / head / medium / tail per epoch on
+  one chart (logged per trial run: the UI's run page draws each metric on a chart of its own).
 
 Each `*_figure` function builds the figure from records (what the tests look at); each `*_plot`
 function saves it and returns the files it wrote and notes (why something was skipped).
@@ -306,6 +307,34 @@ def run_per_class_png(per_class: list[float], class_counts: list[int], title: st
     ax.grid(alpha=0.3, axis="y")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def run_group_curves_png(histories: dict[str, list[tuple[int, float]]], title: str) -> bytes:
+    """One run's accuracy histories ({metric: [(epoch, value)]}, e.g. acc_all, acc_head, ...) on one
+    chart, as PNG bytes; the object API, as `run_per_class_png`."""
+    import io
+
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(5.0, 3.4))
+    ax = fig.add_subplot()
+    for i, (metric, points) in enumerate(histories.items()):
+        steps, values = zip(*points)
+        label = metric.replace("val_acc_", "validation ").replace("acc_", "")
+        ax.plot(steps, values, color=COLORS[i % len(COLORS)], marker=MARKERS[i % len(MARKERS)], markersize=3,
+                linewidth=1.5 if label.endswith("all") else 1.0, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncols=len(histories), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.suptitle(title, fontsize=9, y=0.99)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     return buf.getvalue()

@@ -102,7 +102,7 @@ def interrupted_tables_run(tracker, exp_id: str, study: str) -> str | None:
     return next((r.info.run_id for r in runs if r.data.tags.get("study") == study), None)
 
 
-def finish_interrupted_tables(study, trials, tracker, exp_id: str, out: Path) -> str | None:
+def finish_interrupted_tables(study, trials, tracker, exp_id: str, out: Path, files_command: str | None = None) -> str | None:
     """Regenerate the tables into a `tables` run that a killed regeneration left RUNNING (its files may be
     half logged), so that it is FINISHED and current again. The caller holds the study's lease (no live
     sweep regenerates meanwhile). Returns the line to print, or None when nothing was left RUNNING."""
@@ -115,7 +115,7 @@ def finish_interrupted_tables(study, trials, tracker, exp_id: str, out: Path) ->
         tracker.end_run(run_id, "KILLED")
         return f"tables: run 'tables {study.name}' was left RUNNING by a regeneration that died; no FINISHED trial to rebuild it from (now KILLED)"
     return (f"tables: run 'tables {study.name}' was left RUNNING by a regeneration that died; regenerated from "
-            f"{count(result.runs, 'run')} ({count(result.missing, 'cell')} short of seeds), {where_logged(study.name)}")
+            f"{count(result.runs, 'run')} ({count(result.missing, 'cell')} short of seeds), {where_logged(study.name, files_command)}")
 
 
 class TablesRefresher:
@@ -123,8 +123,10 @@ class TablesRefresher:
     (tables only), and once more, with plots, when the sweep ends. Runs beside the sweep in a
     thread; a failure (the store away) is a note, never a failed sweep."""
 
-    def __init__(self, study, trials, tracker, exp_id: str, out: Path, every_s: float, note):
+    def __init__(self, study, trials, tracker, exp_id: str, out: Path, every_s: float, note, files_command: str | None = None):
+        """files_command: how the user writes the tables to a folder (`where_logged`)."""
         self.study, self.trials, self.tracker, self.exp_id, self.out = study, trials, tracker, exp_id, out
+        self.files_command = files_command
         self.every_s = every_s
         self.note = note
         self.finished_seen = -1
@@ -155,7 +157,7 @@ class TablesRefresher:
             if result is not None:
                 self.finished_seen = result.runs
                 # The last regeneration (with plots) says where the tables are for the user; the periodic ones are short.
-                where = where_logged(self.study.name) if plots else f"in MLflow run 'tables {self.study.name}'"
+                where = where_logged(self.study.name, self.files_command) if plots else f"in MLflow run 'tables {self.study.name}'"
                 self.note(f"tables: regenerated from {count(result.runs, 'run')} ({count(result.missing, 'cell')} short of "
                           f"seeds), {where}")
             return result

@@ -79,6 +79,15 @@ SYSTEM_PREFIX = "system/"
 PER_CLASS_FILE = "per_class_accuracy.json"
 BEST_PER_CLASS_FILE = "best_epoch_per_class_accuracy.json"
 PER_CLASS_PLOT = "per_class_accuracy.png"  # distillation runs: the final per-class accuracy, drawn
+# Every trial run: head / medium / tail / all accuracy per epoch on one figure, drawn from the run's
+# metric history in the store (the run page charts each metric alone; this is the one to read).
+GROUP_CURVES_PLOT = "group_accuracy.png"
+
+
+def group_curve_metrics(validation: bool) -> tuple[str, ...]:
+    """The metrics that `GROUP_CURVES_PLOT` draws: acc_* (val_acc_* for a search trial)."""
+    prefix = "val_" if validation else ""
+    return tuple(f"{prefix}acc_{group}" for group in ("all", "head", "medium", "tail"))
 CHECKPOINT_DIR = "checkpoint"  # what a student's teacher is fetched from (with its MANIFEST.json)
 MODEL_DIR = "model"  # the final weights as an MLflow PyTorch model: mlflow.pytorch.load_model("runs:/ID/model")
 CELL_TAG = "cell"  # one value per table cell (row, pair, γ): the UI's "Group by" puts its seeds together

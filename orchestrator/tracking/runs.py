@@ -4,8 +4,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from orchestrator.tracking.layout import (BEST_PER_CLASS_FILE, CHECKPOINT_DIR, MODEL_DIR, PER_CLASS_FILE, PER_CLASS_PLOT, SPLIT_FILE,
-    dataset_input, epoch_metrics, per_class_artifact, run_name, summary_metrics, teacher_run_name, trial_params, trial_tags)
+from orchestrator.tracking.layout import (BEST_PER_CLASS_FILE, CHECKPOINT_DIR, GROUP_CURVES_PLOT, MODEL_DIR, PER_CLASS_FILE, PER_CLASS_PLOT,
+    SPLIT_FILE, dataset_input, epoch_metrics, group_curve_metrics, per_class_artifact, run_name, summary_metrics, teacher_run_name,
+    trial_params, trial_tags)
 from orchestrator.tracking.records import FINISHED
 
 
@@ -99,6 +100,8 @@ class TrialRuns:
         if trial.role == "distill" and not trial.config.validation_per_class:
             self.writer.log_per_class_plot(key, per_class, class_counts, f"{run_name(trial)}: per-class test accuracy (final epoch)",
                                            PER_CLASS_PLOT)
+        self.writer.log_group_curves(key, group_curve_metrics(bool(trial.config.validation_per_class)),
+                                     f"{run_name(trial)}: accuracy per epoch", GROUP_CURVES_PLOT)
         if digest:
             self.writer.log_input(key, dataset_input(trial, class_counts, digest))
         if split is not None:  # a run without a checkpoint (a search trial): its split, validation images included

@@ -89,6 +89,8 @@ class RunStore(Protocol):
     def log_per_class_plot(self, run_id: str, per_class: list[float], class_counts: list[int], title: str,
                            artifact_file: str) -> None: ...
 
+    def log_group_curves(self, run_id: str, metrics: list[str], title: str, artifact_file: str) -> None: ...
+
     def link_teacher(self, run_id: str, experiment_id: str, teacher_run: str | None, teacher_hash: str,
                      teacher_name: str) -> None: ...
 
@@ -395,6 +397,10 @@ class SpooledWriter:
         """Drawn by the writer's thread (`store.log_per_class_plot`), not the sweep's."""
         self._append(key, {"op": "plot", "per_class": per_class, "class_counts": class_counts, "title": title, "file": artifact_file})
 
+    def log_group_curves(self, key: str, metrics: list[str], title: str, artifact_file: str) -> None:
+        """Drawn by the writer's thread from the run's metric history, once the epochs queued before it are written."""
+        self._append(key, {"op": "curves", "metrics": list(metrics), "title": title, "file": artifact_file})
+
     def link_teacher(self, key: str, experiment_id: str, teacher_key: str | None, teacher_hash: str, teacher_name: str) -> None:
         """Link the run to its teacher's run: the teacher's spool key when this sweep runs it (its
         MLflow id is known once written), else the store finds the run by `teacher_hash`."""
@@ -634,6 +640,8 @@ class SpooledWriter:
             elif op == "plot":
                 self._call(run, lambda: self.store.log_per_class_plot(run.run_id, event["per_class"], event["class_counts"],
                                                                       event["title"], event["file"]))
+            elif op == "curves":
+                self._call(run, lambda: self.store.log_group_curves(run.run_id, event["metrics"], event["title"], event["file"]))
             elif op == "link":
                 teacher_run = self.run_id(event["teacher_key"]) if event.get("teacher_key") else None
                 self._call(run, lambda: self.store.link_teacher(run.run_id, event["experiment_id"], teacher_run, event["teacher_hash"],

@@ -53,6 +53,9 @@ def _quiet_sql_store_log() -> None:
         logger.addFilter(_only_critical)
 
 
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # a logged model's registered versions, as MLflow's UI reads them
+
+
 def _only_critical(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.CRITICAL
 
@@ -60,14 +63,17 @@ def _only_critical(record: logging.LogRecord) -> bool:
 class Tracker:
     """MLflow client wrapper bound to one tracking URI.
 
-    draw_per_class: draws a run's per-class accuracy as PNG bytes (per_class, class_counts, title),
-    given by the commands that write trial runs (tables.plots draws it; tracking does not import tables)."""
+    draw_per_class: draws a run's per-class accuracy as PNG bytes (per_class, class_counts, title);
+    draw_group_curves: draws metric histories ({name: [(step, value)]}, title) as PNG bytes. Both are
+    given by the commands that write trial runs (tables.plots draws; tracking does not import tables)."""
 
-    def __init__(self, uri: str, draw_per_class: Callable[[list[float], list[int], str], bytes] | None = None):
+    def __init__(self, uri: str, draw_per_class: Callable[[list[float], list[int], str], bytes] | None = None,
+                 draw_group_curves: Callable[[dict[str, list[tuple[int, float]]], str], bytes] | None = None):
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
         self.draw_per_class = draw_per_class
+        self.draw_group_curves = draw_group_curves
         if not os.environ.get("LTKD_DEBUG"):
             _quiet_sql_store_log()  # first: the client opens the store (and creates its tables) at once
         self.client = MlflowClient(tracking_uri=uri)
@@ -365,6 +371,12 @@ class Tracker:
         version = made[0] if made else self.client.create_model_version(
             name, source=model.artifact_location, run_id=run.info.run_id, model_id=model.model_id, tags={"config_hash": config_hash})
         self.client.set_registered_model_alias(name, teacher_model_alias(config_hash), version.version)
+        # The Models page's "Registered models" column reads this tag of the logged model (what
+        # mlflow.register_model sets; a client's create_model_version does not).
+        listed = json.loads(self.client.get_logged_model(model.model_id).tags.get(MODEL_VERSIONS_TAG) or "[]")
+        entry = {"name": name, "version": version.version}
+        if entry not in listed:
+            self.client.set_logged_model_tags(model.model_id, {MODEL_VERSIONS_TAG: json.dumps(listed + [entry])})
         self.client.set_tag(run.info.run_id, REGISTERED_TAG, f"models:/{name}/{version.version}")
 
     def _logged_model_of(self, run, name: str):
@@ -396,6 +408,16 @@ class Tracker:
         if self.draw_per_class is None:
             raise ValueError(f"{artifact_file}: this tracker was opened without a per-class plot drawer")
         self.log_png(run_id, self.draw_per_class(per_class, class_counts, title), artifact_file)
+
+    def log_group_curves(self, run_id: str, metrics: list[str], title: str, artifact_file: str) -> None:
+        """The run's histories of `metrics` as one figure. Read from the store, not from the sweep's
+        memory: a run that an earlier sweep began has its first epochs there only."""
+        if self.draw_group_curves is None:
+            raise ValueError(f"{artifact_file}: this tracker was opened without a curves drawer")
+        histories = {m: sorted((h.step, h.value) for h in self.client.get_metric_history(run_id, m)) for m in metrics}
+        histories = {m: points for m, points in histories.items() if points}
+        if histories:
+            self.log_png(run_id, self.draw_group_curves(histories, title), artifact_file)
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
