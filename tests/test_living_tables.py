@@ -4,6 +4,7 @@ runs that another process adds, then stops cleanly on Ctrl-C. Real processes, a 
 """
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import textwrap
@@ -47,8 +48,10 @@ def test_interrupted_sweep_leaves_current_tables_and_watch_follows_a_second_swee
     assert sweep.finish(timeout=180) == 130, sweep.output
     # the final regeneration's line (with the plots) says where the tables are: the tables run, or --out
     lines = [ln for ln in sweep.lines if ln.startswith("tables: regenerated from") and "in MLflow run 'tables living'" in ln
-             # the study as given; no --tracking-uri: the store is this folder's default, sqlite:///mlflow.db
-             and f"ltkd tables {study} --out DIR` writes them to a folder" in ln and "spool" not in ln]
+             # the study as given; --tracking-uri only when the store is not the default (MLFLOW_TRACKING_URI, else
+             # this folder's sqlite:///mlflow.db, which it is here)
+             and re.search(rf"ltkd tables {re.escape(str(study))}( --tracking-uri {re.escape(uri)})? --out DIR` writes them to a folder", ln)
+             and "spool" not in ln]
     assert len(lines) == 1, sweep.output
     runs_then = int(lines[0].split("regenerated from ")[1].split()[0])
     assert 2 <= runs_then < 6 and "cells short of seeds" in lines[0] and " 0 cells short" not in lines[0], sweep.output
