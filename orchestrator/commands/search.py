@@ -6,14 +6,13 @@ import sys
 
 from orchestrator.errors import RunFailure, UserError
 from orchestrator.study import expand, load_study
-from orchestrator.tracking import Tracker, check_reachable, resolve_tracking_uri
+from orchestrator.tracking import check_reachable, resolve_tracking_uri
 from orchestrator.errors import redact_credentials
 from orchestrator.words import count
 from orchestrator.commands.options import check_duration, check_storage
-from orchestrator.commands.session import browse_hint, leased_writer, spool_folder, start_ray
+from orchestrator.commands.session import browse_hint, leased_writer, spool_folder, start_ray, trial_tracker
 from orchestrator.commands.sweep import run_sweep
 from orchestrator.execution import leftovers
-from orchestrator.tables.plots import run_group_curves_png, run_per_class_png
 from orchestrator.tracking import Lease
 from orchestrator.search.optuna_adapter import make_sampler, optuna_storage_uri
 from orchestrator.search.space import targets
@@ -53,7 +52,7 @@ def run_search(study_path: str, tracking_uri: str | None, address: str | None, s
     teachers = {t.teacher.config_hash for t in chosen}
     run_sweep(study_path, tracking_uri, address, False, storage, out=out, outage_limit_s=outage_limit_s, only=teachers,
               tables_every_s=0)
-    tracker = Tracker(uri, draw_per_class=run_per_class_png, draw_group_curves=run_group_curves_png)
+    tracker = trial_tracker(uri)
     exp_id = tracker.experiment_id(study.name, create=True)
     done = tracker.final_metrics_by_hash(exp_id, keys=[])
     missing = [t.teacher.run_name for t in chosen if t.teacher.config_hash not in done]

@@ -50,6 +50,11 @@ def ltkd_command(verb: str, study_path: str | None, uri: str, *more: str) -> str
     return " ".join([f"{shown} {verb} {shlex.quote(study_path) if study_path else 'STUDY.yaml'}{store}", *more])
 
 
+def trial_tracker(uri: str) -> Tracker:
+    """The tracker of a command that writes trial runs: with the drawers of a run's figures."""
+    return Tracker(uri, draw_per_class=run_per_class_png, draw_group_curves=run_group_curves_png)
+
+
 def open_plan(study_path: str, tracking_uri: str | None, create: bool, search_results_needed: bool = True):
     """Validate the study and the tracking store (nothing written on bad input); return its plan."""
     study = load_study(study_path, search_results_needed)
@@ -61,7 +66,7 @@ def open_plan(study_path: str, tracking_uri: str | None, create: bool, search_re
     uri = absolute_store_uri(uri)
     if not create and not store_exists(uri):
         return study, uri, None, None, make_plan(trials, {})
-    tracker = Tracker(uri, draw_per_class=run_per_class_png, draw_group_curves=run_group_curves_png)
+    tracker = trial_tracker(uri)
     exp_id = None
     try:
         exp_id = tracker.experiment_id(study.name, create=create)

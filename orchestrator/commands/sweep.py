@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from orchestrator.commands.session import (DEFAULT_OUTAGE_LIMIT_S, browse_hint, earlier_spools, leased_writer, ltkd_command, legacy_spool_folders,
-                                           migrate_legacy_spools, open_plan, spool_folder, spool_root, start_ray, store_refused,
+from orchestrator.commands.session import (DEFAULT_OUTAGE_LIMIT_S, browse_hint, earlier_spools, leased_writer, legacy_spool_folders,
+                                           ltkd_command, migrate_legacy_spools, open_plan, spool_folder, spool_root, start_ray, store_refused,
                                            sweep_spool)
 from orchestrator.commands.options import check_duration, check_storage
 from orchestrator.errors import RunFailure, UserError, first_line, redact_credentials

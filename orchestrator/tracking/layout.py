@@ -82,12 +82,6 @@ PER_CLASS_PLOT = "per_class_accuracy.png"  # distillation runs: the final per-cl
 # Every trial run: head / medium / tail / all accuracy per epoch on one figure, drawn from the run's
 # metric history in the store (the run page charts each metric alone; this is the one to read).
 GROUP_CURVES_PLOT = "group_accuracy.png"
-
-
-def group_curve_metrics(validation: bool) -> tuple[str, ...]:
-    """The metrics that `GROUP_CURVES_PLOT` draws: acc_* (val_acc_* for a search trial)."""
-    prefix = "val_" if validation else ""
-    return tuple(f"{prefix}acc_{group}" for group in ("all", "head", "medium", "tail"))
 CHECKPOINT_DIR = "checkpoint"  # what a student's teacher is fetched from (with its MANIFEST.json)
 MODEL_DIR = "model"  # the final weights as an MLflow PyTorch model: mlflow.pytorch.load_model("runs:/ID/model")
 CELL_TAG = "cell"  # one value per table cell (row, pair, γ): the UI's "Group by" puts its seeds together
@@ -198,6 +192,14 @@ def dataset_input(trial, class_counts: list[int], digest: str) -> dict[str, Any]
 
 
 GROUP_NAMES = ("head", "medium", "tail")
+
+
+def group_curve_metrics(validation: bool) -> tuple[str, ...]:
+    """The metrics that `GROUP_CURVES_PLOT` draws: acc_* (val_acc_* for a search trial)."""
+    prefix = "val_" if validation else ""
+    return tuple(f"{prefix}acc_{group}" for group in ("all", *GROUP_NAMES))
+
+
 # End-of-trial summaries, logged once at the last step (sortable columns, read by tables, status and
 # best): single points, so the study's charts leave them out.
 SUMMARY_METRICS = (*(f"best_{prefix}acc_{group}" for prefix in ("", "val_") for group in ("all", *GROUP_NAMES)),

@@ -199,9 +199,7 @@ class Lease:
         if self._renewing.acquire(timeout=wait_s):
             try:
                 self._renew_held()  # past the expiry this only reads, quietly, and raises LeaseLost
-            except LeaseLost:
-                pass
-            except Exception:  # noqa: BLE001 - a store call failed: the pause stands; the line below says so
+            except Exception:  # noqa: BLE001 - LeaseLost (the line is set), or a failed store call: the line below
                 pass
             finally:
                 self._renewing.release()
@@ -209,7 +207,6 @@ class Lease:
             self.lost = (f"lost the lease of study {self.study!r}: this sweep was paused past its {self.ttl:.0f} s expiry, "
                          "so another sweep may have taken the study over; this one writes nothing more: rerun the same command to go on")
         return False
-
 
     def renew(self) -> None:
         """Read the lease and write a new heartbeat if the token is still current; LeaseLost if not,
